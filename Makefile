@@ -1,0 +1,28 @@
+# AVSE: `make demo` (the main job) and `make test`; both set everything up on a fresh machine.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.install-stamp
+DEMO_DIR ?= exp/demo
+DATA_DIR ?= data/synthetic
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+# Re-installs only when setup.py changes (or the venv is missing).
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash egs/synthetic/demo.sh --data_dir $(DATA_DIR) --exp_dir $(DEMO_DIR)
+
+clean:
+	rm -rf $(DEMO_DIR) $(DATA_DIR)

@@ -1,0 +1,3 @@
+"""AVSE: audio-visual target speaker extraction."""
+
+__version__ = "0.1.0"

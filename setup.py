@@ -1,0 +1,37 @@
+"""AVSE: audio-visual target speaker extraction toolkit."""
+from setuptools import find_packages, setup
+
+setup(
+    name="avse",
+    version="0.1.0",
+    description="Audio-visual target speaker extraction: recipes, plugins and a SpeechBrain Brain",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["avse", "avse.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "torchaudio",
+        "speechbrain>=1.1",
+        "hyperpyyaml>=1.2",
+        "webdataset>=0.2.90",
+        "soundfile>=0.12",
+        "sentencepiece",
+        "av>=12",
+        "numpy",
+        "scipy",
+        "tqdm",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "pytest-timeout", "pesq", "pystoi", "fast_bss_eval", "matplotlib"],
+    },
+    entry_points={
+        "console_scripts": [
+            "avse-make-synthetic-corpus=avse.data.synthetic:main",
+            "avse-prepare-voxceleb2=avse.recipes.voxceleb2:main",
+            "avse-voxmix-lists=avse.data.lists:main",
+            "avse-inspect-shards=avse.data.shards:main",
+        ],
+    },
+)
