@@ -2,11 +2,11 @@
 # VoxCeleb2 -> WebDataset shards + VoxMix lists. Stages: 1 manifest, 2 extract, 3 shards, 4 lists.
 # Usage: run.sh --corpus_dir DIR --out_dir DIR [--stage N] [--stop_stage M] [--nj J]
 #          [--visual_path DIR] [--audio_path DIR] [--lists FILE] [--shard_size N]
-#          [--shard_multiple N] [--mixtures train:20000,val:5000,test:3000] [--seed S]
+#          [--shard_multiple N] [--mixtures train:20000,val:5000,test:3000] [--val_fraction F] [--seed S]
 set -euo pipefail
 stage=1 stop_stage=4 nj=4 corpus_dir= out_dir= visual_path= audio_path= lists=
-shard_size=1000 shard_multiple=8 mixtures=train:20000,val:5000,test:3000 seed=0
-known=" stage stop_stage nj corpus_dir out_dir visual_path audio_path lists shard_size shard_multiple mixtures seed "
+shard_size=1000 shard_multiple=8 mixtures=train:20000,val:5000,test:3000 seed=0 val_fraction=0.05
+known=" stage stop_stage nj corpus_dir out_dir visual_path audio_path lists shard_size shard_multiple mixtures seed val_fraction "
 while [ $# -gt 0 ]; do
   name=${1#--}
   [[ "$1" == --* && "$known" == *" $name "* && $# -ge 2 ]] || { echo "$0: bad option '$1' (see the usage line)" >&2; exit 2; }
@@ -16,7 +16,7 @@ done
 prep="${PYTHON:-python} -m avse.recipes.voxceleb2"
 run() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 if run 1; then
-  $prep manifest --corpus_dir "$corpus_dir" --out_dir "$out_dir" --nj "$nj" --seed "$seed" \
+  $prep manifest --corpus_dir "$corpus_dir" --out_dir "$out_dir" --nj "$nj" --seed "$seed" --val_fraction "$val_fraction" \
     ${visual_path:+--visual_path "$visual_path"} ${audio_path:+--audio_path "$audio_path"} ${lists:+--lists "$lists"}
 fi
 if run 2; then $prep extract --out_dir "$out_dir" --nj "$nj"; fi

@@ -68,7 +68,7 @@ def test_align_av_trims_pads_and_rejects():
     assert len(wav) == 6400 and len(f) == 10
     wav, f = align_av(np.ones(6400 - 300), frames)  # short audio: zero padded
     assert len(wav) == 6400 and wav[-1] == 0 and len(f) == 10
-    wav, f = align_av(np.ones(6400 - 960), frames)  # 8.5 frames of audio: keep 9 frames
+    wav, f = align_av(np.ones(6400 - 640), frames)  # a whole frame short: drop a frame
     assert len(f) == 9 and len(wav) == 9 * 640
     with pytest.raises(AlignmentError, match="video frames"):
         align_av(np.ones(6400 + 2 * 640), frames)
