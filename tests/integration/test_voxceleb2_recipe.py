@@ -182,3 +182,27 @@ def test_lip_embeddings_path(tiny_vox_corpus, tmp_path):
         np.testing.assert_array_equal(s["emb.npy"], written[k][: len(s["emb.npy"])].astype(np.float16))
         assert len(s["wav"]) == 640 * len(s["emb.npy"])
     assert "no lip embedding" in _rejected(str(out))[key]["reason"]
+
+
+def test_audio_from_a_separate_wav_tree(tiny_vox_corpus, tmp_path):
+    corpus, bad = tiny_vox_corpus
+    audio = tmp_path / "wav"
+    rng = np.random.default_rng(9)
+    refs = {}
+    import soundfile as sf
+    for mp4 in sorted((corpus / "test" / "mp4").rglob("*.mp4")):
+        key = str(mp4.relative_to(mp4.parents[2])).removesuffix(".mp4")
+        n = int(round(voxceleb2.probe_duration(str(mp4)) * 16000))
+        refs[key] = np.clip(0.2 * rng.standard_normal(n), -0.99, 0.99).astype(np.float32)
+        (audio / key).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(audio / (key + ".wav")), refs[key], 16000, subtype="PCM_16")
+    out = tmp_path / "out"
+    run_cmd(RUN + ["--corpus_dir", str(corpus), "--out_dir", str(out), "--audio_path", str(audio),
+                   "--shard_multiple", "1", "--stop_stage", "3"])
+    got = _read_split(str(out / "shards" / "test"))
+    assert set(got) == set(refs)
+    for key, s in got.items():
+        np.testing.assert_allclose(s["wav"], refs[key][: len(s["wav"])], atol=2.0 / 32767)
+    # dev clips have no wav in that tree: rejected with the reason, the run still finished
+    reasons = {r["reason"] for r in _rejected(str(out)).values()}
+    assert any("--audio_path" in r for r in reasons)
