@@ -79,3 +79,24 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(MediaError, match="bad.wav"):
         (tmp_path / "bad.wav").write_bytes(b"RIFF....")
         read_audio(str(tmp_path / "bad.wav"))
+
+
+def test_fast_luma_path_matches_swscale_gray(tmp_path):
+    import av
+
+    from avse.data.synthetic import render_face, speaker_look
+    from avse.data.video import frame_to_gray_box
+
+    rng = np.random.default_rng(0)
+    frames = render_face(rng.uniform(0, 1, 6), rng.uniform(0, 1, 6), rng.uniform(0, 1, 6),
+                         look=speaker_look(0, 3))
+    frames = np.clip(frames.astype(int) + rng.integers(-20, 20, frames.shape), 0, 255).astype(np.uint8)
+    from avse.data.synthetic import write_mp4
+    write_mp4(tmp_path / "f.mp4", frames, np.zeros(6 * 640, np.float32))
+    crop = MOUTH_CROPS["voxceleb2"]
+    top, left, side = crop.box(224, 224)
+    with av.open(str(tmp_path / "f.mp4")) as c:
+        for frame in c.decode(video=0):
+            ref = frame.to_ndarray(format="gray")[top:top + side, left:left + side]
+            fast = frame_to_gray_box(frame, crop)
+            assert np.abs(fast.astype(int) - ref).max() <= 1
