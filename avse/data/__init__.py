@@ -1,0 +1,1 @@
+"""Data: corpus staging, shards, mixture lists, video decoding, synthetic corpus."""

@@ -1,0 +1,86 @@
+"""The one place where audio and video frame rates meet.
+
+Audio is 16 kHz mono, video is 25 fps: one video frame spans exactly
+``SAMPLES_PER_FRAME = 640`` audio samples. Every module that converts between
+the two time bases calls the helpers here.
+
+Example
+-------
+>>> frames_to_samples(25)
+16000
+>>> samples_to_frames(16000 + 300)
+25
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+FPS = 25
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
+ROI_SIZE = 88
+EMB_DIM = 512
+
+
+class AlignmentError(ValueError):
+    """Audio and video lengths disagree by more than the allowed number of frames."""
+
+
+def frames_to_samples(n_frames: int) -> int:
+    """Number of audio samples @16 kHz spanned by ``n_frames`` video frames @25 fps."""
+    return int(n_frames) * SAMPLES_PER_FRAME
+
+
+def samples_to_frames(n_samples: int) -> int:
+    """Whole video frames @25 fps contained in ``n_samples`` audio samples @16 kHz."""
+    return int(n_samples) // SAMPLES_PER_FRAME
+
+
+def align_av(wav: np.ndarray, frames: np.ndarray, max_diff_frames: int = 1):
+    """Trim or pad audio so that ``len(wav) == len(frames) * 640``.
+
+    Arguments
+    ---------
+    wav : np.ndarray
+        audio ``[T]`` @16 kHz.
+    frames : np.ndarray
+        video-rate array ``[Tv, ...]`` @25 fps (ROI frames or embeddings).
+    max_diff_frames : int
+        the largest allowed disagreement, in video frames. Audio shorter than the
+        video by at most this many frames is zero-padded (the video keeps its
+        length); longer audio is trimmed; video longer than the audio by whole
+        frames is trimmed when within the limit.
+
+    Returns
+    -------
+    (wav, frames) with ``len(wav) == frames_to_samples(len(frames))``.
+
+    Raises
+    ------
+    AlignmentError when the two disagree by more than ``max_diff_frames`` frames.
+
+    Example
+    -------
+    >>> w, f = align_av(np.zeros(640 * 10 + 100), np.zeros((10, 2)))
+    >>> len(w), len(f)
+    (6400, 10)
+    """
+    n_video = len(frames)
+    audio_frames = len(wav) / SAMPLES_PER_FRAME
+    diff = audio_frames - n_video
+    if abs(diff) > max_diff_frames:
+        raise AlignmentError(
+            f"audio spans {audio_frames:.2f} video frames but the video has {n_video} "
+            f"(difference {diff:+.2f} > {max_diff_frames} allowed)"
+        )
+    if diff < 0:
+        # audio shorter: drop whole video frames the audio does not cover, pad the rest
+        n_keep = max(samples_to_frames(len(wav) + SAMPLES_PER_FRAME - 1), 0)
+        n_keep = min(n_keep, n_video)
+        frames = frames[:n_keep]
+    target = frames_to_samples(len(frames))
+    if len(wav) >= target:
+        wav = wav[:target]
+    else:
+        wav = np.pad(wav, (0, target - len(wav)))
+    return wav, frames

@@ -1,0 +1,286 @@
+"""WebDataset shards: writing per split, ``meta.json``, and reading samples back.
+
+Layout of one split (see README "Shard format")::
+
+    <split>/shard-000000.tar ... shard-%06d.tar
+    <split>/meta.json
+
+One sample per utterance, keyed ``<spk>/<video>/<clip>`` (no dots):
+
+- ``flac``: 16-bit mono FLAC @16 kHz
+- ``lips.npy``: uint8 ``[Tv, 88, 88]`` mouth ROI @25 fps, or ``emb.npy``: float16
+  ``[Tv, 512]`` precomputed lip embeddings @25 fps
+- ``json``: ``{"key", "spk", "video", "clip", "split", "duration", "sr", "fps",
+  "num_frames", ...}`` (``text``/``tokens`` where the corpus has them)
+
+Example
+-------
+>>> import tempfile, numpy as np
+>>> d = tempfile.mkdtemp()
+>>> s = {"__key__": "id00001/abcdefghijk/00001", "flac": np.zeros(640, np.float32),
+...      "lips.npy": np.zeros((1, 88, 88), np.uint8), "json": {"spk": "id00001", "duration": 0.04}}
+>>> meta = write_split([s], d, shard_size=10)
+>>> meta["count"], len(list(iter_split(d)))
+(1, 1)
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import tarfile
+import time
+
+import numpy as np
+
+from avse.data.align import FPS, SAMPLE_RATE
+
+FORMAT_VERSION = 1
+SHARD_PATTERN = "shard-%06d.tar"
+
+
+class ShardError(ValueError):
+    """A shard folder or sample is malformed."""
+
+
+def encode_flac(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """Encode ``wav [T]`` float in [-1, 1] as 16-bit mono FLAC bytes (values are clipped)."""
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wav, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def decode_flac(data: bytes):
+    """Decode FLAC bytes to ``(wav [T] float32, sample_rate)``."""
+    import soundfile as sf
+
+    wav, sr = sf.read(io.BytesIO(data), dtype="float32")
+    return wav, sr
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_sample(sample: dict) -> dict:
+    """Turn a sample of arrays/dicts into the bytes WebDataset stores.
+
+    ``flac`` may be float audio (encoded here) or already-encoded bytes; ``*.npy`` may be
+    an array or bytes; ``json`` a dict or bytes.
+    """
+    key = sample["__key__"]
+    if "." in key:
+        raise ShardError(f"sample key {key!r} contains a dot; WebDataset splits keys at dots")
+    out = {"__key__": key}
+    for field, value in sample.items():
+        if field == "__key__":
+            continue
+        if isinstance(value, (bytes, bytearray)):
+            out[field] = bytes(value)
+        elif field == "flac":
+            out[field] = encode_flac(value)
+        elif field.endswith("npy"):
+            out[field] = encode_npy(value)
+        elif field == "json":
+            out[field] = json.dumps(value, sort_keys=True).encode()
+        else:
+            raise ShardError(f"sample {key}: do not know how to encode field {field!r}")
+    return out
+
+
+def decode_sample(sample: dict) -> dict:
+    """Inverse of :func:`encode_sample` for a raw WebDataset sample (bytes per field)."""
+    out = {"__key__": sample["__key__"]}
+    for field, value in sample.items():
+        if field.startswith("__"):
+            out[field] = value
+        elif field == "flac":
+            out["wav"], out["sr"] = decode_flac(value)
+        elif field.endswith("npy"):
+            out[field] = decode_npy(value)
+        elif field == "json":
+            out[field] = json.loads(value)
+    return out
+
+
+def plan_shards(n_samples: int, shard_size: int, multiple: int = 1) -> list[int]:
+    """Sample counts per shard: ``ceil(n / shard_size)`` rounded up to a multiple of ``multiple``.
+
+    Counts differ by at most one, so ranks x workers that split the shards evenly also get
+    (almost) the same number of samples. Never more shards than samples unless that is
+    needed to reach one full ``multiple``.
+
+    Example
+    -------
+    >>> plan_shards(10, 4, multiple=2)
+    [3, 3, 2, 2]
+    """
+    if n_samples <= 0:
+        return []
+    if shard_size < 1 or multiple < 1:
+        raise ValueError("shard_size and multiple must be >= 1")
+    n_shards = math.ceil(n_samples / shard_size)
+    n_shards = math.ceil(n_shards / multiple) * multiple
+    base, extra = divmod(n_samples, n_shards)
+    return [base + (1 if i < extra else 0) for i in range(n_shards)]
+
+
+def write_split(samples, out_dir: str, shard_size: int = 1000, multiple: int = 1,
+                n_samples: int | None = None, extra_meta: dict | None = None) -> dict:
+    """Write samples into ``out_dir/shard-%06d.tar`` and ``out_dir/meta.json``.
+
+    Arguments
+    ---------
+    samples : iterable of dict
+        each with ``__key__`` and fields (see :func:`encode_sample`); ``json`` must carry
+        ``spk`` and ``duration`` (seconds) for the meta summary.
+    shard_size : int
+        the most samples per shard (fewer when rounding to ``multiple`` adds shards).
+    multiple : int
+        the shard count is a multiple of this (set it to ranks x workers).
+    n_samples : int
+        number of samples, when ``samples`` is a generator (else ``len(samples)``).
+
+    Returns the meta dict (also written to ``meta.json``, last, so its presence marks a
+    finished split).
+    """
+    import webdataset as wds
+
+    if n_samples is None:
+        samples = list(samples)
+        n_samples = len(samples)
+    os.makedirs(out_dir, exist_ok=True)
+    for name in os.listdir(out_dir):  # a half-written previous attempt
+        if name.startswith("shard-") or name == "meta.json":
+            os.remove(os.path.join(out_dir, name))
+    plan = plan_shards(n_samples, shard_size, multiple)
+    speakers, seconds, fields, counts = set(), 0.0, set(), []
+    it = iter(samples)
+    for shard_idx, count in enumerate(plan):
+        path = os.path.join(out_dir, SHARD_PATTERN % shard_idx)
+        with wds.TarWriter(path) as sink:
+            for _ in range(count):
+                sample = next(it)
+                meta = sample.get("json") or {}
+                if isinstance(meta, (bytes, bytearray)):
+                    meta = json.loads(meta)
+                speakers.add(meta.get("spk"))
+                seconds += float(meta.get("duration", 0.0))
+                enc = encode_sample(sample)
+                fields.update(k for k in enc if not k.startswith("__"))
+                sink.write(enc)
+        counts.append(count)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "count": n_samples,
+        "hours": round(seconds / 3600.0, 6),
+        "speakers": len(speakers - {None}),
+        "fields": sorted(fields),
+        "num_shards": len(plan),
+        "shard_pattern": SHARD_PATTERN,
+        "shard_counts": counts,
+        "sample_rate": SAMPLE_RATE,
+        "fps": FPS,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    meta.update(extra_meta or {})
+    with open(os.path.join(out_dir, "meta.json.tmp"), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
+    return meta
+
+
+def read_meta(split_dir: str) -> dict:
+    """Read ``split_dir/meta.json`` with a clear error when the split is missing or unfinished."""
+    path = os.path.join(split_dir, "meta.json")
+    if not os.path.isfile(path):
+        raise ShardError(
+            f"{path} not found: {split_dir} is not a finished shard split "
+            "(run the recipe's shard stage first)"
+        )
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ShardError(
+            f"{path}: format_version {meta.get('format_version')} but this AVSE reads "
+            f"{FORMAT_VERSION}; re-run the recipe's shard stage"
+        )
+    return meta
+
+
+def shard_urls(split_dir: str) -> list[str]:
+    """Paths of the shards of a split, in order, checked against ``meta.json``."""
+    meta = read_meta(split_dir)
+    urls = [os.path.join(split_dir, meta["shard_pattern"] % i) for i in range(meta["num_shards"])]
+    missing = [u for u in urls if not os.path.isfile(u)]
+    if missing:
+        raise ShardError(f"{split_dir}: {len(missing)} shard(s) listed in meta.json are missing, "
+                         f"e.g. {missing[0]}; re-run the recipe's shard stage")
+    return urls
+
+
+def iter_tar(path: str):
+    """Yield raw samples (``__key__`` + bytes per field) of one tar, in order, without webdataset."""
+    current, key = {}, None
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = os.path.basename(member.name)
+            dirname = os.path.dirname(member.name)
+            stem, _, ext = base.partition(".")
+            k = f"{dirname}/{stem}" if dirname else stem
+            if k != key:
+                if current:
+                    yield current
+                current, key = {"__key__": k}, k
+            current[ext] = tar.extractfile(member).read()
+    if current:
+        yield current
+
+
+def iter_split(split_dir: str, decode: bool = True):
+    """Yield every sample of a split, shard by shard (decoded unless ``decode=False``)."""
+    for url in shard_urls(split_dir):
+        for raw in iter_tar(url):
+            yield decode_sample(raw) if decode else raw
+
+
+def main(argv=None):
+    """``avse-inspect-shards DIR``: print meta.json and the first sample of a split."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("split_dir", help="a folder with shard-*.tar and meta.json")
+    parser.add_argument("--verify", action="store_true", help="read every sample and count")
+    args = parser.parse_args(argv)
+    try:
+        meta = read_meta(args.split_dir)
+    except ShardError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(json.dumps(meta, indent=2, sort_keys=True))
+    n = 0
+    for sample in iter_split(args.split_dir):
+        if n == 0:
+            shapes = {k: getattr(v, "shape", v) for k, v in sample.items() if k != "json"}
+            print("first sample:", shapes, sample.get("json"))
+        n += 1
+        if not args.verify:
+            break
+    if args.verify:
+        status = "OK" if n == meta["count"] else "MISMATCH"
+        print(f"{status}: read {n} samples, meta.json says {meta['count']}")
+        return 0 if n == meta["count"] else 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,255 @@
+"""Video decoding with PyAV: 16 kHz mono audio and 88x88 grayscale mouth ROI @25 fps.
+
+The mouth ROI is a *fixed* crop of a face-centred frame (no landmark detector):
+a square box whose centre and side are fractions of the frame size, chosen per
+corpus. ``MOUTH_CROPS`` documents them:
+
+=========  ==========  =========================  ====================================
+preset     frame size  box (centre x, y; side)    pixels
+=========  ==========  =========================  ====================================
+voxceleb2  224 x 224   (0.5, 0.70; 88/224)         rows 113..200, cols 68..155, no resize
+lrs2       160 x 160   (0.5, 0.72; 0.55)           rows 71..158, cols 36..123, no resize
+lrs3       224 x 224   same as voxceleb2
+=========  ==========  =========================  ====================================
+
+Frames of another size use the same fractions and are resized to 88x88 (area
+interpolation). Clips that are not 25 fps are resampled by timestamp: output frame
+``k`` (time ``k / 25`` s) takes the last decoded frame whose timestamp is <= that time.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from avse.data.align import FPS, ROI_SIZE, SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class MouthCrop:
+    """A square mouth box given as fractions of the frame (centre x, centre y, side / width)."""
+
+    cx: float
+    cy: float
+    size: float
+
+    def box(self, height: int, width: int):
+        """Return ``(top, left, side)`` in pixels for a ``height x width`` frame."""
+        side = max(1, int(round(self.size * width)))
+        side = min(side, height, width)
+        top = int(round(self.cy * height)) - side // 2
+        left = int(round(self.cx * width)) - side // 2
+        top = min(max(top, 0), height - side)
+        left = min(max(left, 0), width - side)
+        return top, left, side
+
+
+MOUTH_CROPS = {
+    "voxceleb2": MouthCrop(cx=0.5, cy=0.70, size=ROI_SIZE / 224),
+    "lrs2": MouthCrop(cx=0.5, cy=0.72, size=0.55),
+    "lrs3": MouthCrop(cx=0.5, cy=0.70, size=ROI_SIZE / 224),
+}
+
+
+class MediaError(RuntimeError):
+    """A media file could not be decoded (corrupt, truncated, missing stream)."""
+
+
+AUDIO_FILE_EXTS = (".wav", ".flac")
+
+
+def read_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read any audio file (wav/flac via soundfile, m4a/mp4/aac via PyAV) as mono float32.
+
+    Returns ``wav [T] @sample_rate``, resampled when the file has another rate.
+    """
+    if str(path).lower().endswith(AUDIO_FILE_EXTS):
+        import soundfile as sf
+
+        try:
+            wav, sr = sf.read(path, dtype="float32", always_2d=True)
+        except Exception as err:  # soundfile raises its own LibsndfileError
+            raise MediaError(f"cannot read audio file {path}: {err}") from err
+        wav = wav.mean(axis=1)
+        if sr != sample_rate:
+            wav = resample(wav, sr, sample_rate)
+        return wav.astype(np.float32, copy=False)
+    wav, _ = decode_media(path, want_video=False, sample_rate=sample_rate)
+    return wav
+
+
+def resample(wav: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """Band-limited polyphase resampling of ``wav [T]`` from ``orig_sr`` to ``new_sr``."""
+    from scipy.signal import resample_poly
+
+    if orig_sr == new_sr:
+        return wav
+    ratio = Fraction(int(new_sr), int(orig_sr))
+    return resample_poly(wav, ratio.numerator, ratio.denominator).astype(np.float32)
+
+
+# limited-range luma (16..235) -> full-range gray (0..255), as swscale's yuv -> gray does
+_LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
+_YUV_FORMATS = ("yuv", "nv12", "nv21")
+
+
+def frame_to_gray_box(frame, crop: MouthCrop, reformatter=None) -> np.ndarray:
+    """The mouth box of a decoded PyAV ``VideoFrame`` as full-range gray ``[side, side]`` uint8.
+
+    For YUV frames the luma plane is read directly (only the box is converted), which is
+    ~50x faster than a per-frame ``to_ndarray(format="gray")`` and gives the same values.
+    """
+    top, left, side = crop.box(frame.height, frame.width)
+    name = frame.format.name
+    if name.startswith(_YUV_FORMATS):
+        plane = frame.planes[0]
+        luma = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        box = luma[top : top + side, left : left + side]
+        full_range = name.startswith("yuvj") or getattr(frame, "color_range", 0) == 2
+        return box.copy() if full_range else _LIMITED_TO_FULL[box]
+    if reformatter is None:
+        gray = frame.to_ndarray(format="gray")
+    else:
+        gray = reformatter.reformat(frame, format="gray").to_ndarray()
+    return gray[top : top + side, left : left + side]
+
+
+def _resize_roi(roi: np.ndarray, out_size: int) -> np.ndarray:
+    """Resize a square gray box to ``out_size``^2 (box filter) when it is not that size."""
+    side = roi.shape[0]
+    if side != out_size:
+        from PIL import Image
+
+        roi = np.asarray(Image.fromarray(roi).resize((out_size, out_size), Image.BOX))
+    return roi
+
+
+def resample_frame_times(times: np.ndarray, duration: float, fps: int = FPS) -> np.ndarray:
+    """Map output frames at ``fps`` to decoded frames by timestamp.
+
+    Arguments
+    ---------
+    times : np.ndarray
+        presentation times ``[N]`` (seconds, increasing, first = 0) of the decoded frames.
+    duration : float
+        clip duration in seconds (last timestamp + one source frame).
+
+    Returns
+    -------
+    indices ``[round(duration * fps)]``: output frame ``k`` shows the last decoded frame
+    whose time is <= ``k / fps`` (+ a small tolerance).
+
+    Example
+    -------
+    >>> resample_frame_times(np.arange(6) / 30, 6 / 30, fps=25).tolist()
+    [0, 1, 2, 3, 4]
+    """
+    n_out = max(int(round(duration * fps)), 0)
+    grid = np.arange(n_out) / fps + 1e-4
+    idx = np.searchsorted(times, grid, side="right") - 1
+    return np.clip(idx, 0, len(times) - 1)
+
+
+def decode_media(
+    path: str,
+    want_video: bool = True,
+    want_audio: bool = True,
+    crop: MouthCrop | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    fps: int = FPS,
+    roi_size: int = 88,
+):
+    """Decode an mp4/m4a with PyAV in one pass.
+
+    Arguments
+    ---------
+    path : str
+        media file.
+    want_video : bool
+        decode the video stream into mouth ROI frames (``crop`` required).
+    want_audio : bool
+        decode the audio stream to mono float32 at ``sample_rate``.
+    crop : MouthCrop
+        the fixed mouth box (see ``MOUTH_CROPS``).
+
+    Returns
+    -------
+    (wav [T] float32 @sample_rate or None, lips [Tv, roi, roi] uint8 @fps or None).
+    When both are decoded, the audio is shifted so that sample 0 is the time of video
+    frame 0 (streams that start at different times stay in sync).
+
+    Raises
+    ------
+    MediaError naming the file when it cannot be opened or a wanted stream is missing,
+    empty or corrupt.
+    """
+    import av
+    from av.video.reformatter import VideoReformatter
+
+    if not os.path.isfile(path):
+        raise MediaError(f"{path}: no such file")
+    try:
+        container = av.open(path)
+    except Exception as err:
+        raise MediaError(f"{path}: cannot open ({err})") from err
+    with container:
+        vstreams = list(container.streams.video) if want_video else []
+        astreams = list(container.streams.audio) if want_audio else []
+        if want_video and not vstreams:
+            raise MediaError(f"{path}: no video stream")
+        if want_audio and not astreams:
+            raise MediaError(f"{path}: no audio stream")
+        streams = vstreams[:1] + astreams[:1]
+        declared_audio = None
+        if astreams and astreams[0].duration and astreams[0].time_base:
+            declared_audio = float(astreams[0].duration * astreams[0].time_base)
+        resampler = (
+            av.AudioResampler(format="flt", layout="mono", rate=sample_rate) if astreams else None
+        )
+        chunks, audio_start = [], None
+        reformatter = VideoReformatter() if vstreams else None
+        frames, times = [], []
+        try:
+            for frame in container.decode(*streams):
+                if isinstance(frame, av.AudioFrame):
+                    if audio_start is None and frame.time is not None:
+                        audio_start = frame.time
+                    for out in resampler.resample(frame):
+                        chunks.append(out.to_ndarray().reshape(-1))
+                else:
+                    box = frame_to_gray_box(frame, crop, reformatter)
+                    frames.append(_resize_roi(box, roi_size))
+                    times.append(frame.time if frame.time is not None else len(times) / fps)
+            if resampler is not None:
+                for out in resampler.resample(None):
+                    chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as err:
+            raise MediaError(f"{path}: corrupt stream ({err})") from err
+    wav = lips = None
+    if want_audio:
+        if not chunks:
+            raise MediaError(f"{path}: audio stream has no samples")
+        wav = np.concatenate(chunks).astype(np.float32, copy=False)
+        if declared_audio:  # drop the encoder's end padding (AAC pads to whole frames)
+            wav = wav[: int(round(declared_audio * sample_rate))]
+    if want_video:
+        if not frames:
+            raise MediaError(f"{path}: video stream has no frames")
+        times = np.asarray(times, dtype=np.float64)
+        video_start = times[0]
+        times = times - video_start
+        step = np.median(np.diff(times)) if len(times) > 1 else 1.0 / fps
+        idx = resample_frame_times(times, times[-1] + step, fps)
+        if len(idx) == len(frames) and np.array_equal(idx, np.arange(len(frames))):
+            lips = np.stack(frames)
+        else:
+            lips = np.stack([frames[i] for i in idx])
+        if wav is not None and audio_start is not None:
+            offset = int(round((audio_start - video_start) * sample_rate))
+            if offset > 0:  # audio starts after the first video frame
+                wav = np.concatenate([np.zeros(offset, np.float32), wav])
+            elif offset < 0:
+                wav = wav[-offset:]
+    return wav, lips
