@@ -19,7 +19,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash egs/synthetic/demo.sh --data_dir $(DATA_DIR) --exp_dir $(DEMO_DIR)
