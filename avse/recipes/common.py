@@ -125,13 +125,13 @@ class Summary:
     def __init__(self, stage: str, unit: str = "clips"):
         self.stage, self.unit, self.start = stage, unit, time.time()
 
-    def line(self, kept: int, rejected: int, seconds_of_audio: float = 0.0,
+    def line(self, kept: int, rejected: int, seconds_of_audio: float | None = None,
              processed: int | None = None, note: str = "") -> str:
         elapsed = max(time.time() - self.start, 1e-9)
         processed = kept + rejected if processed is None else processed
-        text = (f"[{self.stage}] kept {kept}, rejected {rejected}, "
-                f"{seconds_of_audio / 3600.0:.3f} h, {processed / elapsed:.1f} {self.unit}/s "
-                f"({elapsed:.1f} s)")
+        hours = "" if seconds_of_audio is None else f"{seconds_of_audio / 3600.0:.3f} h, "
+        text = (f"[{self.stage}] kept {kept}, rejected {rejected}, {hours}"
+                f"{processed / elapsed:.1f} {self.unit}/s ({elapsed:.1f} s)")
         if note:
             text += f"; {note}"
         print(text, flush=True)
