@@ -30,8 +30,8 @@ setup(
         "console_scripts": [
             "avse-make-synthetic-corpus=avse.data.synthetic:main",
             "avse-prepare-voxceleb2=avse.recipes.voxceleb2:main",
-            "avse-voxmix-lists=avse.data.lists:main",
             "avse-inspect-shards=avse.data.shards:main",
+            "avse-extract=avse.inference:main",
         ],
     },
 )

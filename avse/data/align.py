@@ -84,3 +84,31 @@ def align_av(wav: np.ndarray, frames: np.ndarray, max_diff_frames: int = 1):
     else:
         wav = np.pad(wav, (0, target - len(wav)))
     return wav, frames
+
+
+def fit_visual_to_audio(visual: np.ndarray, n_samples: int, max_diff_frames: int = FPS):
+    """Pad (repeat the last frame) or trim ``visual [Tv, ...]`` to cover ``n_samples`` of audio.
+
+    Returns ``(visual [ceil(n_samples / 640), ...], diff_frames)`` where ``diff_frames`` is
+    how many frames were added (+) or removed (-). Raises AlignmentError beyond
+    ``max_diff_frames`` (default 25 frames = 1 s).
+
+    Example
+    -------
+    >>> v, d = fit_visual_to_audio(np.zeros((10, 4)), 640 * 12)
+    >>> v.shape, d
+    ((12, 4), 2)
+    """
+    need = -(-int(n_samples) // SAMPLES_PER_FRAME)
+    diff = need - len(visual)
+    if abs(diff) > max_diff_frames:
+        raise AlignmentError(
+            f"the audio lasts {n_samples / SAMPLE_RATE:.2f} s but the video {len(visual) / FPS:.2f} s "
+            f"({diff:+d} frames; at most {max_diff_frames} are padded or trimmed)")
+    if diff > 0:
+        if len(visual) == 0:
+            raise AlignmentError("the video has no frames")
+        visual = np.concatenate([visual, np.repeat(visual[-1:], diff, axis=0)])
+    elif diff < 0:
+        visual = visual[:need]
+    return visual, diff

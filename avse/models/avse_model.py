@@ -1,0 +1,99 @@
+"""AVSEModel: audio encoder -> separator (with fusion inside) -> masks -> decoder."""
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from avse import registry
+from avse.models.base import ModelOutput
+
+
+def _build(kind: str, spec, **dims):
+    """Build a slot from a module (returned as is), a short name / class path, or a dict."""
+    if isinstance(spec, nn.Module):
+        return spec
+    kwargs = {}
+    if isinstance(spec, dict):
+        kwargs = {k: v for k, v in spec.items() if k != "type"}
+        spec = spec.get("type")
+    return registry.build(kind, spec, **dims, **kwargs)
+
+
+class AVSEModel(nn.Module):
+    """Compose the five slots into one audio-visual target speaker extractor.
+
+    Arguments
+    ---------
+    audio_encoder, visual_encoder, separator : spec
+        each a built module, or a spec ``{"type": short name or class path, **kwargs}``
+        (or just the short name). Specs are built here so that dimensions are wired from
+        ``out_dim``: the separator gets ``in_dim`` and ``visual_dim``.
+    fusion : spec
+        handed to the separator, which builds its fusion block(s) where its architecture
+        fuses.
+    decoder : spec, optional
+        default: the decoder registered under the audio encoder's short name, built with
+        the encoder's ``decoder_kwargs()``.
+
+    Example
+    -------
+    >>> m = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 16},
+    ...               {"type": "embedding", "hidden": 16, "num_blocks": 1},
+    ...               {"type": "tcn", "bottleneck": 16, "hidden": 32, "num_blocks": 2, "num_repeats": 1},
+    ...               fusion="concat")
+    >>> out = m(torch.randn(2, 6400), torch.randn(2, 10, 512))
+    >>> out.estimate.shape
+    torch.Size([2, 6400])
+    """
+
+    def __init__(self, audio_encoder, visual_encoder, separator, fusion="concat", decoder=None):
+        super().__init__()
+        specs = {"audio_encoder": audio_encoder, "visual_encoder": visual_encoder,
+                 "separator": separator, "fusion": fusion, "decoder": decoder}
+        try:  # plain-data specs are kept so the model can be exported and rebuilt (models.io)
+            self.config = json.loads(json.dumps(specs))
+        except TypeError:  # built modules or classes: not serialisable
+            self.config = None
+        self.audio_encoder = _build("audio_encoder", audio_encoder)
+        self.visual_encoder = _build("visual_encoder", visual_encoder)
+        self.separator = _build("separator", separator, in_dim=self.audio_encoder.out_dim,
+                                visual_dim=self.visual_encoder.out_dim, fusion=fusion)
+        if decoder is None:
+            decoder = {"type": getattr(self.audio_encoder, "registry_name", None),
+                       **self.audio_encoder.decoder_kwargs()}
+        self.decoder = _build("decoder", decoder)
+
+    @property
+    def visual_input(self) -> str:
+        """``"roi"`` or ``"emb"``: what the visual encoder expects."""
+        return self.visual_encoder.input_kind
+
+    def _decode(self, feats, mask, length):
+        est = feats * mask if self.separator.output_type == "mask" else mask
+        return self.decoder(est, length)
+
+    def forward(self, mixture: torch.Tensor, visual: torch.Tensor,
+                return_intermediate: bool = False) -> ModelOutput:
+        """mixture ``[B, T]`` @16 kHz, visual ``[B, Tv, 88, 88]`` or ``[B, Tv, 512]`` @25 fps.
+
+        Only the final estimate is decoded unless ``return_intermediate`` (deep supervision
+        during training) asks for the earlier ones and the auxiliary intermediate outputs.
+        """
+        if mixture.dim() != 2:
+            raise ValueError(f"mixture must be [B, T], got {list(mixture.shape)}")
+        length = mixture.shape[-1]
+        feats = self.audio_encoder(mixture)
+        vfeats = self.visual_encoder(visual)
+        sep = self.separator(feats, vfeats, return_intermediate=return_intermediate)
+        estimate = self._decode(feats, sep.masks[-1], length)
+        intermediate = []
+        if return_intermediate:
+            intermediate = [self._decode(feats, m, length) for m in sep.masks[:-1]]
+        aux = dict(sep.aux)
+        for name, masks in sep.aux_masks.items():
+            aux[name] = self._decode(feats, masks[-1], length)
+            if return_intermediate and len(masks) > 1:
+                aux[name + "_intermediate"] = [self._decode(feats, m, length) for m in masks[:-1]]
+        return ModelOutput(estimate, intermediate, aux)

@@ -1,0 +1,153 @@
+"""Slot interfaces. Every plugin subclasses one of these and documents its shapes.
+
+=============  ==============================================================
+slot           input -> output
+=============  ==============================================================
+audio_encoder  wav ``[B, T]`` @16 kHz -> feats ``[B, N, L]``; ``out_dim = N``
+visual_encoder ROI ``[B, Tv, 88, 88]`` (uint8 or float) or embedding
+               ``[B, Tv, 512]`` @25 fps -> ``[B, Dv, Tv]``; ``out_dim = Dv``
+fusion         audio ``[B, C, L]``, visual ``[B, Dv, Tv]`` -> ``[B, C', L]``;
+               owns the Tv -> L alignment; ``out_dim = C'``
+separator      feats ``[B, N, L]``, visual ``[B, Dv, Tv]`` -> SeparatorOutput
+               (masks, final last; aux masks; aux tensors)
+decoder        feats ``[B, N, L]`` -> wav ``[B, T]`` (same T as the input)
+=============  ==============================================================
+
+Constructors receive their input dimensions as keyword arguments (``in_dim``,
+``visual_dim``, ``audio_dim``) from :class:`~avse.models.avse_model.AVSEModel`, which
+wires them from ``out_dim``; yaml never repeats them by hand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avse import registry
+
+
+class AudioEncoder(nn.Module):
+    """wav ``[B, T]`` -> feats ``[B, N, L]``. Subclasses set ``out_dim`` (N) and ``stride``."""
+
+    out_dim: int
+    stride: int
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Decoder(nn.Module):
+    """feats ``[B, N, L]`` -> wav ``[B, T]``; ``length`` is the T to return (trim or pad)."""
+
+    def forward(self, feats: torch.Tensor, length: int) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class VisualEncoder(nn.Module):
+    """Visual stream @25 fps -> ``[B, Dv, Tv]``.
+
+    ``input_kind`` is ``"roi"`` (``[B, Tv, 88, 88]`` gray mouth crops, uint8 0..255 or float)
+    or ``"emb"`` (``[B, Tv, 512]`` precomputed lip embeddings). Subclasses set ``out_dim``.
+    """
+
+    out_dim: int
+    input_kind: str = "roi"
+
+    def forward(self, visual: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Fusion(nn.Module):
+    """audio ``[B, C, L]`` + visual ``[B, Dv, Tv]`` -> ``[B, out_dim, L]``.
+
+    Constructed with ``audio_dim`` (C) and ``visual_dim`` (Dv); the visual stream is aligned
+    to the L audio frames inside (see :func:`align_visual`).
+    """
+
+    out_dim: int
+
+    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+def align_visual(visual: torch.Tensor, length: int, mode: str = "nearest") -> torch.Tensor:
+    """Resample visual features ``[B, D, Tv]`` to ``[B, D, length]`` audio frames.
+
+    ``nearest`` repeats each video frame over the audio frames it spans (what the
+    reference models do with ``F.interpolate``); ``linear`` interpolates.
+    """
+    if visual.shape[-1] == length:
+        return visual
+    if mode == "linear":
+        return F.interpolate(visual, size=length, mode="linear", align_corners=False)
+    return F.interpolate(visual, size=length, mode=mode)
+
+
+@dataclass
+class SeparatorOutput:
+    """What a separator returns.
+
+    masks : list of ``[B, N, L]``
+        one per estimate; the last is the final one. Only the last when the caller did not
+        ask for intermediate outputs.
+    aux_masks : dict name -> list of ``[B, N, L]``
+        masks of auxiliary waveform outputs (e.g. ``noise`` for SEANet), last = final.
+    aux : dict name -> tensor
+        other auxiliary outputs (e.g. ``speaker_logits``).
+    """
+
+    masks: list
+    aux_masks: dict = field(default_factory=dict)
+    aux: dict = field(default_factory=dict)
+
+
+class Separator(nn.Module):
+    """feats ``[B, N, L]`` + visual ``[B, Dv, Tv]`` -> :class:`SeparatorOutput`.
+
+    Constructed with ``in_dim`` (N), ``visual_dim`` (Dv) and ``fusion`` (a fusion spec: a
+    short name, a dict ``{"type": name, **kwargs}``, a class, or a module); build the fusion
+    blocks with :func:`build_fusion`. ``output_type`` is ``"mask"`` (multiplied with the
+    encoder features) or ``"mapping"`` (the features themselves).
+    """
+
+    output_type: str = "mask"
+
+    def forward(self, feats: torch.Tensor, visual: torch.Tensor,
+                return_intermediate: bool = False) -> SeparatorOutput:  # pragma: no cover
+        raise NotImplementedError
+
+
+def build_fusion(spec, audio_dim: int, visual_dim: int) -> Fusion:
+    """Build one fusion block from a spec (short name, ``{"type": ..., **kw}``, class or path)."""
+    if isinstance(spec, Fusion):
+        return spec
+    kwargs = {}
+    if isinstance(spec, dict):
+        kwargs = {k: v for k, v in spec.items() if k != "type"}
+        spec = spec.get("type")
+    return registry.build("fusion", spec, audio_dim=audio_dim, visual_dim=visual_dim, **kwargs)
+
+
+@dataclass
+class ModelOutput:
+    """The one structured output of :class:`~avse.models.avse_model.AVSEModel`.
+
+    estimate : ``[B, T]``
+        the final estimate of the target.
+    intermediate : list of ``[B, T]``
+        earlier estimates (deep supervision); empty unless asked for.
+    aux : dict
+        named auxiliary outputs: waveforms ``[B, T]`` (e.g. ``noise``; ``noise_intermediate``
+        is a list) and other tensors (e.g. ``speaker_logits``).
+    """
+
+    estimate: torch.Tensor
+    intermediate: list = field(default_factory=list)
+    aux: dict = field(default_factory=dict)
+
+
+for _kind, _base in (("audio_encoder", AudioEncoder), ("visual_encoder", VisualEncoder),
+                     ("fusion", Fusion), ("separator", Separator), ("decoder", Decoder)):
+    registry.set_base(_kind, _base)

@@ -1,0 +1,103 @@
+"""Save and load an :class:`AVSEModel` as a folder: ``model.yaml`` (the slot specs) and
+``model.ckpt`` (the state dict)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import yaml
+
+MODEL_CONFIG = "model.yaml"
+MODEL_WEIGHTS = "model.ckpt"
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder or checkpoint is missing, incomplete, or does not match the config."""
+
+
+def save_config(model, folder: str) -> str:
+    """Write ``folder/model.yaml`` from ``model.config`` (the specs it was built from)."""
+    if model.config is None:
+        raise ModelLoadError("this AVSEModel was built from module instances, not specs; build it "
+                             "from {type: ..., ...} specs to export it")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, MODEL_CONFIG)
+    with open(path, "w") as f:
+        yaml.safe_dump(model.config, f, sort_keys=False)
+    return path
+
+
+def save_model(model, folder: str) -> str:
+    """Export ``model`` into ``folder`` (``model.yaml`` + ``model.ckpt``); returns the folder."""
+    save_config(model, folder)
+    torch.save(model.state_dict(), os.path.join(folder, MODEL_WEIGHTS))
+    return folder
+
+
+def build_from_config(folder_or_file: str):
+    from avse.models.avse_model import AVSEModel
+
+    path = folder_or_file
+    if os.path.isdir(path):
+        path = os.path.join(path, MODEL_CONFIG)
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{path} not found: not an AVSE model folder")
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict) or "separator" not in config:
+        raise ModelLoadError(f"{path}: expected the keys audio_encoder, visual_encoder, separator, "
+                             "fusion, decoder")
+    return AVSEModel(**config)
+
+
+def load_state(model, ckpt_path: str, strict: bool = True):
+    """Load weights with ``weights_only=True``; missing/unexpected keys and shapes are named."""
+    if not os.path.isfile(ckpt_path):
+        raise ModelLoadError(f"{ckpt_path} not found")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if strict and (missing or unexpected or wrong):
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            parts.append("wrong shapes " + ", ".join(
+                f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}" for k in wrong[:5]))
+        raise ModelLoadError(f"{ckpt_path} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def find_best_checkpoint(save_folder: str, key: str = "si_sdr") -> str:
+    """The ``CKPT+*`` folder with the highest ``key`` in its meta (else the most recent)."""
+    ckpts = []
+    for name in os.listdir(save_folder) if os.path.isdir(save_folder) else []:
+        meta_path = os.path.join(save_folder, name, "CKPT.yaml")
+        if name.startswith("CKPT") and os.path.isfile(meta_path):
+            with open(meta_path) as f:
+                meta = yaml.safe_load(f) or {}
+            ckpts.append((meta.get(key, float("-inf")), meta.get("unixtime", 0), name))
+    if not ckpts:
+        raise ModelLoadError(f"no CKPT+* checkpoint in {save_folder}")
+    return os.path.join(save_folder, max(ckpts)[2])
+
+
+def load_model(folder: str, key: str = "si_sdr"):
+    """An :class:`AVSEModel` with its weights from an exported folder or an experiment folder.
+
+    Exported: ``folder/model.yaml`` + ``folder/model.ckpt``. Experiment: ``model.yaml`` and
+    ``save/CKPT+*/model.ckpt`` (the checkpoint with the best validation ``key``).
+    """
+    model = build_from_config(folder)
+    weights = os.path.join(folder, MODEL_WEIGHTS)
+    if not os.path.isfile(weights):
+        weights = os.path.join(find_best_checkpoint(os.path.join(folder, "save"), key), MODEL_WEIGHTS)
+    load_state(model, weights)
+    return model.eval()
