@@ -22,6 +22,7 @@ setup(
         "numpy",
         "scipy",
         "tqdm",
+        "tensorboard",
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-timeout", "pesq", "pystoi", "fast_bss_eval", "matplotlib"],

@@ -363,6 +363,8 @@ def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
                            n_samples=len(infos),
                            extra_meta={"split": split, "corpus": "voxceleb2", "visual": visual,
                                        "roi_size": 88, "crop": "voxceleb2"})
+        with open(os.path.join(split_dir, "speakers.txt"), "w") as f:  # speaker label list
+            f.write("".join(spk + "\n" for spk in sorted({i["spk"] for i in infos})))
         mark_done(marker, params, count=meta["count"])
         metas[split] = meta
         total += meta["count"]

@@ -1,0 +1,273 @@
+"""AVSEBrain: the one training loop (a ``speechbrain.core.Brain``).
+
+Only ``compute_forward``, ``compute_objectives`` and the stage hooks are overridden;
+``fit_batch`` stays SpeechBrain's, so gradient accumulation, ``no_sync``, non-finite
+checks, ``max_grad_norm`` clipping and mixed precision (``--precision bf16`` on CPU,
+``fp16`` on CUDA) all work as documented there.
+
+Hyperparameters read from the yaml (``self.hparams``):
+
+- ``alpha`` (0): weight of deep supervision: ``loss = -SI-SDR(final) + alpha * sum_k
+  -SI-SDR(intermediate_k)`` (the SEANet repository's convention; ``intermediate_reduction:
+  mean`` averages instead).
+- ``aux_losses`` ({}): ``name: {output: <aux key>, target: <batch field>, kind: si_sdr|l1|
+  cross_entropy, weight: w, intermediate: bool}``; summed over the final and (optionally)
+  intermediate predictions; e.g. SEANet's noise branch or MuSE's speaker classification.
+- ``lr_scheduler`` (optional): ``speechbrain.nnet.schedulers.StepScheduler`` (decay every
+  n epochs, the seed's x0.97 every 3) or ``ReduceLROnPlateau`` (on validation loss).
+- ``valid_every_n_epochs`` (1), ``keep_checkpoints`` (1 best by validation SI-SDR, plus
+  the most recent), ``train_logger``, ``tensorboard_logger``, ``eval_metrics`` (metrics of the
+  TEST stage), ``trace_dir`` (debugging: per-rank json of the keys trained on, step count
+  and a parameter checksum after each epoch).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import speechbrain as sb
+import torch
+
+from avse import losses
+from avse.metrics import MetricTracker, compute_metrics, si_sdr
+
+logger = logging.getLogger(__name__)
+
+
+def batch_field(batch, name):
+    """``batch.name`` or ``batch[name]`` (pipelines may yield objects or dicts)."""
+    return batch[name] if isinstance(batch, dict) else getattr(batch, name)
+
+
+def batch_to(batch, device):
+    """Move every tensor of a batch (dict or object with ``to``) to ``device``."""
+    if hasattr(batch, "to") and not isinstance(batch, dict):
+        return batch.to(device)
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class AVSEBrain(sb.core.Brain):
+    """Train and evaluate an :class:`~avse.models.AVSEModel` held in ``modules["model"]``."""
+
+    def fit(self, epoch_counter, train_set, valid_set=None, **kwargs):
+        """SpeechBrain's ``fit``; a loader with ``set_epoch`` is told each epoch (reseeding
+        dynamic mixing) and, after an intra-epoch resume, to skip the batches already done."""
+        if hasattr(train_set, "set_epoch"):
+            self.train_sampler = train_set
+        self.train_loader = train_set
+        return super().fit(epoch_counter, train_set, valid_set, **kwargs)
+
+    def _wrap_distributed(self):
+        """SpeechBrain converts BatchNorm to SyncBatchNorm before wrapping in DDP, which only
+        works on GPUs; on CPU (gloo) wrap without it (each rank keeps its BN statistics)."""
+        if self.distributed_launch and self.device_type == "cpu":
+            from torch.nn.parallel import DistributedDataParallel
+
+            for name, module in self.modules.items():
+                if any(p.requires_grad for p in module.parameters()):
+                    self.modules[name] = DistributedDataParallel(
+                        module, find_unused_parameters=self.find_unused_parameters)
+            return
+        super()._wrap_distributed()
+
+    # ------------------------------------------------------------------ forward / loss
+    def compute_forward(self, batch, stage):
+        batch = batch_to(batch, self.device)
+        mixture = batch_field(batch, "mixture")
+        visual = batch_field(batch, "visual")
+        need_inter = stage == sb.Stage.TRAIN and self._wants_intermediate()
+        model = self.modules.model
+        if stage != sb.Stage.TRAIN:  # ranks evaluate different row counts: no DDP collectives
+            model = getattr(model, "module", model)
+        output = model(mixture, visual, return_intermediate=need_inter)
+        return output, batch
+
+    def _wants_intermediate(self) -> bool:
+        if getattr(self.hparams, "alpha", 0.0) > 0:
+            return True
+        aux = getattr(self.hparams, "aux_losses", None) or {}
+        return any(spec.get("intermediate", False) for spec in aux.values())
+
+    def compute_objectives(self, predictions, batch, stage):
+        output, batch = predictions
+        target = batch_field(batch, "target")
+        loss = losses.si_sdr_loss_with_intermediate(
+            output.estimate, output.intermediate, target,
+            alpha=float(getattr(self.hparams, "alpha", 0.0)),
+            reduction=getattr(self.hparams, "intermediate_reduction", "sum"))
+        for name, spec in (getattr(self.hparams, "aux_losses", None) or {}).items():
+            loss = loss + self._aux_loss(name, spec, output, batch)
+        if stage != sb.Stage.TRAIN:
+            self._track(output.estimate.detach(), batch, stage)
+        return loss
+
+    def _aux_loss(self, name, spec, output, batch):
+        key = spec.get("output", name)
+        if key not in output.aux:
+            raise KeyError(f"aux_losses.{name}: the model has no auxiliary output {key!r}; it "
+                           f"has {sorted(output.aux)}")
+        target = batch_field(batch, spec["target"])
+        preds = [output.aux[key]]
+        if spec.get("intermediate", False):
+            preds += list(output.aux.get(key + "_intermediate", []))
+        return float(spec.get("weight", 1.0)) * losses.aux_loss(spec.get("kind", "si_sdr"),
+                                                                 preds, target)
+
+    # ------------------------------------------------------------------ metrics
+    def _track(self, estimate, batch, stage):
+        target = batch_field(batch, "target")
+        mixture = batch_field(batch, "mixture")
+        keys = list(batch_field(batch, "keys"))
+        if stage == sb.Stage.VALID:
+            sdr = si_sdr(estimate.float(), target.float())
+            sdr_mix = si_sdr(mixture.float(), target.float())
+            self.valid_stats.extend(zip(sdr.tolist(), (sdr - sdr_mix).tolist()))
+            return
+        metrics = tuple(getattr(self.hparams, "eval_metrics", None)
+                        or ("si_sdr", "si_sdri", "sdr", "sdri", "pesq", "stoi"))
+        lengths = batch_field(batch, "lengths") if _has(batch, "lengths") else None
+        interferers = batch_field(batch, "interferer_keys") if _has(batch, "interferer_keys") else None
+        visual_keys = batch_field(batch, "visual_keys") if _has(batch, "visual_keys") else None
+        for i, key in enumerate(keys):
+            n = estimate.shape[-1] if lengths is None else int(round(float(lengths[i]) * estimate.shape[-1]))
+            row = compute_metrics(estimate[i, :n].cpu().numpy(), target[i, :n].cpu().numpy(),
+                                  mixture[i, :n].cpu().numpy(), metrics=metrics)
+            extra = {}
+            if interferers is not None:
+                extra["interferers"] = ";".join(interferers[i])
+            if visual_keys is not None:
+                extra["lips_of"] = visual_keys[i]
+            self.test_tracker.add(key, row, **extra)
+
+    # ------------------------------------------------------------------ stage hooks
+    def on_stage_start(self, stage, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self._trace = {}
+            loader = getattr(self, "train_loader", None)
+            if hasattr(loader, "skip_batches"):
+                loader.skip_batches(self.step)  # > 0 only right after an intra-epoch resume
+        elif stage == sb.Stage.VALID:
+            self.valid_stats = []
+        elif stage == sb.Stage.TEST:
+            self.test_tracker = MetricTracker()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self._write_trace(epoch)
+            self.train_loss = stage_loss
+            lr = self._step_scheduler(epoch)
+            self._log({"epoch": epoch, "lr": lr}, {"loss": stage_loss}, None)
+            if not self._validates(epoch) and self.checkpointer is not None:
+                self.checkpointer.save_and_keep_only(
+                    meta={"epoch": epoch}, importance_keys=[_ckpt_si_sdr],
+                    num_to_keep=int(getattr(self.hparams, "keep_checkpoints", 1)))
+            return
+        if stage == sb.Stage.VALID:
+            stats = self._reduce_valid_stats(stage_loss)
+            plateau = getattr(self.hparams, "lr_scheduler", None)
+            if isinstance(plateau, sb.nnet.schedulers.ReduceLROnPlateau):
+                _, new_lr = plateau([self.optimizer], epoch, stats["loss"])
+                sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            self._log({"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
+                      {"loss": self.train_loss}, stats)
+            if self.checkpointer is not None:
+                self.checkpointer.save_and_keep_only(
+                    meta={"epoch": epoch, **stats}, importance_keys=[_ckpt_si_sdr],
+                    num_to_keep=int(getattr(self.hparams, "keep_checkpoints", 1)))
+            self.last_valid_stats = stats
+            return
+        # TEST: gather every rank's rows, rank 0 writes
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, self.test_tracker.rows)
+            merged = MetricTracker(metrics=self.test_tracker.metrics)
+            merged.extra_columns = list(self.test_tracker.extra_columns)
+            merged.rows = [row for part in parts for row in part]
+            self.test_tracker = merged
+        self.test_summary = self.test_tracker.summary()
+        out_dir = getattr(self, "eval_dir", None)
+        if out_dir and sb.utils.distributed.if_main_process():
+            os.makedirs(out_dir, exist_ok=True)
+            name = getattr(self, "eval_name", "test")
+            self.test_tracker.write_csv(os.path.join(out_dir, f"{name}.csv"))
+            self.test_tracker.write_json(os.path.join(out_dir, f"{name}.json"))
+            logger.info("%s:\n%s", name, self.test_tracker.table())
+
+    def _reduce_valid_stats(self, stage_loss) -> dict:
+        """Mean loss, SI-SDR and SI-SDRi over the validation rows of every rank."""
+        n = len(self.valid_stats)
+        sums = torch.tensor([float(stage_loss) * n, sum(v for v, _ in self.valid_stats),
+                             sum(i for _, i in self.valid_stats), float(n)], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+        total = max(float(sums[3]), 1.0)
+        stats = {"loss": float(sums[0]) / total}
+        if sums[3] > 0:
+            stats["si_sdr"] = float(sums[1]) / total
+            stats["si_sdri"] = float(sums[2]) / total
+        return stats
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if getattr(self.hparams, "trace_dir", None):
+            self._trace.setdefault("keys", []).extend(batch_field(batch, "keys"))
+            self._trace["steps"] = self._trace.get("steps", 0) + 1
+
+    def _write_trace(self, epoch):
+        """``trace_dir`` (a debugging option): what each rank trained on, one json per rank."""
+        trace_dir = getattr(self.hparams, "trace_dir", None)
+        if not trace_dir:
+            return
+        os.makedirs(trace_dir, exist_ok=True)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        checksum = sum(float(p.detach().double().sum()) for p in self.modules.parameters())
+        record = {"rank": rank, "epoch": epoch, "optimizer_step": self.optimizer_step,
+                  "param_checksum": checksum, **self._trace}
+        with open(os.path.join(trace_dir, f"rank{rank}_epoch{epoch}.json"), "w") as f:
+            json.dump(record, f)
+        self._trace = {}
+
+    def _validates(self, epoch) -> bool:
+        every = int(getattr(self.hparams, "valid_every_n_epochs", 1) or 1)
+        limit = getattr(self.hparams, "number_of_epochs", None)
+        return epoch is not None and (epoch % every == 0 or epoch == limit)
+
+    def _step_scheduler(self, epoch):
+        sched = getattr(self.hparams, "lr_scheduler", None)
+        if sched is not None and not isinstance(sched, sb.nnet.schedulers.ReduceLROnPlateau):
+            _, new_lr = sched(epoch)
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _log(self, stats_meta, train_stats, valid_stats):
+        # called on every rank: SpeechBrain's loggers write on the main process and broadcast
+        for name in ("train_logger", "tensorboard_logger"):
+            log = getattr(self.hparams, name, None)
+            if log is not None:
+                log.log_stats(stats_meta=stats_meta, train_stats=train_stats,
+                              valid_stats=valid_stats)
+
+    def init_optimizers(self):
+        super().init_optimizers()
+        if getattr(self, "optimizer", None) is None and self.optimizers_dict:
+            self.optimizer = next(iter(self.optimizers_dict.values()))
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_to(self, test_set, out_dir: str, name: str = "test", max_key="si_sdr"):
+        """Evaluate the best checkpoint (by ``max_key``) on ``test_set``.
+
+        Writes ``out_dir/<name>.csv`` (per utterance) and ``<name>.json`` (mean, std, count
+        per metric); returns the summary dict.
+        """
+        self.eval_dir, self.eval_name = out_dir, name
+        self.evaluate(test_set, max_key=max_key if self.checkpointer is not None else None)
+        return self.test_summary
+
+
+def _has(batch, name) -> bool:
+    return name in batch if isinstance(batch, dict) else hasattr(batch, name)
+
+
+def _ckpt_si_sdr(ckpt) -> float:
+    """Checkpoint importance: validation SI-SDR (-inf for epochs without validation)."""
+    return float(ckpt.meta.get("si_sdr", float("-inf")))

@@ -1,0 +1,92 @@
+"""The body of every ``egs/*/train.py``: yaml -> loaders -> AVSEBrain.fit -> evaluation.
+
+``python egs/<exp>/train.py hparams/<x>.yaml [--data_folder DIR] [--key=value ...]`` or under
+``torchrun``. Keys the yaml provides (see egs/synthetic/hparams/demo.yaml):
+
+- ``modules: {model: ...}``, ``opt_class``, ``checkpointer``, ``epoch_counter``,
+  ``train_logger`` and the AVSEBrain hyperparameters (``alpha``, ``aux_losses``, ...);
+- data: ``train_shards`` (a split folder), ``valid_shards`` + ``valid_list``,
+  ``mixture_config`` (an ``avse.data.mixing.MixtureConfig``), ``batch_size``,
+  ``num_workers``, ``epoch_steps`` (nominal epoch length, same on every rank);
+- ``test_sets: {name: {shards: [...], list: csv, visual_from: target|mismatched}}``
+  evaluated with the best checkpoint into ``<output_folder>/eval/<name>.{csv,json}``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+
+from avse.brain import AVSEBrain
+from avse.data.pipeline import make_list_loader, make_train_loader
+from avse.models.io import save_config
+
+logger = logging.getLogger(__name__)
+
+
+def load_hparams(argv):
+    """Parse SpeechBrain-style arguments and load the yaml with overrides."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file) as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    return hparams_file, run_opts, overrides, hparams
+
+
+def make_loaders(hparams):
+    """The training loader (dynamic mixing or list mode) and the validation loader."""
+    config = hparams["mixture_config"]
+    if hparams.get("train_list"):
+        train = make_list_loader(hparams["train_shards"], hparams["train_list"], stage="train",
+                                 config=config, batch_size=hparams["batch_size"],
+                                 num_workers=hparams.get("num_workers", 0),
+                                 seed=hparams.get("seed", 0))
+    else:
+        train = make_train_loader(hparams["train_shards"], config, hparams["batch_size"],
+                                  num_workers=hparams.get("num_workers", 0),
+                                  epoch_steps=hparams.get("epoch_steps"),
+                                  shuffle_buffer=hparams.get("shuffle_buffer", 100),
+                                  seed=hparams.get("seed", 0))
+    valid = None
+    if hparams.get("valid_list"):
+        valid = make_list_loader(hparams["valid_shards"], hparams["valid_list"], stage="valid",
+                                 config=hparams.get("eval_mixture_config", config),
+                                 batch_size=hparams.get("valid_batch_size", 1),
+                                 seed=hparams.get("seed", 0))
+    return train, valid
+
+
+def run_tests(brain, hparams) -> dict:
+    """Evaluate every entry of ``test_sets``; returns ``{name: summary}``."""
+    results = {}
+    out_dir = os.path.join(hparams["output_folder"], "eval")
+    for name, spec in (hparams.get("test_sets") or {}).items():
+        loader = make_list_loader(spec["shards"], spec["list"], stage="test",
+                                  config=hparams.get("eval_mixture_config", hparams["mixture_config"]),
+                                  batch_size=1, visual_from=spec.get("visual_from", "target"),
+                                  seed=hparams.get("seed", 0))
+        results[name] = brain.evaluate_to(loader, out_dir, name)
+    if results and sb.utils.distributed.if_main_process():
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def main(argv=None):
+    """Train (unless ``--test_only``) and evaluate one experiment."""
+    argv = sys.argv[1:] if argv is None else argv
+    hparams_file, run_opts, overrides, hparams = load_hparams(argv)
+    sb.create_experiment_directory(experiment_directory=hparams["output_folder"],
+                                   hyperparams_to_save=hparams_file, overrides=overrides)
+    model = hparams["modules"]["model"]
+    if sb.utils.distributed.if_main_process() and getattr(model, "config", None) is not None:
+        save_config(model, hparams["output_folder"])
+    brain = AVSEBrain(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+                      run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    train, valid = make_loaders(hparams)
+    brain.fit(hparams["epoch_counter"], train, valid)
+    return brain, run_tests(brain, hparams)

@@ -1,0 +1,185 @@
+"""Training end to end on tiny generated shards: every egs yaml, resume, DDP, inference."""
+import glob
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from avse.data import lists as voxmix
+from avse.data.shards import write_split
+from tests.conftest import REPO, run_cmd
+
+YAMLS = sorted(glob.glob(os.path.join(REPO, "egs", "*", "hparams", "*.yaml")))
+TINY = ["--number_of_epochs=1", "--epoch_steps=2", "--batch_size=2", "--num_workers=0",
+        "--crop_seconds=1.0", "--noprogressbar", "--device=cpu"]
+
+
+def _make_split(out, split, speakers, n_per_spk, visual, rng):
+    samples = []
+    for s in speakers:
+        for c in range(n_per_spk):
+            frames = int(rng.integers(30, 50))
+            key = f"{s}/vid{split}{c:05d}x/{c:05d}"
+            sample = {"__key__": key,
+                      "flac": (0.3 * rng.standard_normal(frames * 640)).clip(-1, 1).astype(np.float32),
+                      "json": {"key": key, "spk": s, "split": split, "duration": frames / 25,
+                               "num_frames": frames}}
+            if visual == "lips":
+                sample["lips.npy"] = rng.integers(0, 255, (frames, 88, 88), dtype=np.uint8)
+            else:
+                sample["emb.npy"] = rng.standard_normal((frames, 512)).astype(np.float16)
+            samples.append(sample)
+    write_split(samples, os.path.join(out, "shards", split), shard_size=4, multiple=2)
+    return [{"key": x["__key__"], "spk": x["json"]["spk"], "set": split,
+             "duration": x["json"]["duration"]} for x in samples]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Two prepared folders (lips and emb) in the recipe's output layout."""
+    roots = {}
+    for visual in ("lips", "emb"):
+        rng = np.random.default_rng(0)
+        root = str(tmp_path_factory.mktemp(f"tiny_{visual}"))
+        rows = []
+        for split, spks, n, count in (("train", ["id00001", "id00002", "id00003", "id00004"], 3, 8),
+                                      ("val", ["id00001", "id00002"], 1, 2),
+                                      ("test", ["id00005", "id00006", "id00007"], 1, 3)):
+            pool = _make_split(root, split, spks, n, visual, rng)
+            rows += voxmix.generate_mixtures(pool, count, 2, (-5, 5), seed=1, mix_set=split)
+        voxmix.write_list(rows, os.path.join(root, "lists", "voxmix_2mix.csv"))
+        roots[visual] = root
+    return roots
+
+
+def _visual_kind(yaml_path):
+    text = open(yaml_path).read()
+    m = re.search(r"^visual_encoder_type:\s*(\S+)", text, re.M)
+    return "emb" if m and m.group(1) == "embedding" else "lips"
+
+
+@pytest.mark.parametrize("yaml_path", YAMLS, ids=lambda p: os.path.relpath(p, REPO))
+def test_every_egs_yaml_trains_and_evaluates(yaml_path, tiny_data, tmp_path):
+    out = tmp_path / "exp"
+    train_py = os.path.join(os.path.dirname(os.path.dirname(yaml_path)), "train.py")
+    run_cmd(["python", train_py, yaml_path, f"--data_folder={tiny_data[_visual_kind(yaml_path)]}",
+             f"--output_folder={out}"] + TINY)
+    for name in ("hyperparams.yaml", "env.log", "train_log.txt", "model.yaml", "log.txt"):
+        assert (out / name).is_file(), name
+    assert glob.glob(str(out / "save" / "CKPT+*" / "model.ckpt"))
+    summary = json.loads((out / "eval" / "test.json").read_text())["summary"]
+    assert summary["si_sdr"]["count"] == 3 and np.isfinite(summary["si_sdr"]["mean"])
+    assert "epoch: 1" in (out / "train_log.txt").read_text()
+
+
+DEMO_YAML = os.path.join(REPO, "egs", "synthetic", "hparams", "demo.yaml")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _brain(yaml_path, overrides, **run_opts):
+    from hyperpyyaml import load_hyperpyyaml
+
+    from avse.brain import AVSEBrain
+
+    with open(yaml_path) as f:
+        hp = load_hyperpyyaml(f, overrides)
+    brain = AVSEBrain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp,
+                      run_opts={"device": "cpu", "noprogressbar": True, **run_opts},
+                      checkpointer=hp["checkpointer"])
+    return brain, hp
+
+
+def test_interrupt_and_resume_continues_mid_epoch(tiny_data, tmp_path):
+    from avse.experiment import make_loaders
+
+    overrides = {"data_folder": tiny_data["lips"], "output_folder": str(tmp_path / "exp"),
+                 "number_of_epochs": 2, "epoch_steps": 4, "batch_size": 2, "num_workers": 0,
+                 "crop_seconds": 1.0, "trace_dir": str(tmp_path / "trace"), "valid_list": None}
+    brain, hp = _brain(DEMO_YAML, overrides, ckpt_interval_steps=2)
+    original_end = brain.on_fit_batch_end
+
+    def crash_on_third_step(batch, outputs, loss, should_step):
+        original_end(batch, outputs, loss, should_step)
+        if brain.optimizer_step == 3:
+            raise _Interrupt()
+
+    brain.on_fit_batch_end = crash_on_third_step
+    train, _ = make_loaders(hp)
+    with pytest.raises(_Interrupt):
+        brain.fit(hp["epoch_counter"], train)
+    ckpts = glob.glob(str(tmp_path / "exp" / "save" / "CKPT+*"))
+    assert len(ckpts) == 1  # the intra-epoch checkpoint written after step 2
+    # a fresh process-like start: new objects, same folder
+    brain2, hp2 = _brain(DEMO_YAML, overrides, ckpt_interval_steps=2)
+    train2, _ = make_loaders(hp2)
+    brain2.fit(hp2["epoch_counter"], train2)
+    assert brain2.optimizer_step == 2 * 4  # 2 recovered + 2 to finish epoch 1 + 4 of epoch 2
+    traces = sorted(glob.glob(str(tmp_path / "trace" / "rank0_epoch*.json")))
+    steps = {os.path.basename(t): json.load(open(t))["steps"] for t in traces}
+    assert steps == {"rank0_epoch1.json": 2, "rank0_epoch2.json": 4}
+    assert hp2["epoch_counter"].current == 2
+
+
+def test_torchrun_ddp_two_ranks(tiny_data, tmp_path):
+    out, trace = tmp_path / "exp", tmp_path / "trace"
+    run_cmd(["torchrun", "--standalone", "--nproc_per_node=2",
+             os.path.join(REPO, "egs", "synthetic", "train.py"), DEMO_YAML,
+             f"--data_folder={tiny_data['lips']}", f"--output_folder={out}",
+             "--distributed_backend=gloo", f"--trace_dir={trace}", "--number_of_epochs=1",
+             "--epoch_steps=3", "--batch_size=2", "--num_workers=1", "--crop_seconds=1.0",
+             "--noprogressbar", "--device=cpu"], timeout=300)
+    r0 = json.load(open(trace / "rank0_epoch1.json"))
+    r1 = json.load(open(trace / "rank1_epoch1.json"))
+    assert r0["steps"] == r1["steps"] == 3
+    assert not set(r0["keys"]) & set(r1["keys"])  # each rank mixes its own shards' targets
+    assert r0["param_checksum"] == pytest.approx(r1["param_checksum"], rel=1e-6, abs=1e-6)
+    assert len(glob.glob(str(out / "save" / "CKPT+*"))) == 1
+    assert (out / "eval" / "test.json").is_file()
+
+
+def test_avse_extract_cli_on_a_synthetic_mp4(tmp_path):
+    import soundfile as sf
+
+    from avse.data.synthetic import render_face, speaker_look, write_mp4
+    from avse.data.synthetic_speech import speaker_voice, synthesize_utterance
+    from avse.models import AVSEModel, save_model
+
+    utt = synthesize_utterance(speaker_voice(3, 0), np.random.default_rng(0), 2.0)
+    frames = render_face(utt.opening, utt.width, utt.roundness, look=speaker_look(3, 0))
+    mp4 = tmp_path / "face.mp4"
+    write_mp4(mp4, frames, utt.wav)
+    torch.manual_seed(0)
+    model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 32},
+                      {"type": "cnn", "out_dim": 16},
+                      {"type": "tcn", "bottleneck": 16, "hidden": 32, "num_blocks": 2,
+                       "num_repeats": 1}, fusion="concat")
+    save_model(model, str(tmp_path / "model"))
+    out = tmp_path / "target.wav"
+    proc = run_cmd(["avse-extract", "--model", str(tmp_path / "model"), "--video", str(mp4),
+                    "--out", str(out)])
+    wav, sr = sf.read(out)
+    assert sr == 16000 and abs(len(wav) - len(utt.wav)) <= 1024  # the mp4's own audio
+    assert np.all(np.isfinite(wav)) and "wrote" in proc.stdout
+    # a separate mixture at 8 kHz, 0.5 s longer than the video: resampled, padded with a warning
+    mix8k = tmp_path / "mix.wav"
+    sf.write(mix8k, np.random.default_rng(1).uniform(-0.5, 0.5, 8000 * 2 + 4000), 8000)
+    proc = run_cmd(["avse-extract", "--model", str(tmp_path / "model"), "--video", str(mp4),
+                    "--mixture", str(mix8k), "--out", str(out)])
+    assert len(sf.read(out)[0]) == 16000 * 2 + 8000 and "padded" in proc.stderr
+    # beyond 1 s of mismatch: a clear error, nothing written
+    sf.write(mix8k, np.zeros(8000 * 5), 8000)
+    proc = run_cmd(["avse-extract", "--model", str(tmp_path / "model"), "--video", str(mp4),
+                    "--mixture", str(mix8k), "--out", str(tmp_path / "x.wav")], check=False)
+    assert proc.returncode == 2 and "at most 25 are padded" in proc.stderr
+    assert not (tmp_path / "x.wav").exists()
+    # an embedding file for a ROI model
+    np.save(tmp_path / "e.npy", np.zeros((50, 512), np.float32))
+    proc = run_cmd(["avse-extract", "--model", str(tmp_path / "model"), "--video",
+                    str(tmp_path / "e.npy"), "--mixture", str(mix8k), "--out", str(out)], check=False)
+    assert proc.returncode == 2 and "mouth ROI" in proc.stderr
