@@ -55,7 +55,7 @@ class AVSEBrain(sb.core.Brain):
         dynamic mixing) and, after an intra-epoch resume, to skip the batches already done."""
         if hasattr(train_set, "set_epoch"):
             self.train_sampler = train_set
-        self.train_loader = train_set
+        self.train_loader, self.valid_loader = train_set, valid_set
         return super().fit(epoch_counter, train_set, valid_set, **kwargs)
 
     def _wrap_distributed(self):
@@ -149,6 +149,8 @@ class AVSEBrain(sb.core.Brain):
                 loader.skip_batches(self.step)  # > 0 only right after an intra-epoch resume
         elif stage == sb.Stage.VALID:
             self.valid_stats = []
+            if not self._validates(epoch) and hasattr(self.valid_loader, "skip_batches"):
+                self.valid_loader.skip_batches(len(self.valid_loader))  # an empty pass
         elif stage == sb.Stage.TEST:
             self.test_tracker = MetricTracker()
 
@@ -156,21 +158,24 @@ class AVSEBrain(sb.core.Brain):
         if stage == sb.Stage.TRAIN:
             self._write_trace(epoch)
             self.train_loss = stage_loss
-            lr = self._step_scheduler(epoch)
-            self._log({"epoch": epoch, "lr": lr}, {"loss": stage_loss}, None)
-            if not self._validates(epoch) and self.checkpointer is not None:
-                self.checkpointer.save_and_keep_only(
-                    meta={"epoch": epoch}, importance_keys=[_ckpt_si_sdr],
-                    num_to_keep=int(getattr(self.hparams, "keep_checkpoints", 1)))
+            self.epoch_lr = self.optimizer.param_groups[0]["lr"]
+            self._step_scheduler(epoch)
+            if not self._validates(epoch):  # else the validation end logs and checkpoints
+                self._log({"epoch": epoch, "lr": self.epoch_lr}, {"loss": stage_loss}, None)
+                if self.checkpointer is not None:
+                    self.checkpointer.save_and_keep_only(
+                        meta={"epoch": epoch}, importance_keys=[_ckpt_si_sdr],
+                        num_to_keep=int(getattr(self.hparams, "keep_checkpoints", 1)))
             return
         if stage == sb.Stage.VALID:
+            if not self._validates(epoch):
+                return
             stats = self._reduce_valid_stats(stage_loss)
             plateau = getattr(self.hparams, "lr_scheduler", None)
             if isinstance(plateau, sb.nnet.schedulers.ReduceLROnPlateau):
                 _, new_lr = plateau([self.optimizer], epoch, stats["loss"])
                 sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
-            self._log({"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
-                      {"loss": self.train_loss}, stats)
+            self._log({"epoch": epoch, "lr": self.epoch_lr}, {"loss": self.train_loss}, stats)
             if self.checkpointer is not None:
                 self.checkpointer.save_and_keep_only(
                     meta={"epoch": epoch, **stats}, importance_keys=[_ckpt_si_sdr],
@@ -228,16 +233,18 @@ class AVSEBrain(sb.core.Brain):
         self._trace = {}
 
     def _validates(self, epoch) -> bool:
+        """Whether epoch ``epoch`` ends with a validation pass (every n epochs, and the last)."""
+        if getattr(self, "valid_loader", None) is None or epoch is None:
+            return False
         every = int(getattr(self.hparams, "valid_every_n_epochs", 1) or 1)
-        limit = getattr(self.hparams, "number_of_epochs", None)
-        return epoch is not None and (epoch % every == 0 or epoch == limit)
+        return epoch % every == 0 or epoch == getattr(self.hparams, "number_of_epochs", None)
 
     def _step_scheduler(self, epoch):
+        """Epoch-based decay (e.g. StepScheduler: x0.97 every 3 epochs) after each epoch."""
         sched = getattr(self.hparams, "lr_scheduler", None)
         if sched is not None and not isinstance(sched, sb.nnet.schedulers.ReduceLROnPlateau):
             _, new_lr = sched(epoch)
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
-        return self.optimizer.param_groups[0]["lr"]
 
     def _log(self, stats_meta, train_stats, valid_stats):
         # called on every rank: SpeechBrain's loggers write on the main process and broadcast

@@ -73,6 +73,19 @@ def test_every_egs_yaml_trains_and_evaluates(yaml_path, tiny_data, tmp_path):
     summary = json.loads((out / "eval" / "test.json").read_text())["summary"]
     assert summary["si_sdr"]["count"] == 3 and np.isfinite(summary["si_sdr"]["mean"])
     assert "epoch: 1" in (out / "train_log.txt").read_text()
+    if "tensorboard_logger:" in open(yaml_path).read():
+        assert any((out / "tensorboard").iterdir())
+
+
+def test_bf16_training_on_cpu(tiny_data, tmp_path):
+    out = tmp_path / "exp"
+    run_cmd(["python", os.path.join(REPO, "egs", "synthetic", "train.py"), DEMO_YAML,
+             f"--data_folder={tiny_data['lips']}", f"--output_folder={out}", "--precision=bf16",
+             "--eval_precision=bf16"] + TINY)
+    log = (out / "log.txt").read_text()
+    assert "--precision=bf16" in log
+    summary = json.loads((out / "eval" / "test.json").read_text())["summary"]
+    assert np.isfinite(summary["si_sdr"]["mean"])
 
 
 DEMO_YAML = os.path.join(REPO, "egs", "synthetic", "hparams", "demo.yaml")
@@ -183,3 +196,22 @@ def test_avse_extract_cli_on_a_synthetic_mp4(tmp_path):
     proc = run_cmd(["avse-extract", "--model", str(tmp_path / "model"), "--video",
                     str(tmp_path / "e.npy"), "--mixture", str(mix8k), "--out", str(out)], check=False)
     assert proc.returncode == 2 and "mouth ROI" in proc.stderr
+
+
+def test_validation_every_n_epochs_and_best_checkpoint(tiny_data, tmp_path):
+    from avse.experiment import make_loaders
+
+    overrides = {"data_folder": tiny_data["lips"], "output_folder": str(tmp_path / "exp"),
+                 "number_of_epochs": 3, "valid_every_n_epochs": 2, "epoch_steps": 1,
+                 "batch_size": 2, "num_workers": 0, "crop_seconds": 1.0}
+    brain, hp = _brain(DEMO_YAML, overrides)
+    train, valid = make_loaders(hp)
+    brain.fit(hp["epoch_counter"], train, valid)
+    lines = (tmp_path / "exp" / "train_log.txt").read_text().splitlines()
+    assert len(lines) == 3
+    assert ["valid si_sdr" in line for line in lines] == [False, True, True]
+    # lr decays with the StepScheduler after every epoch (x0.97 every 3)
+    assert "lr: 2.00e-03" in lines[0]
+    ckpts = glob.glob(str(tmp_path / "exp" / "save" / "CKPT+*" / "CKPT.yaml"))
+    metas = [open(c).read() for c in ckpts]
+    assert 1 <= len(ckpts) <= 2 and any("si_sdr" in m for m in metas)
