@@ -12,7 +12,8 @@ Hyperparameters read from the yaml (``self.hparams``):
   mean`` averages instead).
 - ``aux_losses`` ({}): ``name: {output: <aux key>, target: <batch field>, kind: si_sdr|l1|
   cross_entropy, weight: w, intermediate: bool}``; summed over the final and (optionally)
-  intermediate predictions; e.g. SEANet's noise branch or MuSE's speaker classification.
+  intermediate predictions, in the training stage only (validation ranks by SI-SDR); e.g.
+  SEANet's noise branch or MuSE's speaker classification.
 - ``lr_scheduler`` (optional): ``speechbrain.nnet.schedulers.StepScheduler`` (decay every
   n epochs, the seed's x0.97 every 3) or ``ReduceLROnPlateau`` (on validation loss).
 - ``valid_every_n_epochs`` (1), ``keep_checkpoints`` (1 best by validation SI-SDR, plus
@@ -96,8 +97,9 @@ class AVSEBrain(sb.core.Brain):
             output.estimate, output.intermediate, target,
             alpha=float(getattr(self.hparams, "alpha", 0.0)),
             reduction=getattr(self.hparams, "intermediate_reduction", "sum"))
-        for name, spec in (getattr(self.hparams, "aux_losses", None) or {}).items():
-            loss = loss + self._aux_loss(name, spec, output, batch)
+        if stage == sb.Stage.TRAIN:  # auxiliary heads (e.g. speaker classifiers) train only
+            for name, spec in (getattr(self.hparams, "aux_losses", None) or {}).items():
+                loss = loss + self._aux_loss(name, spec, output, batch)
         if stage != sb.Stage.TRAIN:
             self._track(output.estimate.detach(), batch, stage)
         return loss

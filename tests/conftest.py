@@ -3,8 +3,12 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
+# One thread per process: tests run tiny models, often several processes at once (torchrun),
+# where OpenMP threads competing for 2 cores slow everything down by orders of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,8 +15,14 @@ SMALL_AUDIO = {"conv": {"out_channels": 32, "kernel_size": 40},
                "stft": {"n_fft": 128, "hop": 32, "win": 128}}
 SMALL_SEP = {"dprnn": {"bottleneck": 16, "hidden": 16, "chunk_size": 20, "num_layers": 3},
              "tcn": {"bottleneck": 16, "hidden": 32, "num_blocks": 3, "num_repeats": 2,
-                     "intermediate_heads": True}}
-N_ESTIMATES = {"dprnn": 3, "tcn": 2}  # estimates with return_intermediate=True and SMALL_SEP
+                     "intermediate_heads": True},
+             "seanet": {"bottleneck": 16, "hidden": 16, "chunk_size": 20, "num_layers": 3},
+             "avsep": {"d_model": 16, "num_heads": 2, "d_ffn": 32, "intra_layers": 1,
+                       "inter_layers": 2, "num_blocks": 2, "chunk_size": 20, "max_len": 40},
+             "muse": {"bottleneck": 16, "hidden": 32, "num_blocks": 2, "num_repeats": 2,
+                      "num_speakers": 10, "speaker_hidden": 16}}
+# estimates with return_intermediate=True and SMALL_SEP
+N_ESTIMATES = {"dprnn": 3, "tcn": 2, "seanet": 3, "avsep": 1}
 LENGTHS = (16000, 16001, 15997, 12345, 401, 23)
 VISUAL_DIM = 12
 
@@ -55,12 +61,18 @@ def assert_all_grads_finite(module):
             assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
 
 
-def waveforms(out):
-    """Every waveform of a ModelOutput (estimate, intermediates, aux tensors / lists)."""
-    wavs = [out.estimate, *out.intermediate]
+def aux_tensors(out):
+    """Every floating tensor of ``out.aux`` (tensors and lists of tensors)."""
+    found = []
     for value in out.aux.values():
-        wavs.extend(value if isinstance(value, (list, tuple)) else [value])
-    return [w for w in wavs if torch.is_tensor(w) and w.is_floating_point()]
+        found.extend(value if isinstance(value, (list, tuple)) else [value])
+    return [t for t in found if torch.is_tensor(t) and t.is_floating_point()]
+
+
+def waveforms(out):
+    """Every waveform of a ModelOutput: estimate, intermediates, waveform-shaped aux outputs."""
+    return [out.estimate, *out.intermediate,
+            *[t for t in aux_tensors(out) if t.shape == out.estimate.shape]]
 
 
 def test_every_slot_has_plugins():
@@ -199,7 +211,9 @@ def test_separator_forward_backward(name):
         assert len(out.intermediate) + 1 == N_ESTIMATES[name]
     for wav in waveforms(out):
         assert wav.shape == mix.shape and torch.isfinite(wav).all()
-    sum(w.square().mean() for w in waveforms(out)).backward()
+    # every output (waveforms and e.g. speaker logits) takes part, so every head gets a gradient
+    sum(t.square().mean() for t in waveforms(out) + [t for t in aux_tensors(out)
+                                                      if t.shape != out.estimate.shape]).backward()
     assert_all_grads_finite(model)
 
 

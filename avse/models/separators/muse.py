@@ -1,0 +1,426 @@
+"""MuSE separator: a Conv-TasNet TCN with a speaker-embedding branch at every repeat.
+
+MuSE (Pan et al., "MuSE: Multi-modal target speaker extraction with visual cues", 2021),
+as in the SEANet repository's ``model/muse.py``. After a channel-wise layer norm and a 1x1
+bottleneck ``N -> C`` (the ``mix`` stream), each of the R repeats
+
+1. projects the visual features twice, for the fusion (``visual_projs``) and for the speaker
+   branch (``speaker_visual_projs``): 1x1 ``Dv -> C`` at 25 fps, then upsampled to the L
+   audio frames (:func:`upsample_visual`: linear interpolation by the integer frame ratio,
+   32 at 16 kHz, hop 20, 25 fps, then zero-padded or cropped to L);
+2. computes a speaker embedding ``e`` ``[B, C, 1]`` (:class:`SpeakerEmbedding`) from the
+   current stream ``x`` gated by the mixture, ``mix * relu(x)``, concatenated with the
+   speaker branch's visual projection: 1x1 ``2C -> C``, three residual 1x1-conv/BN blocks
+   each followed by PReLU and average pooling (/3), a 1x1 conv (with bias) and the time
+   average;
+3. classifies the speaker from ``e`` (linear ``C -> num_speakers``; the logits train the
+   embedding and are not used otherwise);
+4. feeds ``W [e (repeated over time); x; v]`` to X Conv-TasNet blocks
+   (:class:`~avse.models.separators.tcn.TCNBlock`, dilations ``1 .. 2^(X-1)``, gLN).
+
+The mask is ``relu(1x1 conv C -> N)`` of the last repeat's output (no PReLU before it,
+unlike :class:`~avse.models.separators.tcn.TCNSeparator`). The input map ``W`` of each
+repeat is split into a speaker part (``speaker_projs``, applied once per utterance to
+``e``) and the fusion block (``fusion``, built with ``audio_dim = visual_dim = C``; the
+default ``concat`` is exactly the reference's ``[x; v]`` columns of ``W``).
+
+With the reference's weights (:func:`convert_reference_state_dict`) and the MuSE visual
+front (``embedding`` visual encoder with ``out_dim=512, hidden=None, norm="bn"``) the
+estimate equals the reference's (:func:`reference_model_config`; measured in eval mode on
+4 s inputs with 512-d embeddings: max deviation 8e-7 of the estimate's peak, the float32
+rounding level; in float64 1e-15, and the training loss and gradients to 1e-12). Changes
+that leave the estimate as it is: the time average of the embedding is taken before its
+last 1x1 conv, the visual half of the speaker branch's input conv runs at 25 fps, the
+speaker part of each repeat's input conv once per utterance, and the logits of a batch of
+one are ``[1, M]`` (the reference squeezes them to ``[M]``).
+
+Outputs: ``masks = [final]`` (MuSE has no intermediate estimates); in training (or with
+``return_intermediate``) ``aux["speaker_logits"]`` ``[B, num_speakers]`` (last repeat) and,
+with ``return_intermediate``, ``aux["speaker_logits_intermediate"]`` (the R-1 earlier
+repeats, first to last). In eval mode without ``return_intermediate`` the classifiers are
+not run (they do not affect the estimate) unless ``classify_in_eval``.
+
+Example
+-------
+>>> import torch
+>>> sep = MuSESeparator(in_dim=16, visual_dim=8, bottleneck=8, hidden=16, num_blocks=2,
+...                     num_repeats=2, num_speakers=5, speaker_hidden=8)
+>>> out = sep(torch.rand(2, 16, 95), torch.randn(2, 8, 3), return_intermediate=True)
+>>> out.masks[-1].shape, out.aux["speaker_logits"].shape
+(torch.Size([2, 16, 95]), torch.Size([2, 5]))
+>>> len(out.aux["speaker_logits_intermediate"])  # the R - 1 earlier repeats
+1
+>>> sorted(sep.eval()(torch.rand(2, 16, 95), torch.randn(2, 8, 3)).aux)
+[]
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avse.registry import register
+from avse.models.base import Separator, SeparatorOutput, build_fusion
+from avse.models.separators.tcn import ChannelNorm, TCNBlock
+
+__all__ = ["MuSESeparator", "SpeakerEmbedding", "upsample_visual", "reference_model_config",
+           "convert_reference_state_dict", "to_reference_state_dict"]
+
+
+def upsample_visual(visual: torch.Tensor, length: int, factor: int) -> torch.Tensor:
+    """MuSE's alignment: ``[B, D, Tv]`` -> ``[B, D, length]``.
+
+    Linear interpolation (``align_corners=False``) to ``factor * Tv`` frames, then zero
+    padding at the end or cropping to ``length``.
+
+    >>> upsample_visual(torch.tensor([[[0.0, 4.0]]]), 5, 2)
+    tensor([[[0., 1., 3., 4., 0.]]])
+    """
+    if factor > 1:
+        visual = F.interpolate(visual, size=factor * visual.shape[-1], mode="linear",
+                               align_corners=False)
+    extra = length - visual.shape[-1]
+    if extra > 0:
+        return F.pad(visual, (0, extra))
+    return visual[..., :length] if extra < 0 else visual
+
+
+class SpeakerEmbedding(nn.Module):
+    """MuSE speaker encoder: audio ``[B, C, L]`` + visual ``[B, C, Tv]`` -> ``[B, C, 1]``.
+
+    ``x = P [audio; align(visual)]`` (1x1, ``2C -> C``, no bias; the visual half is applied
+    at the video rate, before the alignment, with which it commutes), then ``num_blocks``
+    times ``x = avgpool(prelu(x + bn(conv(prelu(bn(conv(x)))))))`` (1x1 convs ``C -> H ->
+    C``, pooling by ``pool``; skipped once fewer than ``pool`` frames are left), then a 1x1
+    conv with bias and the average over time.
+    """
+
+    def __init__(self, channels: int, hidden: int = 256, num_blocks: int = 3, pool: int = 3):
+        super().__init__()
+        self.channels, self.pool = int(channels), int(pool)
+        self.proj = nn.Conv1d(2 * channels, channels, 1, bias=False)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(channels, hidden, 1, bias=False), nn.BatchNorm1d(hidden),
+                          nn.PReLU(), nn.Conv1d(hidden, channels, 1, bias=False),
+                          nn.BatchNorm1d(channels))
+            for _ in range(num_blocks))
+        self.acts = nn.ModuleList(nn.PReLU() for _ in range(num_blocks))
+        self.out = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, audio: torch.Tensor, visual: torch.Tensor, align) -> torch.Tensor:
+        """audio ``[B, C, L]``, visual ``[B, C, Tv]``, ``align``: ``[B, C, Tv] -> [B, C, L]``."""
+        weight = self.proj.weight
+        x = F.conv1d(audio, weight[:, :self.channels]) + align(
+            F.conv1d(visual, weight[:, self.channels:]))
+        for block, act in zip(self.blocks, self.acts):
+            x = act(block(x) + x)
+            if x.shape[-1] >= self.pool:
+                x = F.avg_pool1d(x, self.pool)
+        # the time average commutes with the 1x1 conv: average first (cheaper)
+        return self.out(x.mean(dim=-1, keepdim=True))
+
+
+@register("separator", "muse")
+class MuSESeparator(Separator):
+    """MuSE: feats ``[B, N, L]`` + visual ``[B, Dv, Tv]`` -> mask ``[B, N, L]`` + speaker logits.
+
+    Defaults are the reference configuration (``muse(N=256, L=40, B=256, H=512, P=3, X=8,
+    R=4, M=800)``).
+
+    Arguments
+    ---------
+    in_dim : int
+        N, encoder channels.
+    visual_dim : int
+        Dv, visual encoder channels (512 with MuSE's visual front).
+    fusion : spec
+        fusion of the stream ``x`` with the projected visual features at the input of every
+        repeat, built with ``audio_dim = visual_dim = C``; a fusion whose ``out_dim != C``
+        is followed by a 1x1 conv back to C. Default ``"concat"`` (the reference).
+    bottleneck : int
+        C.
+    hidden : int
+        H, channels inside the TCN blocks.
+    kernel_size : int
+        P.
+    num_blocks : int
+        X, TCN blocks per repeat.
+    num_repeats : int
+        R.
+    num_speakers : int
+        M, classes of the speaker classifiers (the training speakers).
+    speaker_hidden, speaker_blocks, speaker_pool : int
+        :class:`SpeakerEmbedding` (256, 3, 3 in the reference).
+    norm : str
+        norm inside the TCN blocks (``"gln"``, ``"cln"``, ``"bn"``).
+    visual_upsample : int or None
+        the integer ratio of audio to video frames used by the alignment; None: ``round(L /
+        Tv)`` (32 for 16 kHz, hop 20, 25 fps, as the reference hard-codes).
+    visual_align : str
+        ``"reference"``: the fusion gets the visual features already upsampled to the L
+        audio frames (as MuSE); ``"fusion"``: at 25 fps, aligned by the fusion block itself
+        (e.g. for ``cross_attention``). The speaker branch always uses the reference one.
+    classify_in_eval : bool
+        also run the speaker classifiers in eval mode (for a validation loss that needs
+        ``speaker_logits``).
+    """
+
+    output_type = "mask"
+
+    def __init__(self, in_dim: int, visual_dim: int, fusion="concat", bottleneck: int = 256,
+                 hidden: int = 512, kernel_size: int = 3, num_blocks: int = 8,
+                 num_repeats: int = 4, num_speakers: int = 800, speaker_hidden: int = 256,
+                 speaker_blocks: int = 3, speaker_pool: int = 3, norm: str = "gln",
+                 visual_upsample: int | None = None, visual_align: str = "reference",
+                 classify_in_eval: bool = False):
+        super().__init__()
+        if visual_align not in ("reference", "fusion"):
+            raise ValueError(f"visual_align must be 'reference' or 'fusion', got {visual_align!r}")
+        if visual_upsample is not None and int(visual_upsample) < 1:
+            raise ValueError(f"visual_upsample must be >= 1 or None, got {visual_upsample}")
+        self.num_repeats, self.num_blocks = int(num_repeats), int(num_blocks)
+        self.num_speakers = int(num_speakers)
+        self.visual_upsample = None if visual_upsample is None else int(visual_upsample)
+        self.visual_align = visual_align
+        self.classify_in_eval = bool(classify_in_eval)
+        c, r = int(bottleneck), self.num_repeats
+        self.in_norm = ChannelNorm(in_dim, eps=1e-5)  # the reference's nn.LayerNorm eps
+        self.bottleneck = nn.Conv1d(in_dim, c, 1, bias=False)
+        self.visual_projs = nn.ModuleList(nn.Conv1d(visual_dim, c, 1, bias=False) for _ in range(r))
+        self.speaker_visual_projs = nn.ModuleList(nn.Conv1d(visual_dim, c, 1, bias=False)
+                                                  for _ in range(r))
+        self.speaker_nets = nn.ModuleList(SpeakerEmbedding(c, speaker_hidden, speaker_blocks,
+                                                           speaker_pool) for _ in range(r))
+        self.classifiers = nn.ModuleList(nn.Linear(c, self.num_speakers) for _ in range(r))
+        self.speaker_projs = nn.ModuleList(nn.Conv1d(c, c, 1, bias=False) for _ in range(r))
+        self.fusions = nn.ModuleList(build_fusion(fusion, audio_dim=c, visual_dim=c)
+                                     for _ in range(r))
+        self.fusion_projs = nn.ModuleList(
+            nn.Conv1d(f.out_dim, c, 1, bias=False) if f.out_dim != c else nn.Identity()
+            for f in self.fusions)
+        self.repeats = nn.ModuleList(
+            nn.ModuleList(TCNBlock(c, hidden, kernel_size, 2 ** x, norm)
+                          for x in range(self.num_blocks))
+            for _ in range(r))
+        self.mask_conv = nn.Conv1d(c, in_dim, 1, bias=False)
+
+    def forward(self, feats: torch.Tensor, visual: torch.Tensor,
+                return_intermediate: bool = False) -> SeparatorOutput:
+        """feats ``[B, N, L]``, visual ``[B, Dv, Tv]`` -> SeparatorOutput (see module doc)."""
+        x = self.bottleneck(self.in_norm(feats))  # [B, C, L]
+        mix = x
+        length = x.shape[-1]
+        factor = self.visual_upsample or max(1, round(length / visual.shape[-1]))
+
+        def align(v):
+            return upsample_visual(v, length, factor)
+
+        classify = self.training or return_intermediate or self.classify_in_eval
+        logits = []
+        for r in range(self.num_repeats):
+            emb = self.speaker_nets[r](mix * F.relu(x), self.speaker_visual_projs[r](visual),
+                                       align)  # [B, C, 1]
+            if classify and (return_intermediate or r == self.num_repeats - 1):
+                logits.append(self.classifiers[r](emb.squeeze(-1)))
+            v = self.visual_projs[r](visual)
+            if self.visual_align == "reference":
+                v = align(v)
+            x = self.fusion_projs[r](self.fusions[r](x, v)) + self.speaker_projs[r](emb)
+            for block in self.repeats[r]:
+                x, _ = block(x)
+        aux = {}
+        if logits:
+            aux["speaker_logits"] = logits[-1]
+            if return_intermediate:
+                aux["speaker_logits_intermediate"] = logits[:-1]
+        return SeparatorOutput([F.relu(self.mask_conv(x))], aux=aux)
+
+
+# ----------------------------------------------------------------------------- reference
+
+def reference_model_config(num_speakers: int = 800) -> dict:
+    """``AVSEModel`` keyword arguments of the reference MuSE (conv encoder 256 x 40, MuSE's
+    visual front, the default separator, concat fusion)."""
+    return {"audio_encoder": {"type": "conv", "out_channels": 256, "kernel_size": 40},
+            "visual_encoder": {"type": "embedding", "out_dim": 512, "hidden": None,
+                               "norm": "bn"},
+            "separator": {"type": "muse", "num_speakers": num_speakers},
+            "fusion": "concat"}
+
+
+# Key rules: (reference template after "model.", our template, transform). Placeholders:
+# {r}, {b}, {j}, {k} integers, {p} a parameter name; "{j+1}" in a reference template is our
+# j plus one (the reference's tcn.r.0 is the repeat's input conv, its blocks are tcn.r.1..X).
+# Transforms: "same"; "vector" ([C] <-> [C, 1]); "gln" ([1, C, 1] <-> [C]); "basis"
+# (Linear(N, L) weight [L, N] <-> ConvTranspose1d(N, 1, L) weight [N, 1, L]).
+_BLOCK = "separator.tcn.{r}.{j+1}.net."
+_OURS = "separator.repeats.{r}.{j}."
+_KEY_RULES = [
+    ("encoder.conv1d_U.weight", "audio_encoder.conv.weight", "same"),
+    ("decoder.basis_signals.weight", "decoder.deconv.weight", "basis"),
+    ("separator.visual_conv.{b}.net.{k}.{p}", "visual_encoder.vtcn.blocks.{b}.net.{k}.{p}", "same"),
+    ("separator.layer_norm.{p}", "separator.in_norm.{p}", "vector"),
+    ("separator.bottleneck_conv1x1.weight", "separator.bottleneck.weight", "same"),
+    ("separator.mask_conv1x1.weight", "separator.mask_conv.weight", "same"),
+    ("separator.ve_conv1x1.{r}.weight", "separator.visual_projs.{r}.weight", "same"),
+    ("separator.ve_conv1x1_SE.{r}.weight", "separator.speaker_visual_projs.{r}.weight", "same"),
+    ("separator.audio_linear.{r}.{p}", "separator.classifiers.{r}.{p}", "same"),
+    ("separator.se_net.{r}.conv_proj.weight", "separator.speaker_nets.{r}.proj.weight", "same"),
+    ("separator.se_net.{r}.resnet.{j}.{k}.{p}", "separator.speaker_nets.{r}.blocks.{j}.{k}.{p}",
+     "same"),
+    ("separator.se_net.{r}.prelu.{j}.weight", "separator.speaker_nets.{r}.acts.{j}.weight", "same"),
+    ("separator.se_net.{r}.conv.{p}", "separator.speaker_nets.{r}.out.{p}", "same"),
+    (_BLOCK + "0.weight", _OURS + "conv_in.weight", "same"),
+    (_BLOCK + "1.weight", _OURS + "act_in.weight", "same"),
+    (_BLOCK + "2.gamma", _OURS + "norm_in.weight", "gln"),
+    (_BLOCK + "2.beta", _OURS + "norm_in.bias", "gln"),
+    (_BLOCK + "3.net.0.weight", _OURS + "depthwise.weight", "same"),
+    (_BLOCK + "3.net.1.weight", _OURS + "act_dw.weight", "same"),
+    (_BLOCK + "3.net.2.gamma", _OURS + "norm_dw.weight", "gln"),
+    (_BLOCK + "3.net.2.beta", _OURS + "norm_dw.bias", "gln"),
+    (_BLOCK + "3.net.3.weight", _OURS + "res_conv.weight", "same"),
+]
+# The reference's repeat input conv tcn.r.0 (3C -> C over [speaker; x; visual]) is split in
+# three (along its input channels, in that order).
+_INPUT_CONV = "separator.tcn.{r}.0.weight"
+_INPUT_PARTS = ("separator.speaker_projs.{r}.weight", "separator.fusions.{r}.audio_proj.weight",
+                "separator.fusions.{r}.visual_proj.weight")
+
+
+@lru_cache(maxsize=None)
+def _regex(template: str):
+    """Template -> compiled regex with a named group per placeholder."""
+    out, pos = "", 0
+    for m in re.finditer(r"\{(\w)(\+1)?\}", template):
+        out += re.escape(template[pos:m.start()])
+        name = m.group(1) + ("_plus" if m.group(2) else "")
+        out += rf"(?P<{name}>\w+)" if m.group(1) == "p" else rf"(?P<{name}>\d+)"
+        pos = m.end()
+    return re.compile(out + re.escape(template[pos:]) + "$")
+
+
+def _match(template: str, key: str):
+    """Placeholder values (``{j+1}`` given back as j) of ``key``, or None."""
+    m = _regex(template).match(key)
+    if m is None:
+        return None
+    values = {}
+    for name, value in m.groupdict().items():
+        if name.endswith("_plus"):
+            if int(value) < 1:
+                return None
+            values[name[0]] = str(int(value) - 1)
+        else:
+            values[name] = value
+    return values
+
+
+def _fill(template: str, values: dict) -> str:
+    return re.sub(r"\{(\w)(\+1)?\}",
+                  lambda m: str(int(values[m.group(1)]) + 1) if m.group(2) else values[m.group(1)],
+                  template)
+
+
+def _transform(kind: str, t: torch.Tensor, to_ours: bool) -> torch.Tensor:
+    if kind == "vector":
+        t = t.reshape(-1, 1) if to_ours else t.reshape(-1)
+    elif kind == "gln":
+        t = t.reshape(-1) if to_ours else t.reshape(1, -1, 1)
+    elif kind == "basis":
+        t = t.t().unsqueeze(1) if to_ours else t.squeeze(1).t()
+    return t.contiguous().clone()
+
+
+def _expected_state(model) -> dict:
+    """Our state dict (name -> tensor) to check a conversion against."""
+    if model is None:
+        from avse.models.avse_model import AVSEModel
+
+        with torch.device("meta"):
+            model = AVSEModel(**reference_model_config())
+    return model.state_dict() if isinstance(model, nn.Module) else dict(model)
+
+
+def _head(keys) -> str:
+    more = f", ... ({len(keys)} in all)" if len(keys) > 6 else ""
+    return ", ".join(keys[:6]) + more
+
+
+def _check(converted: dict, expected: dict, what: str) -> None:
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    shapes = sorted(f"{k} {tuple(converted[k].shape)} != {tuple(expected[k].shape)}"
+                    for k in set(converted) & set(expected)
+                    if tuple(converted[k].shape) != tuple(expected[k].shape))
+    parts = [f"{label}: {_head(keys)}" for label, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected),
+              ("wrong shapes", shapes)) if keys]
+    if parts:
+        raise ValueError(f"{what}: " + "; ".join(parts))
+
+
+def convert_reference_state_dict(state: dict, model=None) -> dict:
+    """Reference MuSE trainer ``state_dict()`` (keys ``model.*``) -> our AVSEModel keys.
+
+    The repeat input convs ``tcn.r.0`` are split into ``speaker_projs.r`` and the concat
+    fusion's ``audio_proj``/``visual_proj``; gLN/LayerNorm parameters and the decoder basis
+    are reshaped. ``model``: the AVSEModel (or its state dict) to check against; default the
+    reference configuration (:func:`reference_model_config`, built on the meta device).
+    Raises ValueError naming keys no rule maps, keys missing or left over against
+    ``model``, and wrong shapes.
+    """
+    out, unknown = {}, []
+    for key, value in state.items():
+        name = key[len("model."):] if key.startswith("model.") else key
+        values = _match(_INPUT_CONV, name)
+        if values is not None:
+            if value.dim() != 3 or value.shape[1] % 3:
+                raise ValueError(f"{key}: expected a [C, 3C, 1] conv weight, got "
+                                 f"{tuple(value.shape)}")
+            for part, chunk in zip(_INPUT_PARTS, value.chunk(3, dim=1)):
+                out[_fill(part, values)] = chunk.contiguous().clone()
+            continue
+        for ref, ours, kind in _KEY_RULES:
+            values = _match(ref, name)
+            if values is not None:
+                out[_fill(ours, values)] = _transform(kind, value, to_ours=True)
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError("reference MuSE state dict: unexpected keys (no rule maps them): "
+                         + _head(sorted(unknown)))
+    _check(out, _expected_state(model), "converted reference MuSE state dict")
+    return out
+
+
+def to_reference_state_dict(state: dict) -> dict:
+    """Our AVSEModel state dict -> reference trainer keys (``model.*``): the inverse of
+    :func:`convert_reference_state_dict` (needs the concat fusion). Raises ValueError naming
+    keys that have no reference counterpart."""
+    out, parts, unknown = {}, {}, []
+    for key, value in state.items():
+        for idx, part in enumerate(_INPUT_PARTS):
+            values = _match(part, key)
+            if values is not None:
+                parts.setdefault(values["r"], {})[idx] = value
+                break
+        else:
+            for ref, ours, kind in _KEY_RULES:
+                values = _match(ours, key)
+                if values is not None:
+                    out["model." + _fill(ref, values)] = _transform(kind, value, to_ours=False)
+                    break
+            else:
+                unknown.append(key)
+    for r, pieces in sorted(parts.items()):
+        if len(pieces) != 3:
+            unknown.extend(_fill(_INPUT_PARTS[i], {"r": r}) for i in pieces)
+            continue
+        out["model." + _fill(_INPUT_CONV, {"r": r})] = torch.cat([pieces[i] for i in range(3)], 1)
+    if unknown:
+        raise ValueError("no reference MuSE counterpart for: " + _head(sorted(unknown)))
+    return out
