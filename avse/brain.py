@@ -101,7 +101,7 @@ class AVSEBrain(sb.core.Brain):
             for name, spec in (getattr(self.hparams, "aux_losses", None) or {}).items():
                 loss = loss + self._aux_loss(name, spec, output, batch)
         if stage != sb.Stage.TRAIN:
-            self._track(output.estimate.detach(), batch, stage)
+            self._track(output.estimate.detach().float(), batch, stage)  # bf16/fp16 eval too
         return loss
 
     def _aux_loss(self, name, spec, output, batch):

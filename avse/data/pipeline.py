@@ -68,8 +68,7 @@ from avse.data.align import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, align_av
 from avse.data.mixing import (MixtureConfig, crop_start, fit_length, mix_sources, pad_to,
                               random_crop)
 from avse.data.shards import ShardError, decode_flac, decode_npy, iter_tar, read_meta, shard_urls
-from avse.data.sharding import (ShardSplitWarning, _member_key, check_shard_split, dist_info,  # noqa: F401
-                                split_shards, split_speakers, write_speakers_file)
+from avse.data.sharding import _member_key, check_shard_split, dist_info, split_shards, split_speakers
 
 VISUAL_KEYS = ("lips.npy", "emb.npy")
 STAGE_SETS = {"train": "train", "valid": "val", "test": "test"}

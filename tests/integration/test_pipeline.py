@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avse.data import lists as voxmix
-from avse.data import pipeline
+from avse.data import pipeline, sharding
 from avse.data.align import SAMPLES_PER_FRAME as SPF
 from avse.data.mixing import MixtureConfig
 from avse.data.shards import ShardError, write_split
@@ -167,7 +167,7 @@ def test_two_ranks_read_disjoint_shards_covering_the_split(shards, num_workers):
 def test_split_shards_partitions_exactly_once():
     urls = [f"s{i}" for i in range(12)]
     for world, workers in ((1, 1), (2, 2), (3, 4), (2, 3)):
-        parts = [pipeline.split_shards(urls, r, world, w, workers)
+        parts = [sharding.split_shards(urls, r, world, w, workers)
                  for r in range(world) for w in range(workers)]
         assert sorted(u for p in parts for u in p) == sorted(urls)
         assert len({len(p) for p in parts}) == 1
@@ -176,7 +176,7 @@ def test_split_shards_partitions_exactly_once():
 def test_uneven_shards_warn_or_raise(shards, monkeypatch):
     root, _ = shards
     odd = str(root / "odd")  # 6 shards
-    with pytest.warns(pipeline.ShardSplitWarning, match="do not divide evenly"):
+    with pytest.warns(sharding.ShardSplitWarning, match="do not divide evenly"):
         pipeline.make_train_loader(odd, CFG, batch_size=2, num_workers=2, rank=0, world_size=2)
     with pytest.raises(ShardError, match="divide evenly"):
         pipeline.make_train_loader(odd, CFG, batch_size=2, num_workers=4, strict_split=True)
@@ -184,7 +184,7 @@ def test_uneven_shards_warn_or_raise(shards, monkeypatch):
         pipeline.make_train_loader(odd, CFG, batch_size=2, num_workers=4, rank=1, world_size=2)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "3")
-    assert pipeline.dist_info() == (1, 3)
+    assert sharding.dist_info() == (1, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 6 shards / (3 ranks x 2 workers): even, no warning
         loader = pipeline.make_train_loader(odd, CFG, batch_size=2, num_workers=2)
@@ -195,14 +195,14 @@ def test_speakers_file_is_used_when_it_matches_meta(tmp_path):
     keys = _write(tmp_path / "split", n_spk=3)
     split = str(tmp_path / "split")
     expected = sorted({_spk(k) for k in keys})
-    assert pipeline.scan_speakers(split) == pipeline.split_speakers(split) == expected
+    assert sharding.scan_speakers(split) == sharding.split_speakers(split) == expected
     path = tmp_path / "split" / "speakers.txt"
-    assert pipeline.write_speakers_file(split) == str(path)
+    assert sharding.write_speakers_file(split) == str(path)
     assert path.read_text().split() == expected
     path.write_text("c\nb\na\n")  # a file with meta.json's speaker count is trusted
-    assert pipeline.split_speakers(split) == ["a", "b", "c"]
+    assert sharding.split_speakers(split) == ["a", "b", "c"]
     path.write_text("a\n")  # a stale one is not
-    assert pipeline.split_speakers(split) == expected
+    assert sharding.split_speakers(split) == expected
 
 
 def _list(keys, n, k, seed, mix_set="test"):
