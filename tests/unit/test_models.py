@@ -20,9 +20,11 @@ SMALL_SEP = {"dprnn": {"bottleneck": 16, "hidden": 16, "chunk_size": 20, "num_la
              "avsep": {"d_model": 16, "num_heads": 2, "d_ffn": 32, "intra_layers": 1,
                        "inter_layers": 2, "num_blocks": 2, "chunk_size": 20, "max_len": 40},
              "muse": {"bottleneck": 16, "hidden": 32, "num_blocks": 2, "num_repeats": 2,
-                      "num_speakers": 10, "speaker_hidden": 16}}
+                      "num_speakers": 10, "speaker_hidden": 16},
+             "tfgridnet": {"emb_dim": 8, "hidden": 8, "num_blocks": 2, "num_heads": 2,
+                           "qk_dim": 16, "intermediate_heads": True}}
 # estimates with return_intermediate=True and SMALL_SEP
-N_ESTIMATES = {"dprnn": 3, "tcn": 2, "seanet": 3, "avsep": 1}
+N_ESTIMATES = {"dprnn": 3, "tcn": 2, "seanet": 3, "avsep": 1, "tfgridnet": 2}
 LENGTHS = (16000, 16001, 15997, 12345, 401, 23)
 VISUAL_DIM = 12
 
