@@ -33,6 +33,7 @@ setup(
             "avse-prepare-voxceleb2=avse.recipes.voxceleb2:main",
             "avse-inspect-shards=avse.data.shards:main",
             "avse-extract=avse.inference:main",
+            "avse-convert-seanet=avse.models.convert:main",
         ],
     },
 )
