@@ -65,9 +65,16 @@ def measure(build, visual_input, repeats, ours: bool) -> dict:
     mix2, vis2 = _inputs(2, visual_input, torch)
     mix1, vis1 = _inputs(1, visual_input, torch)
 
+    import inspect
+
+    wants_m = not ours and "M" in inspect.signature(model.forward).parameters
+
+    def call(mix, vis, **kw):  # the reference's dprnn/seanet take the batch size as M
+        return model(mix, vis, M=mix.shape[0]) if wants_m else model(mix, vis, **kw)
+
     def train_step():
         model.train()
-        out = model(mix2, vis2, return_intermediate=True) if ours else model(mix2, vis2)
+        out = call(mix2, vis2, return_intermediate=True) if ours else call(mix2, vis2)
         opt.zero_grad()
         _outputs_sum(out, torch).backward()
         opt.step()
@@ -75,7 +82,7 @@ def measure(build, visual_input, repeats, ours: bool) -> dict:
     def infer():
         model.eval()
         with torch.no_grad():
-            return model(mix1, vis1)
+            return call(mix1, vis1)
 
     train_s = _timeit(train_step, repeats)
     infer_s = _timeit(infer, repeats)
