@@ -45,7 +45,8 @@ from torch import nn
 from avse.registry import register
 from avse.models.base import Separator, SeparatorOutput, build_fusion
 
-__all__ = ["DPRNNSeparator", "DualPathBlock", "GlobalNormLast", "reference_num_chunks",
+__all__ = ["DPRNNSeparator", "DualPathBlock", "GlobalNormLast", "overlap_add", "segment",
+           "reference_num_chunks",
            "reference_config", "convert_reference_state_dict", "to_reference_state_dict"]
 
 _MASK_ACTS = {"relu": F.relu, "sigmoid": torch.sigmoid, "none": None}
@@ -62,6 +63,30 @@ def reference_num_chunks(length: int, chunk_size: int) -> int:
     """S of the reference chunking of L frames: ``(L + gap + K/2) / (K/2)``."""
     hop = chunk_size // 2
     return (length + reference_gap(length, chunk_size) + hop) // hop
+
+
+def segment(x: torch.Tensor, hop: int, num_chunks: int | None = None) -> torch.Tensor:
+    """x ``[M, L, D]`` -> chunks ``[M, S, 2 hop, D]`` overlapping by half; chunk j starts at
+    frame ``(j - 1) hop`` (``hop`` zero frames before, zeros after up to ``(S + 1) hop``).
+
+    ``num_chunks`` (S) defaults to the fewest that cover every frame twice,
+    ``ceil(L / hop) + 1``; the reference chunking passes :func:`reference_num_chunks`.
+    """
+    m, length, d = x.shape
+    s = -(-length // hop) + 1 if num_chunks is None else int(num_chunks)
+    x = F.pad(x, (0, 0, hop, (s + 1) * hop - hop - length))  # [M, (S+1) hop, D]
+    halves = x.view(m, s + 1, hop, d)
+    return torch.cat((halves[:, :-1], halves[:, 1:]), dim=2)
+
+
+def overlap_add(chunks: torch.Tensor, length: int, hop: int) -> torch.Tensor:
+    """chunks ``[M, S, 2 hop, D]`` -> ``[M, L, D]``: each frame summed over its two chunks
+    (the inverse of :func:`segment` up to that sum)."""
+    m, s, _, d = chunks.shape
+    # half-chunk j of the padded sequence = first half of chunk j + second of chunk j-1;
+    # the padded first/last halves hold no real frame, so only the middle is summed
+    mid = (chunks[:, 1:, :hop] + chunks[:, :-1, hop:]).view(m, (s - 1) * hop, d)
+    return mid[:, :length]
 
 
 class GlobalNormLast(nn.Module):
@@ -204,22 +229,11 @@ class DPRNNSeparator(Separator):
         minimal padding; :meth:`_chunk` adds the reference's). Reads only ``self.hop``:
         AV-Sepformer reuses it.
         """
-        m, length, d = x.shape
-        hop = self.hop
-        s = -(-length // hop) + 1
-        x = F.pad(x, (0, 0, hop, (s + 1) * hop - hop - length))  # [M, (S+1) K/2, D]
-        halves = x.view(m, s + 1, hop, d)
-        return torch.cat((halves[:, :-1], halves[:, 1:]), dim=2)
+        return segment(x, self.hop)
 
     def _overlap_add(self, chunks: torch.Tensor, length: int) -> torch.Tensor:
         """chunks ``[M, S, K, D]`` -> ``[M, L, D]`` (inverse of :meth:`_segment` up to the sum)."""
-        m, s, _, d = chunks.shape
-        hop = self.hop
-        first, second = chunks[:, :, :hop], chunks[:, :, hop:]
-        # half-chunk j of the padded sequence = first half of chunk j + second of chunk j-1;
-        # the padded first/last halves hold no real frame, so only the middle is summed
-        mid = (first[:, 1:] + second[:, :-1]).view(m, (s - 1) * hop, d)
-        return mid[:, :length]
+        return overlap_add(chunks, length, self.hop)
 
     def _mask(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[M, L, B]`` -> mask ``[M, N, L]``."""

@@ -52,7 +52,8 @@ from torch import nn
 
 from avse.registry import register
 from avse.models.base import Separator, SeparatorOutput, build_fusion
-from avse.models.separators.dprnn import _MASK_ACTS, DualPathBlock, GlobalNormLast
+from avse.models.separators.dprnn import (_MASK_ACTS, DualPathBlock, GlobalNormLast, overlap_add,
+                                         reference_num_chunks, segment)
 
 __all__ = ["SEANetSeparator", "CrossBlock", "ReverseAttention", "convert_reference_state_dict",
            "to_reference_state_dict"]
@@ -218,24 +219,15 @@ class SEANetSeparator(Separator):
 
     def num_chunks(self, length: int) -> int:
         """S for L frames: the reference pads to ``L + gap + K/2``, a multiple of K."""
-        k, hop = self.chunk_size, self.hop
-        gap = k - (hop + length % k) % k
-        return (length + gap + hop) // hop
+        return reference_num_chunks(length, self.chunk_size)
 
     def _segment(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[M, L, D]`` -> chunks ``[M, S, K, D]`` (chunk j starts at padded frame j K/2)."""
-        m, length, d = x.shape
-        hop, s = self.hop, self.num_chunks(length)
-        x = F.pad(x, (0, 0, hop, (s + 1) * hop - hop - length))  # [M, (S+1) K/2, D]
-        halves = x.view(m, s + 1, hop, d)
-        return torch.cat((halves[:, :-1], halves[:, 1:]), dim=2)
+        return segment(x, self.hop, self.num_chunks(x.shape[1]))
 
     def _overlap_add(self, chunks: torch.Tensor, length: int) -> torch.Tensor:
         """chunks ``[M, S, K, D]`` -> ``[M, L, D]``: each frame summed over its two chunks."""
-        m, s, _, d = chunks.shape
-        hop = self.hop
-        mid = (chunks[:, 1:, :hop] + chunks[:, :-1, hop:]).view(m, (s - 1) * hop, d)
-        return mid[:, :length]
+        return overlap_add(chunks, length, self.hop)
 
     def _mask(self, chunks: torch.Tensor, length: int) -> torch.Tensor:
         """chunks ``[M, S, K, B]`` -> mask ``[M, N, L]`` (the head shared by both branches)."""
