@@ -6,12 +6,12 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from avse.inference import AVSEExtractor
 from avse.models import AVSEModel, load_model
 from avse.models import convert
 from avse.models.separators import avsep, dprnn, muse, seanet
+from tests.model_helpers import randomise
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TO_REFERENCE = {"seanet": seanet.to_reference_state_dict,
@@ -21,23 +21,10 @@ TO_REFERENCE = {"seanet": seanet.to_reference_state_dict,
 NESTING = {"seanet": None, "dprnn": "state_dict", "muse": "model", "avsep": None}
 
 
-def randomise(model, seed=0):
-    """Move every parameter and BatchNorm statistic away from its init."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.normal_(0, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
-    return model.eval()
-
-
 def write_reference_checkpoint(arch, path, seed=0):
     """Our reference-config model (randomised) and its reference-format checkpoint at path."""
     torch.manual_seed(seed)
-    model = randomise(AVSEModel(**convert.reference_config(arch)), seed)
+    model = randomise(AVSEModel(**convert.reference_config(arch)), seed, scale=0.05).eval()
     ref = TO_REFERENCE[arch](model.state_dict())
     assert all(k.startswith("model.") for k in ref)
     nest = NESTING[arch]

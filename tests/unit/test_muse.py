@@ -13,10 +13,10 @@ import pytest
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from avse import losses
 from avse.brain import AVSEBrain
+from tests.model_helpers import av_inputs as inputs, randomise
 from avse.metrics import si_sdr
 from avse.models import AVSEModel, ModelOutput
 from avse.models.separators.muse import (MuSESeparator, convert_reference_state_dict,
@@ -86,25 +86,6 @@ def small_model(**sep_kwargs):
                      {"type": "embedding", "out_dim": 16, "hidden": None, "num_blocks": 2,
                       "norm": "bn"},
                      {**SMALL_SEP, **sep_kwargs}, fusion="concat")
-
-
-def inputs(batch=2, seconds=0.6, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, int(16000 * seconds), generator=gen),
-            torch.randn(batch, int(25 * seconds), 512, generator=gen))
-
-
-def randomise(model, seed=0):
-    """Move every parameter and BatchNorm statistic away from its init (1-d ones included)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-        for mod in model.modules():
-            if isinstance(mod, nn.BatchNorm1d):
-                mod.running_mean.normal_(0, 0.1, generator=gen)
-                mod.running_var.uniform_(0.5, 1.5, generator=gen)
-    return model
 
 
 # ----------------------------------------------------------------------------- size / layout

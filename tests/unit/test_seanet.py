@@ -11,6 +11,7 @@ import yaml
 from torch import nn
 
 from avse.brain import AVSEBrain
+from tests.model_helpers import av_inputs as inputs, randomise
 from avse.metrics import si_sdr
 from avse.models import AVSEModel, ModelOutput
 from avse.models.separators.seanet import (CrossBlock, SEANetSeparator,
@@ -39,25 +40,6 @@ def small_model(**sep_kwargs):
     return AVSEModel({"type": "conv", "out_channels": 32, "kernel_size": 40},
                      {"type": "embedding", "out_dim": 16, "hidden": 32, "num_blocks": 2},
                      {**SMALL_SEP, **sep_kwargs}, fusion=FUSION)
-
-
-def inputs(batch=2, seconds=0.6, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, int(16000 * seconds), generator=gen),
-            torch.randn(batch, int(25 * seconds), 512, generator=gen))
-
-
-def randomise(model, seed=0):
-    """Move every parameter and BatchNorm statistic away from its init (1-d ones included)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                m.running_mean.normal_(0, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
-    return model
 
 
 def test_parameter_count():
