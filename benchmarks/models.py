@@ -7,7 +7,12 @@ real-time factor (batch 1 x 4 s), and peak memory, on CPU with 2 threads.
     python benchmarks/models.py --archs seanet \
         --reference seanet=/path/to/SEANet/model/seanet.py:seanet
 
-Each architecture runs in its own process so that peak memory (max RSS) is its own.
+    # mixed precision on both sides (torch.autocast bf16; the reference trains with AMP):
+    python benchmarks/models.py --precision bf16 --reference ...
+
+Each architecture runs in its own process so that peak memory (max RSS) is its own. With
+``--precision bf16`` the last column gives how far our bf16 inference output is from our
+fp32 one (SI-SDR in dB between the two, higher = closer; fp32 rounding alone is > 100 dB).
 Prints numbers; asserts nothing.
 """
 import argparse
@@ -55,10 +60,19 @@ def _outputs_sum(out, torch):
     return sum(p.float().square().mean() for p in parts if torch.is_tensor(p) and p.is_floating_point())
 
 
-def measure(build, visual_input, repeats, ours: bool) -> dict:
+def measure(build, visual_input, repeats, ours: bool, precision: str = "fp32",
+            threads: int = 2) -> dict:
+    import contextlib
+
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+
+    def autocast():
+        return (torch.autocast("cpu", dtype=dtype) if dtype is not None
+                else contextlib.nullcontext())
+
     model = build()
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -74,21 +88,33 @@ def measure(build, visual_input, repeats, ours: bool) -> dict:
 
     def train_step():
         model.train()
-        out = call(mix2, vis2, return_intermediate=True) if ours else call(mix2, vis2)
+        with autocast():
+            out = call(mix2, vis2, return_intermediate=True) if ours else call(mix2, vis2)
+            loss = _outputs_sum(out, torch)
         opt.zero_grad()
-        _outputs_sum(out, torch).backward()
+        loss.backward()
         opt.step()
 
     def infer():
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             return call(mix1, vis1)
 
     train_s = _timeit(train_step, repeats)
     infer_s = _timeit(infer, repeats)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"params_m": params / 1e6, "train_step_s": train_s, "infer_s": infer_s,
-            "rtf": infer_s / SECONDS, "peak_rss_mb": rss_mb}
+    result = {"params_m": params / 1e6, "train_step_s": train_s, "infer_s": infer_s,
+              "rtf": infer_s / SECONDS, "peak_rss_mb": rss_mb}
+    if ours and dtype is not None:
+        from avse.metrics import si_sdr
+
+        model.eval()
+        with torch.no_grad():
+            full = call(mix1, vis1)
+            with autocast():
+                low = call(mix1, vis1)
+        result["vs_fp32_db"] = float(si_sdr(low.estimate.float(), full.estimate.float()).mean())
+    return result
 
 
 def _child(args):
@@ -99,14 +125,16 @@ def _child(args):
         with open(args.child_target) as f:
             hp = load_hyperpyyaml(f, {"data_folder": "unused"})
         model = hp["model"]
-        result = measure(lambda: model, model.visual_input, args.repeats, ours=True)
+        result = measure(lambda: model, model.visual_input, args.repeats, ours=True,
+                         precision=args.precision, threads=args.threads)
     else:
         path, _, factory = args.child_target.rpartition(":")
         spec = importlib.util.spec_from_file_location("reference_model", path)
         module = importlib.util.module_from_spec(spec)
         sys.path.insert(0, os.path.dirname(path))
         spec.loader.exec_module(module)
-        result = measure(getattr(module, factory), "emb", args.repeats, ours=False)
+        result = measure(getattr(module, factory), "emb", args.repeats, ours=False,
+                         precision=args.precision, threads=args.threads)
     print("RESULT " + json.dumps(result))
 
 
@@ -114,6 +142,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--archs", nargs="*", help="yaml names under egs/voxceleb2/hparams (default all)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: torch.autocast on CPU for both implementations")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--reference", action="append", default=[],
                    help="ARCH=/path/to/module.py:factory of a reference implementation")
     p.add_argument("--child_kind", help=argparse.SUPPRESS)
@@ -132,7 +163,8 @@ def main(argv=None):
         jobs = [("ours", names[arch])] + ([("reference", refs[arch])] if arch in refs else [])
         for kind, target in jobs:
             proc = subprocess.run([sys.executable, __file__, "--child_kind", kind, "--child_target",
-                                   target, "--repeats", str(args.repeats)],
+                                   target, "--repeats", str(args.repeats), "--precision",
+                                   args.precision, "--threads", str(args.threads)],
                                   capture_output=True, text=True)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -140,10 +172,11 @@ def main(argv=None):
                 continue
             rows.append((arch, kind, json.loads(line[0][7:])))
     print(f"{'arch':<12}{'impl':<11}{'params M':>9}{'train step s':>14}{'infer s':>9}"
-          f"{'RTF':>7}{'peak MB':>9}")
+          f"{'RTF':>7}{'peak MB':>9}" + (f"{'vs fp32 dB':>12}" if args.precision != "fp32" else ""))
     for arch, kind, r in rows:
+        dev = f"{r['vs_fp32_db']:>12.1f}" if "vs_fp32_db" in r else ""
         print(f"{arch:<12}{kind:<11}{r['params_m']:>9.2f}{r['train_step_s']:>14.2f}"
-              f"{r['infer_s']:>9.2f}{r['rtf']:>7.2f}{r['peak_rss_mb']:>9.0f}")
+              f"{r['infer_s']:>9.2f}{r['rtf']:>7.2f}{r['peak_rss_mb']:>9.0f}{dev}")
     return 0
 
 

@@ -102,16 +102,17 @@ class ReverseAttention(nn.Module):
             x = norm(x.reshape(m * t, d)).view(m, t, d)  # BatchNorm over the channels
             feats.append(F.relu(proj(x)).chunk(4, dim=-1))  # q_self, q_other, k, v
         (qs_self, qs_other, k_s, v_s), (qn_self, qn_other, k_n, v_n) = feats
-        # both branches in one call: each row holds its own T self-queries, then the T
-        # negated queries of the other branch; keys and values are the row's own
-        q = torch.cat((torch.cat((qs_self, -qn_other), dim=1),
-                       torch.cat((qn_self, -qs_other), dim=1)), dim=0)  # [2M, 2T, A]
-        k = torch.cat((k_s, k_n), dim=0)
-        v = torch.cat((v_s, v_n), dim=0)
-        y = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
-        y = 0.5 * (y[:, :, :t] + y[:, :, t:])  # [2M, heads, T, A / heads]
-        y = y.transpose(1, 2).reshape(2 * m, t, self.attn_dim)
-        return F.relu(self.out_s(y[:m])), F.relu(self.out_n(y[m:]))
+        # four attention calls on strided views: no concatenated queries, no negated copy
+        # (the negation is a negative scale), no slices whose backward fills zeros
+        scale = (self.attn_dim // self.num_heads) ** -0.5
+        h = self._heads
+        ks, vs, kn, vn = h(k_s), h(v_s), h(k_n), h(v_n)
+        ys = (F.scaled_dot_product_attention(h(qs_self), ks, vs, scale=scale)
+              + F.scaled_dot_product_attention(h(qn_other), ks, vs, scale=-scale))
+        yn = (F.scaled_dot_product_attention(h(qn_self), kn, vn, scale=scale)
+              + F.scaled_dot_product_attention(h(qs_other), kn, vn, scale=-scale))
+        ys, yn = (0.5 * y.transpose(1, 2).reshape(m, t, self.attn_dim) for y in (ys, yn))
+        return F.relu(self.out_s(ys)), F.relu(self.out_n(yn))
 
 
 class CrossBlock(nn.Module):
