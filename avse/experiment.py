@@ -9,7 +9,9 @@
   ``mixture_config`` (an ``avse.data.mixing.MixtureConfig``), ``batch_size``,
   ``num_workers``, ``epoch_steps`` (nominal epoch length, same on every rank);
 - ``test_sets: {name: {shards: [...], list: csv, visual_from: target|mismatched}}``
-  evaluated with the best checkpoint into ``<output_folder>/eval/<name>.{csv,json}``.
+  evaluated with the best checkpoint into ``<output_folder>/eval/<name>.{csv,json}``;
+- lists with noise tuples (recipes/MUSAN/README.md) read their noise from
+  ``train_noise_shards`` / ``valid_noise_shards`` / a test set's ``noise_shards``.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
 from avse.brain import AVSEBrain
+from avse.conditions import TABLE_METRICS, write_condition_table
 from avse.data.pipeline import make_list_loader, make_train_loader
 from avse.models.io import save_config
 
@@ -44,7 +47,8 @@ def make_loaders(hparams):
         train = make_list_loader(hparams["train_shards"], hparams["train_list"], stage="train",
                                  config=config, batch_size=hparams["batch_size"],
                                  num_workers=hparams.get("num_workers", 0),
-                                 seed=hparams.get("seed", 0))
+                                 seed=hparams.get("seed", 0),
+                                 noise_dirs=hparams.get("train_noise_shards"))
     else:
         train = make_train_loader(hparams["train_shards"], config, hparams["batch_size"],
                                   num_workers=hparams.get("num_workers", 0),
@@ -56,7 +60,8 @@ def make_loaders(hparams):
         valid = make_list_loader(hparams["valid_shards"], hparams["valid_list"], stage="valid",
                                  config=hparams.get("eval_mixture_config", config),
                                  batch_size=hparams.get("valid_batch_size", 1),
-                                 seed=hparams.get("seed", 0))
+                                 seed=hparams.get("seed", 0),
+                                 noise_dirs=hparams.get("valid_noise_shards"))
     return train, valid
 
 
@@ -68,11 +73,18 @@ def run_tests(brain, hparams) -> dict:
         loader = make_list_loader(spec["shards"], spec["list"], stage="test",
                                   config=hparams.get("eval_mixture_config", hparams["mixture_config"]),
                                   batch_size=1, visual_from=spec.get("visual_from", "target"),
-                                  seed=hparams.get("seed", 0))
+                                  seed=hparams.get("seed", 0),
+                                  noise_dirs=spec.get("noise_shards"))
         results[name] = brain.evaluate_to(loader, out_dir, name)
     if results and sb.utils.distributed.if_main_process():
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(results, f, indent=2)
+        # one table over all test sets (e.g. the named conditions): eval/table.{txt,csv}
+        metrics = [m for m in TABLE_METRICS
+                   if any(m in summary for summary in results.values())]
+        table = write_condition_table(results, out_dir, "table", metrics)
+        logger.info("test sets (means):\n%s", table)
+        print(table)
     return results
 
 

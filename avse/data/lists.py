@@ -11,6 +11,16 @@ A 2-mix row has 10 fields, a 3-mix row 14. Example::
 
     test,test,id00017,01dfn2spqyE/00001,0,test,id01000,RvjbLfo3XDM/00052,-1.27,3.12
 
+Noise (an AVSE extension; rows without it are plain VoxMix): after the interferers, before
+the length, 4-tuples ``musan,<category>,<key>[+<key>...],<snr>`` whose set field is
+literally ``musan``: ``<key>`` is a piece of the MUSAN recipe's noise shards
+(``<category>/<subset>/<stem>-<NNN>``), ``<snr>`` its SNR in dB relative to the target;
+``babble`` lists its speech pieces joined by ``+`` (summed at equal power, see
+:mod:`avse.data.noise`). A target with noise only (no interferer) is a valid row (speech
+enhancement)::
+
+    test,test,id00017,01dfn2spqyE/00001,0,musan,noise,noise/free-sound/noise-free-sound-0003-000,7.5,3.12
+
 Example
 -------
 >>> row = "test,test,id00017,01dfn2spqyE/00001,0,test,id01000,RvjbLfo3XDM/00052,-1.27,3.12"
@@ -19,6 +29,10 @@ Example
 ('id00017/01dfn2spqyE/00001', -1.27, 3.12)
 >>> format_row(mix) == row
 True
+>>> babble = "musan,babble,speech/a/x-000+speech/b/y-001,15"
+>>> noisy = parse_row(f"test,test,id00017,01dfn2spqyE/00001,0,{babble},3.12")
+>>> noisy.interferers, noisy.noise[0].category, noisy.noise[0].keys, noisy.noise[0].snr
+((), 'babble', ('speech/a/x-000', 'speech/b/y-001'), 15.0)
 """
 from __future__ import annotations
 
@@ -46,13 +60,40 @@ class Source:
         return f"{self.spk}/{self.path}"
 
 
+NOISE_SET = "musan"
+"""The set field that marks a noise 4-tuple in a row."""
+
+
+@dataclass(frozen=True)
+class Noise:
+    """A noise entry of a mixture: category, noise shard keys (babble: several), SNR (dB)."""
+
+    category: str
+    keys: tuple
+    snr: float = 0.0
+
+    @property
+    def set(self) -> str:
+        return NOISE_SET
+
+    @property
+    def key(self) -> str:
+        """The row's key field: the piece keys joined by ``+``."""
+        return "+".join(self.keys)
+
+
 @dataclass(frozen=True)
 class Mixture:
-    """A row of a mixture list: target first, then interferers; ``length`` in seconds."""
+    """A row of a mixture list: target first, then interferers; ``length`` in seconds.
+
+    ``sources`` are speech only (target + interferers); ``noise`` holds the row's
+    :class:`Noise` entries (usually none or one).
+    """
 
     set: str
     sources: tuple = field(default_factory=tuple)
     length: float = 0.0
+    noise: tuple = field(default_factory=tuple)
 
     @property
     def target(self) -> Source:
@@ -80,16 +121,31 @@ def parse_row(line: str, where: str = "<row>") -> Mixture:
     fields = [f.strip() for f in line.strip().split(",")]
     if len(fields) < 10 or (len(fields) - 2) % 4 != 0:
         raise ListError(
-            f"{where}: expected 2 + 4*k fields (k >= 2 sources: set,spk,video/clip,snr) "
-            f"but found {len(fields)}: {line.strip()!r}"
+            f"{where}: expected 2 + 4*k fields (k >= 2 sources: set,spk,video/clip,snr, "
+            f"or noise: musan,category,key[+key...],snr) but found {len(fields)}: "
+            f"{line.strip()!r}"
         )
     try:
         length = float(fields[-1])
     except ValueError:
         raise ListError(f"{where}: last field must be the length in seconds, got {fields[-1]!r}")
-    sources = []
+    sources, noise = [], []
     for i in range(1, len(fields) - 1, 4):
         set_, spk, path, snr = fields[i : i + 4]
+        if set_ == NOISE_SET and i > 1:
+            keys = tuple(path.split("+"))
+            if not spk or not all(keys):
+                raise ListError(f"{where}: noise tuple at field {i} should be "
+                                f"'{NOISE_SET},<category>,<key>[+<key>...],<snr>', "
+                                f"got {','.join(fields[i:i + 4])!r}")
+            try:
+                noise.append(Noise(spk, keys, float(snr)))
+            except ValueError:
+                raise ListError(f"{where}: field {i + 4} should be an SNR in dB, got {snr!r}")
+            continue
+        if noise:
+            raise ListError(f"{where}: speech 4-tuple at field {i} after a noise tuple; noise "
+                            "tuples go after the interferers, before the length")
         if path.count("/") != 1:
             raise ListError(f"{where}: field {i + 3} should be '<video>/<clip>', got {path!r}")
         try:
@@ -97,7 +153,7 @@ def parse_row(line: str, where: str = "<row>") -> Mixture:
         except ValueError:
             raise ListError(f"{where}: field {i + 4} should be an SNR in dB, got {snr!r}")
         sources.append(Source(set_, spk, path, snr))
-    return Mixture(fields[0], tuple(sources), length)
+    return Mixture(fields[0], tuple(sources), length, tuple(noise))
 
 
 def format_row(mix: Mixture) -> str:
@@ -105,6 +161,8 @@ def format_row(mix: Mixture) -> str:
     parts = [mix.set]
     for s in mix.sources:
         parts += [s.set, s.spk, s.path, format_number(s.snr)]
+    for n in mix.noise:
+        parts += [NOISE_SET, n.category, n.key, format_number(n.snr)]
     parts.append(format_number(mix.length))
     return ",".join(parts)
 
@@ -165,6 +223,10 @@ def generate_mixtures(utterances, num: int, num_speakers: int = 2, snr_range=(-1
     """
     if num_speakers < 2:
         raise ValueError("a mixture needs at least 2 speakers")
+    return _draw_mixtures(utterances, num, num_speakers, snr_range, seed, mix_set)
+
+
+def _draw_mixtures(utterances, num, num_speakers, snr_range, seed, mix_set):
     by_spk = {}
     for u in utterances:
         by_spk.setdefault(u["spk"], []).append(u)
@@ -187,3 +249,79 @@ def generate_mixtures(utterances, num: int, num_speakers: int = 2, snr_range=(-1
         length = int(min(u["duration"] for u in picked) * 100) / 100.0
         out.append(Mixture(mix_set, tuple(sources), length))
     return out
+
+
+def add_noise(mixtures, noise_keys, seed: int = 0, num_interferers: int | None = None,
+              category_probs=None, snr_ranges=None, babble_pieces=(3, 7)) -> list[Mixture]:
+    """Give every row one noise tuple (any noise it had is replaced); seeded.
+
+    Arguments
+    ---------
+    mixtures : list of Mixture
+        rows to add noise to (e.g. a 2-mix list, or a 3-mix list for ``hard``).
+    noise_keys : dict or iterable of str
+        ``{category: [keys]}`` (:func:`avse.data.noise.noise_pool` of a noise shard split,
+        the one matching the rows' set: test noise for test rows) or piece keys
+        ``<category>/...``; or ``{mix set: one of these}`` to draw each row's noise from
+        the pool of its set.
+    num_interferers : int, optional
+        keep the first ``n`` interferers of each row (0: target + noise, the
+        ``enhancement`` condition; 1 from 2-mix rows: ``2mix_noise``; 2 from 3-mix rows:
+        ``hard``); rows with fewer are left out. None keeps them all.
+    category_probs, snr_ranges, babble_pieces :
+        as :class:`avse.data.noise.MusanNoise` (defaults: noise U(0, 15) dB, music
+        U(5, 15) dB, babble of 3-7 speech pieces U(13, 20) dB, equally likely).
+
+    Example
+    -------
+    >>> rows = [parse_row("test,test,id1,v/c,0,test,id2,v/d,-2,3.5")]
+    >>> out = add_noise(rows, ["noise/x/n-000", "music/y/m-000"], seed=1, num_interferers=0)
+    >>> format_row(out[0]).startswith("test,test,id1,v/c,0,musan,"), out[0].interferers
+    (True, ())
+    """
+    import numpy as np
+
+    from avse.data.noise import draw_noise, pool_from_keys, resolve_options
+
+    def as_pool(keys):
+        return {c: sorted(v) for c, v in keys.items()} if isinstance(keys, dict) else \
+            pool_from_keys(keys)
+
+    by_set = isinstance(noise_keys, dict) and noise_keys and all(
+        isinstance(v, dict) for v in noise_keys.values())
+    pools = {k: as_pool(v) for k, v in noise_keys.items()} if by_set else None
+    pool = None if by_set else as_pool(noise_keys)
+    probs, ranges, babble = resolve_options(category_probs, snr_ranges, babble_pieces)
+    rng = np.random.default_rng(seed)
+    out = []
+    for mix in mixtures:
+        keep = len(mix.interferers) if num_interferers is None else int(num_interferers)
+        if len(mix.interferers) < keep:
+            continue
+        row_pool = pool
+        if by_set:
+            if mix.set not in pools:
+                raise ListError(f"no noise pool for rows of set {mix.set!r}; "
+                                f"pools: {sorted(pools)}")
+            row_pool = pools[mix.set]
+        row_probs = {c: p for c, p in probs.items()
+                     if len(row_pool.get("speech" if c == "babble" else c, []))
+                     >= (babble[0] if c == "babble" else 1)}
+        if not row_probs:
+            raise ListError(f"no noise pieces for categories {sorted(probs)} "
+                            f"(pool: { {c: len(v) for c, v in row_pool.items()} })")
+        category, keys, snr = draw_noise(row_pool, rng, row_probs, ranges, babble)
+        out.append(Mixture(mix.set, mix.sources[:1 + keep], mix.length,
+                           (Noise(category, keys, round(snr, 4)),)))
+    return out
+
+
+def generate_noisy_mixtures(utterances, num: int, noise_keys, num_speakers: int = 1,
+                            snr_range=(-10.0, 10.0), seed: int = 0, mix_set: str = "test",
+                            **noise_options) -> list[Mixture]:
+    """:func:`generate_mixtures` with a noise tuple per row; ``num_speakers=1`` gives
+    speech-enhancement rows (target + noise). ``noise_options`` go to :func:`add_noise`."""
+    if num_speakers < 1:
+        raise ValueError("a mixture needs a target speaker")
+    rows = _draw_mixtures(utterances, num, num_speakers, snr_range, seed, mix_set)
+    return add_noise(rows, noise_keys, seed=seed + 1, **noise_options)

@@ -216,6 +216,44 @@ def pad_to(wav: Optional[np.ndarray], visual: np.ndarray, n_frames: int):
     return wav, visual
 
 
+def shift_visual(visual: np.ndarray, offset: int) -> np.ndarray:
+    """Move the visual stream ``offset`` video frames later against the audio (edge-padded).
+
+    Sign convention: a **positive** ``offset`` makes the video **lag** the audio (what is
+    seen at frame ``t`` was said at frame ``t - offset``, ``offset x 40 ms`` earlier); a
+    negative one makes it lead. ``out[t] = visual[clip(t - offset, 0, Tv - 1)]``: the
+    frames that move in at the start (positive) or the end (negative) repeat the first or
+    last frame, so the length, and the alignment to the audio (frame ``t`` spans samples
+    ``[640 t, 640 t + 640)``), stay as they are. ``|offset| >= Tv`` gives all first (or all
+    last) frames.
+
+    Arguments
+    ---------
+    visual : np.ndarray
+        ``[Tv, ...]`` at 25 fps (mouth ROI ``[Tv, 88, 88]`` or embeddings ``[Tv, 512]``).
+    offset : int
+        whole video frames (1 frame = 640 samples = 40 ms).
+
+    Returns
+    -------
+    np.ndarray ``[Tv, ...]``, same dtype; ``visual`` itself when ``offset == 0`` or it is empty.
+
+    Example
+    -------
+    >>> v = np.arange(5)
+    >>> shift_visual(v, 2).tolist(), shift_visual(v, -2).tolist(), shift_visual(v, 9).tolist()
+    ([0, 0, 0, 1, 2], [2, 3, 4, 4, 4], [0, 0, 0, 0, 0])
+    """
+    visual = np.asarray(visual)
+    if int(offset) != offset:
+        raise ValueError(f"offset must be a whole number of video frames, got {offset!r}")
+    offset = int(offset)
+    if offset == 0 or len(visual) == 0:
+        return visual
+    index = np.clip(np.arange(len(visual)) - offset, 0, len(visual) - 1)
+    return visual[index]
+
+
 def peak_normalise(*signals: np.ndarray, joint: bool = True):
     """Divide signals by their peak absolute value; silent signals stay as they are.
 
@@ -268,6 +306,8 @@ class MixtureConfig:
     num_interferers_probs : dict
         ``{number of interfering speakers: probability}``; the default ``{1: 1.0, 2: 0.0}``
         makes 2-speaker mixtures only; ``{1: 0.5, 2: 0.5}`` mixes 2- and 3-speaker ones.
+        ``0`` (target + noise only, speech enhancement) needs a ``noise_source``: an
+        example drawn with 0 interferers always gets noise, whatever ``noise_prob``.
     snr_range : (float, float)
         each interferer's SNR relative to the target, uniform in this range, in dB
         (``(-10, 10)``, the VoxMix range).
@@ -280,11 +320,22 @@ class MixtureConfig:
         ``f(rng) -> wav [T] float @16 kHz`` (it gets the example's generator, so runs are
         reproducible), or an iterable of such waveforms (cycled). Noise is randomly
         cropped, or repeated, to the example length. Required when ``noise_prob > 0``.
+        A source may also give ``(wav, snr_db)``: its own SNR then replaces the draw from
+        ``noise_snr_range`` (:class:`avse.data.noise.MusanNoise` does, per category).
     normalise : str or None
         ``"peak"``: mixture, target and interference divided by one common peak, so
         ``mixture == target + interference`` stays exact; ``"peak_separate"``: each by its
         own peak (as in SEANet's loader; the identity then no longer holds); None: no
         normalisation.
+    av_shift_frames : int
+        training augmentation against audio/video desynchronisation: the target's visual
+        stream is moved by a whole number of video frames drawn uniformly from
+        ``[-av_shift_frames, +av_shift_frames]`` (the example's generator), positive = video
+        lags audio (:func:`shift_visual`, 1 frame = 640 samples = 40 ms). Training
+        examples only (dynamic mixing and list mode ``stage="train"``); validation and test
+        stay synchronised. 0 (default): off, and no random number is drawn.
+    av_shift_prob : float
+        probability that a training example gets a shift drawn at all (else offset 0).
 
     Example
     -------
@@ -300,14 +351,20 @@ class MixtureConfig:
     noise_snr_range: tuple = (0.0, 15.0)
     noise_source: Optional[NoiseSource] = None
     normalise: Optional[str] = "peak"
+    av_shift_frames: int = 0
+    av_shift_prob: float = 1.0
 
     def __post_init__(self):
         if self.crop_seconds is not None and self.crop_frames < 1:
             raise ValueError(f"crop_seconds={self.crop_seconds} is shorter than one frame")
         probs = {int(k): float(v) for k, v in dict(self.num_interferers_probs).items()}
-        if not probs or min(probs) < 1 or min(probs.values()) < 0 or sum(probs.values()) <= 0:
-            raise ValueError("num_interferers_probs must map numbers >= 1 to probabilities >= 0 "
+        if not probs or min(probs) < 0 or min(probs.values()) < 0 or sum(probs.values()) <= 0:
+            raise ValueError("num_interferers_probs must map numbers >= 0 to probabilities >= 0 "
                              f"with a positive sum, got {self.num_interferers_probs}")
+        if probs.get(0, 0.0) > 0 and self.noise_source is None:
+            raise ValueError(f"num_interferers_probs {self.num_interferers_probs} allows 0 "
+                             "interferers (target + noise), which needs noise: set noise_source "
+                             "(e.g. avse.data.noise.MusanNoise) or drop the 0 entry")
         self.num_interferers_probs = probs
         if self.snr_range[0] > self.snr_range[1] or self.noise_snr_range[0] > self.noise_snr_range[1]:
             raise ValueError("SNR ranges must be (low, high) with low <= high")
@@ -318,6 +375,12 @@ class MixtureConfig:
         if self.normalise not in ("peak", "peak_separate", None):
             raise ValueError(f"normalise must be 'peak', 'peak_separate' or None, "
                              f"got {self.normalise!r}")
+        if int(self.av_shift_frames) != self.av_shift_frames or self.av_shift_frames < 0:
+            raise ValueError(f"av_shift_frames must be a whole number of video frames >= 0, "
+                             f"got {self.av_shift_frames!r}")
+        self.av_shift_frames = int(self.av_shift_frames)
+        if not 0.0 <= self.av_shift_prob <= 1.0:
+            raise ValueError(f"av_shift_prob must be in [0, 1], got {self.av_shift_prob}")
         self._noise_iter = None
 
     @property
@@ -340,9 +403,14 @@ class MixtureConfig:
         """``n`` interferer SNRs in dB, uniform in ``snr_range``."""
         return [float(rng.uniform(*self.snr_range)) for _ in range(n)]
 
-    def sample_noise(self, n_samples: int, rng: np.random.Generator):
-        """``(noise [n_samples] or None, noise SNR in dB or None)`` for one example."""
-        if self.noise_prob <= 0 or rng.random() >= self.noise_prob:
+    def sample_noise(self, n_samples: int, rng: np.random.Generator, force: bool = False):
+        """``(noise [n_samples] or None, noise SNR in dB or None)`` for one example.
+
+        ``force``: noise whatever ``noise_prob`` (examples without interferers), when
+        there is a ``noise_source``.
+        """
+        if self.noise_source is None or (
+                not force and (self.noise_prob <= 0 or rng.random() >= self.noise_prob)):
             return None, None
         if callable(self.noise_source):
             wav = self.noise_source(rng)
@@ -354,8 +422,29 @@ class MixtureConfig:
             except StopIteration:  # cycle
                 self._noise_iter = iter(self.noise_source)
                 wav = next(self._noise_iter)
+        snr = None
+        if isinstance(wav, tuple):  # a source with its own SNR (e.g. per noise category)
+            wav, snr = wav
         wav = fit_length(np.asarray(wav, np.float32), n_samples, rng, mode="wrap")
-        return wav, float(rng.uniform(*self.noise_snr_range))
+        return wav, float(rng.uniform(*self.noise_snr_range)) if snr is None else float(snr)
+
+    def sample_av_shift(self, rng: np.random.Generator) -> int:
+        """A visual offset in video frames for one training example (see ``av_shift_frames``).
+
+        Draws nothing when the augmentation is off, so other draws stay as they were.
+
+        Example
+        -------
+        >>> cfg = MixtureConfig(av_shift_frames=2)
+        >>> rng = np.random.default_rng(0)
+        >>> sorted({cfg.sample_av_shift(rng) for _ in range(200)})
+        [-2, -1, 0, 1, 2]
+        """
+        if self.av_shift_frames <= 0 or self.av_shift_prob <= 0:
+            return 0
+        if self.av_shift_prob < 1.0 and rng.random() >= self.av_shift_prob:
+            return 0
+        return int(rng.integers(-self.av_shift_frames, self.av_shift_frames + 1))
 
     def normalise_signals(self, mixture, target, interference):
         """Apply ``normalise`` to one example; returns the three signals as float32."""

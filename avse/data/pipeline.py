@@ -6,7 +6,8 @@ Dynamic mixing (:func:`make_train_loader`), per DDP rank and DataLoader worker::
       -> decode a random aligned crop (crop_seconds, starting on a video frame)
       -> shuffle buffer of ``shuffle_buffer`` utterances
       -> target = a random buffer item; 1 or 2 interferers = buffer items of OTHER speakers
-      -> interferers at SNRs relative to the target -> (noise) -> peak normalise -> batch
+      -> interferers at SNRs relative to the target -> (noise) -> peak normalise
+      -> (lips moved by a random offset, ``MixtureConfig.av_shift_frames``) -> batch
 
 The SNR holds on the cropped span the model sees. An example gets fewer interferers
 when the buffer holds fewer other speakers than drawn; with none, up to 4 x
@@ -19,7 +20,9 @@ an error), and an error with fewer shards than readers.
 
 List mode (:func:`make_list_loader`) reads VoxMix rows; utterances are read by key with
 random access into the (uncompressed) tars: a scan of the tar headers records each
-member's offset, so only that index is held in memory, whatever the list size.
+member's offset, so only that index is held in memory, whatever the list size. Rows may
+carry noise tuples (target + noise rows included), whose pieces are read the same way
+from the MUSAN recipe's shards (``noise_dirs``).
 
 Speaker labels: the index of the target's speaker in the sorted speakers of the split,
 read from ``<split>/speakers.txt`` when it exists and agrees with meta.json's speaker
@@ -66,7 +69,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 from avse.data import lists as voxmix
 from avse.data.align import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, align_av
 from avse.data.mixing import (MixtureConfig, crop_start, fit_length, mix_sources, pad_to,
-                              random_crop)
+                              random_crop, shift_visual)
+from avse.data.noise import read_noise
 from avse.data.shards import ShardError, decode_flac, decode_npy, iter_tar, read_meta, shard_urls
 from avse.data.sharding import _member_key, check_shard_split, dist_info, split_shards, split_speakers
 
@@ -160,12 +164,19 @@ def collate_examples(examples) -> AVBatch:
 
 
 def _finish_example(config: MixtureConfig, key, speaker, wav_t, visual, interferers, snrs,
-                    rng, inter_keys, visual_key, crop=False):
-    """Mix one example: ``wav_t [640 n]``, ``visual [n, ...]``, interferer wavs of any length."""
+                    rng, inter_keys, visual_key, crop=False, row_noise=()):
+    """Mix one example: ``wav_t [640 n]``, ``visual [n, ...]``, interferer wavs of any length.
+
+    ``row_noise``: ``(wav [640 n], snr)`` pairs of a list row; they replace the config's
+    noise. Without interferers (and row noise) the config's noise is forced.
+    """
     n = len(visual)
     inter = [fit_length(w, len(wav_t), rng if crop else None) for w in interferers]
-    noise, noise_snr = config.sample_noise(len(wav_t), rng)
-    mixture, target, interference = mix_sources(wav_t, inter, snrs, noise, noise_snr)
+    noise, noise_snr = (None, None) if row_noise else config.sample_noise(
+        len(wav_t), rng, force=not interferers)
+    mixture, target, interference = mix_sources(
+        wav_t, inter + [w for w, _ in row_noise], list(snrs) + [s for _, s in row_noise],
+        noise, noise_snr)
     pad_frames = n
     if crop and config.crop_frames is not None:
         start = crop_start(n, config.crop_frames, rng)
@@ -174,9 +185,12 @@ def _finish_example(config: MixtureConfig, key, speaker, wav_t, visual, interfer
         (mixture, visual), (target, _), (interference, _) = parts
         n, pad_frames = len(visual), config.crop_frames
     mixture, target, interference = config.normalise_signals(mixture, target, interference)
+    av_shift = config.sample_av_shift(rng) if crop else 0  # training only; drawn last
+    visual = shift_visual(visual, av_shift)
     return {"mixture": mixture, "target": target, "interference": interference, "visual": visual,
             "n_frames": n, "pad_frames": pad_frames, "key": key, "speaker": speaker,
-            "snrs": list(snrs), "interferer_keys": list(inter_keys), "visual_key": visual_key}
+            "snrs": list(snrs), "interferer_keys": list(inter_keys), "visual_key": visual_key,
+            "av_shift": av_shift}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -284,11 +298,12 @@ class DynamicMixDataset(IterableDataset):
             i = int(rng.integers(len(buf)))
             buf[i], buf[-1] = buf[-1], buf[i]
             tgt = buf.pop()
-            chosen = self._pick(buf, tgt["spk"], cfg.sample_num_interferers(rng), rng)
-            while not chosen and len(buf) < cap:  # only the target's speaker: read on
+            k = cfg.sample_num_interferers(rng)  # 0: target + noise (the config has noise)
+            chosen = self._pick(buf, tgt["spk"], k, rng)
+            while k and not chosen and len(buf) < cap:  # only the target's speaker: read on
                 buf.append(next(src))
                 chosen = self._pick(buf, tgt["spk"], 1, rng)
-            if not chosen:
+            if k and not chosen:
                 raise ShardError(f"{where}: no utterance of a speaker other than {tgt['spk']} among "
                                  f"{len(buf)} read from {len(urls)} shard(s): the shards seem to "
                                  "hold one speaker each; write shards in shuffled order")
@@ -431,10 +446,11 @@ class ListMixDataset(Dataset):
     """VoxMix rows -> examples; item ``(row, epoch)`` (or ``row``). See :func:`make_list_loader`."""
 
     def __init__(self, rows, index: ShardIndex, config: MixtureConfig, crop: bool, visual_key,
-                 speakers, mismatched: dict | None = None, seed: int = 0):
+                 speakers, mismatched: dict | None = None, seed: int = 0,
+                 noise_index: ShardIndex | None = None):
         self.rows, self.index, self.config, self.crop = rows, index, config, crop
         self.visual_key, self.labels = visual_key, {s: i for i, s in enumerate(speakers or [])}
-        self.mismatched, self.seed = mismatched, seed
+        self.mismatched, self.seed, self.noise_index = mismatched, seed, noise_index
 
     def __len__(self):
         return len(self.rows)
@@ -451,9 +467,15 @@ class ListMixDataset(Dataset):
             visual_key = self.mismatched[i]
             visual = pad_to(None, decode_npy(self.index.read(visual_key, self.visual_key)), n)[1]
         inter = [self.index.load(s.key)[0][:n * SAMPLES_PER_FRAME] for s in mix.interferers]
+        if mix.noise and self.noise_index is None:
+            raise voxmix.ListError(f"row {i} ({voxmix.format_row(mix)}) adds noise: pass "
+                                   "noise_dirs (the MUSAN recipe's noise shards)")
+        row_noise = [(read_noise(self.noise_index, nz.keys, len(wav_t), rng if self.crop else None),
+                      nz.snr) for nz in mix.noise]  # from sample 0 for valid/test
         return _finish_example(self.config, tgt.key, self.labels.get(tgt.spk, -1), wav_t, visual,
                                inter, [s.snr for s in mix.interferers], rng,
-                               [s.key for s in mix.interferers], visual_key, crop=self.crop)
+                               [s.key for s in mix.interferers], visual_key, crop=self.crop,
+                               row_noise=row_noise)
 
 
 class EpochSampler(Sampler):
@@ -523,12 +545,42 @@ def _mismatch_map(rows, seed):
     return out
 
 
+def _noise_index(rows, noise_dirs, where, skip_missing):
+    """``(rows, ShardIndex of the rows' noise pieces or None)``; clear errors when missing."""
+    noisy = [(i, m) for i, m in enumerate(rows) if m.noise]
+    if not noisy:
+        return rows, None
+    if not noise_dirs:
+        i, m = noisy[0]
+        raise voxmix.ListError(
+            f"{where}: {len(noisy)} row(s) add noise, e.g. row {i} ({voxmix.format_row(m)}), "
+            "but no noise shards were given: pass noise_dirs=<the MUSAN recipe's "
+            "OUT/shards/<split>> to make_list_loader (yaml: train_noise_shards, "
+            "valid_noise_shards, or noise_shards in a test set)")
+    dirs = [noise_dirs] if isinstance(noise_dirs, str) else list(noise_dirs)
+    needed = {k for m in rows for nz in m.noise for k in nz.keys}
+    index = ShardIndex(dirs, needed)
+    missing = sorted(needed - set(index.entries))
+    if missing:
+        msg = (f"{where}: {len(missing)} noise piece(s) not found in {', '.join(dirs)}: "
+               + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        if not skip_missing:
+            raise voxmix.ListError(msg + " (skip_missing=True drops their rows)")
+        lost = set(missing)
+        rows = [m for m in rows if not any(k in lost for nz in m.noise for k in nz.keys)]
+        warnings.warn(msg + f"; {len(rows)} row(s) kept", stacklevel=3)
+        if not rows:
+            raise voxmix.ListError(f"{where}: no rows left")
+    return rows, index
+
+
 def make_list_loader(shard_dirs, list_path, stage: str = "test",
                      config: MixtureConfig | None = None, batch_size: int = 1,
                      num_workers: int = 0, seed: int = 0, visual_key: str = "auto",
                      visual_from: str = "target", skip_missing: bool = False,
                      set_name: str | None = None, speakers="auto", rank: int | None = None,
-                     world_size: int | None = None, pin_memory: bool = False) -> ListLoader:
+                     world_size: int | None = None, pin_memory: bool = False,
+                     noise_dirs=None) -> ListLoader:
     """Loader over the rows of a VoxMix list, utterances read from shards by key.
 
     Arguments
@@ -538,7 +590,8 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
     list_path : str or list of Mixture
         a VoxMix csv (:func:`avse.data.lists.read_list`) or parsed rows.
     stage : str
-        ``"train"``: shuffled rows, a random ``config.crop_seconds`` crop per row and epoch;
+        ``"train"``: shuffled rows, a random ``config.crop_seconds`` crop per row and epoch
+        (and lips offset by ``config.av_shift_frames``, see :func:`~avse.data.mixing.shift_visual`);
         ``"valid"``/``"test"``: rows in order, full row length (``min_len_s`` in whole
         frames: ``floor(min_len_s * 25)``), the same mixture every time.
     config : MixtureConfig
@@ -557,6 +610,13 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
         labels: default the sorted target speakers of the selected rows.
     rank, world_size : int
         rows are split ``[rank::world]`` (train: equal counts per rank, ``drop_last``).
+    noise_dirs : str or list of str, optional
+        noise shard split(s) of the MUSAN recipe holding the pieces of the rows' noise
+        tuples (needed when a row has one). Each piece is wrap-repeated to the row length
+        (from its first sample for valid/test, a random one for train), babble pieces are
+        summed at equal power (:func:`avse.data.noise.combine_pieces`), and the noise is
+        scaled to the row's SNR relative to the target and added to ``interference``.
+        Rows with noise get no noise from ``config``.
 
     Returns
     -------
@@ -584,13 +644,15 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
         warnings.warn(msg + f"; {len(rows)} row(s) kept", stacklevel=2)
     if not rows:
         raise voxmix.ListError(f"{where}: no rows left for stage {stage!r}")
+    rows, noise_index = _noise_index(rows, noise_dirs, where, skip_missing)
     visual_key = resolve_visual_key(read_meta(dirs[0]), visual_key)
     if isinstance(speakers, str):
         speakers = sorted({m.target.spk for m in rows})
     mismatched = _mismatch_map(rows, seed) if visual_from == "mismatched" else None
     rank, world_size = dist_info(rank, world_size)
     train = stage == "train"
-    dataset = ListMixDataset(rows, index, config, train, visual_key, speakers, mismatched, seed)
+    dataset = ListMixDataset(rows, index, config, train, visual_key, speakers, mismatched, seed,
+                             noise_index)
     sampler = EpochSampler(len(rows), rank, world_size, shuffle=train, seed=seed)
     return ListLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_examples, drop_last=train, pin_memory=pin_memory)

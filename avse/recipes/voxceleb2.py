@@ -45,6 +45,7 @@ from avse.recipes.common import (
     is_done,
     mark_done,
     parallel_map,
+    params_hash,
     read_jsonl,
     write_jsonl,
 )
@@ -200,16 +201,32 @@ def stage_manifest(corpus_dir: str, out_dir: str, lists: str | None = None,
         raise RecipeError(f"{corpus_dir} has an audio-only (aac) tree: give --visual_path with "
                           "lip embeddings, or use the mp4 tree")
     bad = {r["key"] for r in rejected}
+    entries = [e for e in entries if e["key"] not in bad]
+    return finish_manifest(out_dir, entries, rejected, marker, params, summary, nj)
+
+
+def finish_manifest(out_dir: str, entries, rejected: list, marker: str, params: dict,
+                    summary: Summary, nj: int = 1, task=_probe_task) -> list[dict]:
+    """Shared end of every recipe's manifest stage.
+
+    Runs ``task(entry) -> (entry, error or None)`` (default: probe the duration) on every
+    entry, appends the failures to ``rejected`` (rows found earlier), writes
+    ``OUT/manifest.jsonl``, the manifest rows of rejected.tsv, the done marker and the
+    summary line. Returns the kept entries. Raises RecipeError (after writing
+    rejected.tsv) when no entry is kept.
+    """
     kept = []
-    for entry, error in parallel_map(_probe_task, [e for e in entries if e["key"] not in bad],
-                                     nj, desc="manifest", unit="clip"):
+    for entry, error in parallel_map(task, entries, nj, desc="manifest", unit="clip"):
         if error:
             rejected.append({"key": entry["key"], "path": entry["media"], "reason": error})
         else:
             kept.append(entry)
-    kept.sort(key=lambda e: (e["split"], e["key"]))
-    write_jsonl(kept, manifest_path)
     Rejections(out_dir).replace("manifest", rejected)
+    if not kept:
+        raise RecipeError(f"all {len(rejected)} clips were rejected; see "
+                          f"{os.path.join(out_dir, 'rejected.tsv')}")
+    kept.sort(key=lambda e: (e["split"], e["key"]))
+    write_jsonl(kept, os.path.join(out_dir, "manifest.jsonl"))
     splits = {s: sum(e["split"] == s for e in kept) for s in sorted({e["split"] for e in kept})}
     mark_done(marker, params, count=len(kept))
     summary.line(len(kept), len(rejected), sum(e["duration"] for e in kept),
@@ -322,7 +339,7 @@ def stage_extract(out_dir: str, nj: int = 1, crop: str = "voxceleb2", min_durati
 
 
 # --------------------------------------------------------------------------- shards
-def _sample_reader(out_dir: str, infos):
+def _sample_reader(out_dir: str, infos, extra_json: dict | None = None):
     for info in infos:
         paths = extract_paths(out_dir, {"split": info["split"], "key": info["key"],
                                         "emb": info["visual"] == "emb"})
@@ -330,12 +347,20 @@ def _sample_reader(out_dir: str, infos):
         for field, path in paths.items():
             with open(path, "rb") as f:
                 sample[field] = f.read()
+        if extra_json and info["key"] in extra_json:
+            sample["json"] = {**info, **extra_json[info["key"]]}
         yield sample
 
 
 def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
-                 seed: int = 0) -> dict:
-    """Stage 3: pack the extracted utterances of each split into shards. Returns metas."""
+                 seed: int = 0, corpus: str = "voxceleb2", crop: str = "voxceleb2",
+                 extra_json: dict | None = None, extra_meta: dict | None = None) -> dict:
+    """Stage 3: pack the extracted utterances of each split into shards. Returns metas.
+
+    ``extra_json`` (``key -> dict``) adds fields to the samples' json (transcripts, token
+    ids); ``extra_meta`` adds fields to every split's meta.json. Both are part of the
+    parameters that decide whether a finished split is up to date.
+    """
     entries = read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
     summary = Summary("shards")
     metas, total, seconds = {}, 0, 0.0
@@ -352,6 +377,9 @@ def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
         split_dir = os.path.join(out_dir, "shards", split)
         params = {"keys": [i["key"] for i in infos], "shard_size": shard_size,
                   "shard_multiple": shard_multiple, "seed": seed}
+        if extra_json is not None or extra_meta:
+            params["extra"] = params_hash({"meta": extra_meta, "json": [
+                (extra_json or {}).get(i["key"]) for i in infos]})
         marker = os.path.join(out_dir, ".done", f"shards_{split}")
         if is_done(marker, params) and os.path.isfile(os.path.join(split_dir, "meta.json")):
             with open(os.path.join(split_dir, "meta.json")) as f:
@@ -359,10 +387,10 @@ def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
             print(f"[shards] {split_dir} is up to date; skipping")
             continue
         visual = sorted({i["visual"] for i in infos})
-        meta = write_split(_sample_reader(out_dir, infos), split_dir, shard_size, shard_multiple,
-                           n_samples=len(infos),
-                           extra_meta={"split": split, "corpus": "voxceleb2", "visual": visual,
-                                       "roi_size": 88, "crop": "voxceleb2"})
+        meta = write_split(_sample_reader(out_dir, infos, extra_json), split_dir, shard_size,
+                           shard_multiple, n_samples=len(infos),
+                           extra_meta={"split": split, "corpus": corpus, "visual": visual,
+                                       "roi_size": 88, "crop": crop, **(extra_meta or {})})
         with open(os.path.join(split_dir, "speakers.txt"), "w") as f:  # speaker label list
             f.write("".join(spk + "\n" for spk in sorted({i["spk"] for i in infos})))
         mark_done(marker, params, count=meta["count"])

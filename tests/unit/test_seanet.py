@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import pytest
 import speechbrain as sb
 import torch
-import yaml
 from torch import nn
 
 from avse.brain import AVSEBrain
@@ -182,19 +181,18 @@ def test_reference_state_dict_errors():
         to_reference_state_dict(film.state_dict())
 
 
-def _yaml_hparams():
-    class Loader(yaml.SafeLoader):
-        pass
+def _yaml_hparams(tmp_path):
+    from hyperpyyaml import load_hyperpyyaml
 
-    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # tags: not needed
-    with open(YAML) as f:
-        return yaml.load(f, Loader=Loader)
+    with open(YAML) as f:  # the experiment yaml, with its !include of egs/models/seanet.yaml
+        return load_hyperpyyaml(f, {"data_folder": str(tmp_path / "data"),
+                                    "output_folder": str(tmp_path / "exp")})
 
 
-def test_yaml_loss_is_the_reference_loss():
+def test_yaml_loss_is_the_reference_loss(tmp_path):
     """AVSEBrain's loss with the yaml's alpha / aux_losses equals the reference trainer's
     SEANet loss (trainer.py: sums over the batch) divided by the batch size."""
-    hp = _yaml_hparams()
+    hp = _yaml_hparams(tmp_path)
     assert hp["separator_type"] == "seanet" and hp["alpha"] == 0.1
     gen = torch.Generator().manual_seed(0)
     b, t, r = 3, 4000, 6

@@ -1,0 +1,461 @@
+"""MUSAN -> noise shards (pieces of at most 10 s) in train/val/test splits.
+
+Stages (``recipes/MUSAN/run.sh`` calls them in order; each is idempotent):
+
+1. ``manifest``: scan ``CORPUS/{music,noise,speech}/<subset>/*.wav`` (deeper folders
+   too), probe each file's header (rate, channels, length) and assign whole source files
+   to ``train``/``val``/``test``: per category, a shuffle seeded by ``--seed`` and
+   ``round(n * fraction)`` files to test and val (at least one each once a category has
+   3 files), so the noise of val/test lists is never heard in training. Writes
+   ``OUT/manifest.jsonl``.
+2. ``pieces``: read each file (several channels are averaged; a rate other than 16 kHz
+   is resampled with ``scipy.signal.resample_poly``, counted in the summary and kept as
+   ``resampled_from`` in the piece's json) and cut it into ``ceil(duration / max_seconds)``
+   equal pieces: every piece is at most ``--max_seconds`` (10) long and no short tail is
+   left over (a 12 s file gives two 6 s pieces). Files shorter than ``--min_seconds``
+   and pieces that are digital silence (no SNR can be set) are skipped. Writes
+   ``OUT/pieces/<split>/<category>/<subset>/<stem>-<NNN>.{flac,json}``.
+3. ``shards``: pack each split into ``OUT/shards/<split>/shard-%06d.tar`` + ``meta.json``.
+   One sample per piece, keyed ``<category>/<subset>/<stem>-<NNN>`` (no dots; characters
+   other than letters, digits, ``_`` and ``-`` in names become ``_``): ``flac`` (16-bit,
+   16 kHz mono) and ``json`` with ``key``, ``category``, ``subset``, ``source`` (the wav's
+   path relative to the corpus), ``start`` and ``duration`` (seconds), ``split``, ``sr``,
+   ``num_samples``.
+
+The shards feed :class:`avse.data.noise.MusanNoise` (dynamic mixing) and the noise tuples
+of mixture lists (:func:`avse.data.lists.add_noise`, ``make_list_loader(noise_dirs=...)``).
+
+Unreadable files, duplicate keys, too-short files and silent pieces go to
+``OUT/rejected.tsv``; they never stop a run.
+
+Example
+-------
+``prepare_musan("MUSAN", "data/musan", nj=4)`` runs the three stages.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import sys
+
+import numpy as np
+
+from avse.data.align import SAMPLE_RATE
+from avse.data.mixing import SILENCE_POWER, power
+from avse.data.shards import ShardError, encode_flac, write_split
+from avse.recipes.common import (
+    RecipeError,
+    Rejections,
+    Summary,
+    is_done,
+    mark_done,
+    parallel_map,
+    read_jsonl,
+    write_jsonl,
+)
+
+CATEGORIES = ("music", "noise", "speech")
+LAYOUT_HINT = "CORPUS/{music,noise,speech}/<subset>/*.wav"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def hash_seed(seed: int, *parts) -> int:
+    """A stable integer seed derived from ``seed`` and names (same on every machine)."""
+    return int(hashlib.md5("/".join(map(str, (seed,) + parts)).encode()).hexdigest()[:8], 16)
+
+
+def safe_name(name: str) -> str:
+    """A key part without dots or separators: other characters than ``[A-Za-z0-9_-]`` -> ``_``."""
+    return _UNSAFE.sub("_", name)
+
+
+# --------------------------------------------------------------------------- manifest
+def scan_corpus(corpus_dir: str):
+    """List the wav files of a MUSAN tree: ``(entries, rejected)``.
+
+    Entries are dicts with ``key`` (``<category>/<subset>/<stem>``), ``category``,
+    ``subset``, ``source`` (path relative to ``corpus_dir``) and ``path``. A file whose key
+    repeats an earlier one (names that differ only in unsafe characters) is rejected.
+    Raises RecipeError when the folder is missing or holds no wav file.
+    """
+    if not os.path.isdir(corpus_dir):
+        raise RecipeError(f"--corpus_dir {corpus_dir} does not exist (expected {LAYOUT_HINT})")
+    entries, rejected, seen = [], [], {}
+    for category in CATEGORIES:
+        cat_dir = os.path.join(corpus_dir, category)
+        if not os.path.isdir(cat_dir):
+            continue
+        for subset in sorted(os.listdir(cat_dir)):
+            sub_dir = os.path.join(cat_dir, subset)
+            if not os.path.isdir(sub_dir):
+                continue
+            for root, dirs, files in os.walk(sub_dir):
+                dirs.sort()
+                for name in sorted(files):
+                    if not name.lower().endswith(".wav"):
+                        continue
+                    path = os.path.join(root, name)
+                    inner = os.path.relpath(path, sub_dir)[:-4].split(os.sep)
+                    key = "/".join([category, safe_name(subset)] + [safe_name(p) for p in inner])
+                    source = os.path.relpath(path, corpus_dir).replace(os.sep, "/")
+                    if key in seen:
+                        rejected.append({"key": key, "path": path,
+                                         "reason": f"key {key} repeats {seen[key]}"})
+                        continue
+                    seen[key] = source
+                    entries.append({"key": key, "category": category, "subset": subset,
+                                    "source": source, "path": path})
+    if not entries and not rejected:
+        raise RecipeError(f"no wav files found under {corpus_dir}: expected {LAYOUT_HINT}")
+    return entries, rejected
+
+
+def split_counts(n: int, val_fraction: float, test_fraction: float):
+    """``(n_val, n_test)`` of ``n`` files: rounded, >= 1 each (fraction > 0) once ``n >= 3``,
+    and at least one file left for train.
+
+    Example
+    -------
+    >>> split_counts(100, 0.1, 0.1), split_counts(3, 0.1, 0.1), split_counts(2, 0.1, 0.1)
+    ((10, 10), (1, 1), (0, 0))
+    """
+    n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
+    if n >= 3:
+        n_val = max(n_val, 1 if val_fraction > 0 else 0)
+        n_test = max(n_test, 1 if test_fraction > 0 else 0)
+    while n_val + n_test > max(n - 1, 0):
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
+def assign_splits(entries, val_fraction: float, test_fraction: float, seed: int) -> None:
+    """Set ``split`` of every entry: whole files, per category, seeded (see module docstring)."""
+    for category in CATEGORIES:
+        group = sorted((e for e in entries if e["category"] == category), key=lambda e: e["key"])
+        random.Random(hash_seed(seed, category)).shuffle(group)
+        n_val, n_test = split_counts(len(group), val_fraction, test_fraction)
+        for i, e in enumerate(group):
+            e["split"] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+
+
+def _probe_task(entry):
+    import soundfile as sf
+
+    try:
+        info = sf.info(entry["path"])
+        if info.frames <= 0 or info.samplerate <= 0:
+            raise ValueError("no audio samples")
+        entry.update(sr=int(info.samplerate), channels=int(info.channels),
+                     frames=int(info.frames), duration=round(info.frames / info.samplerate, 4))
+        return entry, None
+    except Exception as err:  # any unreadable file is a rejection, never a crash
+        return entry, f"cannot read: {' '.join(str(err).split())}"
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise RecipeError(f"--val_fraction {val_fraction} and --test_fraction {test_fraction} "
+                          "must be >= 0 with a sum below 1 (the rest is train)")
+
+
+def stage_manifest(corpus_dir: str, out_dir: str, val_fraction: float = 0.1,
+                   test_fraction: float = 0.1, seed: int = 0, nj: int = 1) -> list[dict]:
+    """Stage 1: write ``OUT/manifest.jsonl`` (one source file a line). Returns the entries."""
+    check_fractions(val_fraction, test_fraction)
+    params = {"corpus_dir": os.path.abspath(corpus_dir), "val_fraction": val_fraction,
+              "test_fraction": test_fraction, "seed": seed}
+    manifest_path = os.path.join(out_dir, "manifest.jsonl")
+    marker = os.path.join(out_dir, ".done", "manifest")
+    if is_done(marker, params) and os.path.isfile(manifest_path):
+        print(f"[manifest] {manifest_path} is up to date; skipping")
+        return read_jsonl(manifest_path)
+    summary = Summary("manifest", unit="files")
+    entries, rejected = scan_corpus(corpus_dir)
+    kept = []
+    for entry, error in parallel_map(_probe_task, entries, nj, desc="manifest", unit="file"):
+        if error:
+            rejected.append({"key": entry["key"], "path": entry["path"], "reason": error})
+        else:
+            kept.append(entry)
+    if not kept:
+        raise RecipeError(f"none of the {len(entries)} wav file(s) under {corpus_dir} could be "
+                          f"read; see {os.path.join(out_dir, 'rejected.tsv')}")
+    assign_splits(kept, val_fraction, test_fraction, seed)
+    kept.sort(key=lambda e: (e["split"], e["key"]))
+    write_jsonl(kept, manifest_path)
+    Rejections(out_dir).replace("manifest", rejected)
+    mark_done(marker, params, count=len(kept))
+    counts = {}
+    for e in kept:
+        counts.setdefault(e["split"], {}).setdefault(e["category"], 0)
+        counts[e["split"]][e["category"]] += 1
+    note = "; ".join(f"{s}: " + ", ".join(f"{c}={n}" for c, n in sorted(v.items()))
+                     for s, v in sorted(counts.items()))
+    rates = sorted({e["sr"] for e in kept} - {SAMPLE_RATE})
+    if rates:
+        note += f"; {sum(e['sr'] != SAMPLE_RATE for e in kept)} file(s) at {rates} Hz " \
+                f"will be resampled to {SAMPLE_RATE}"
+    summary.line(len(kept), len(rejected), sum(e["duration"] for e in kept), note=note)
+    return kept
+
+
+# --------------------------------------------------------------------------- pieces
+def piece_bounds(n_samples: int, max_samples: int) -> list[tuple]:
+    """``ceil(n / max)`` equal pieces ``[(start, stop), ...]`` covering ``n`` samples.
+
+    Example
+    -------
+    >>> piece_bounds(12, 10), piece_bounds(10, 10), piece_bounds(21, 10)
+    ([(0, 6), (6, 12)], [(0, 10)], [(0, 7), (7, 14), (14, 21)])
+    """
+    n_pieces = max(1, math.ceil(n_samples / max_samples))
+    edges = [round(i * n_samples / n_pieces) for i in range(n_pieces + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _piece_dir(out_dir: str, split: str) -> str:
+    return os.path.join(out_dir, "pieces", split)
+
+
+def _done_path(out_dir: str, entry: dict) -> str:
+    return os.path.join(_piece_dir(out_dir, entry["split"]), entry["key"] + ".done.json")
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def read_wav(path: str):
+    """``(wav [T] float32 mono @16 kHz, original rate)``: channels averaged, resampled if needed."""
+    import soundfile as sf
+
+    wav, sr = sf.read(path, dtype="float32", always_2d=True)
+    wav = wav.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(SAMPLE_RATE, int(sr))
+        wav = resample_poly(wav, SAMPLE_RATE // g, int(sr) // g).astype(np.float32)
+    return wav, int(sr)
+
+
+def _pieces_task(job):
+    entry, out_dir, params = job
+    try:
+        wav, sr = read_wav(entry["path"])
+    except Exception as err:  # any unreadable file is a rejection, never a crash
+        return entry, None, f"cannot read: {' '.join(str(err).split())}"
+    if len(wav) < params["min_seconds"] * SAMPLE_RATE:
+        return entry, None, (f"{len(wav) / SAMPLE_RATE:.2f} s, shorter than --min_seconds "
+                             f"{params['min_seconds']}")
+    infos, dropped = [], []
+    max_samples = int(round(params["max_seconds"] * SAMPLE_RATE))
+    for i, (a, b) in enumerate(piece_bounds(len(wav), max_samples)):
+        key = f"{entry['key']}-{i:03d}"
+        piece = wav[a:b]
+        if power(np.clip(piece, -1, 1)) <= SILENCE_POWER:
+            dropped.append({"key": key, "path": entry["path"],
+                            "reason": f"silent piece at {a / SAMPLE_RATE:.2f} s: no SNR can "
+                                      "be set"})
+            continue
+        info = {"key": key, "category": entry["category"], "subset": entry["subset"],
+                "source": entry["source"], "split": entry["split"],
+                "start": round(a / SAMPLE_RATE, 4), "duration": round((b - a) / SAMPLE_RATE, 4),
+                "sr": SAMPLE_RATE, "num_samples": int(b - a)}
+        if sr != SAMPLE_RATE:
+            info["resampled_from"] = sr
+        base = os.path.join(_piece_dir(out_dir, entry["split"]), key)
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+        _atomic_write(base + ".flac", encode_flac(piece))
+        _atomic_write(base + ".json", json.dumps(info, sort_keys=True).encode())
+        infos.append(info)
+    done = {"params": params, "pieces": infos, "dropped": dropped}
+    os.makedirs(os.path.dirname(_done_path(out_dir, entry)), exist_ok=True)
+    _atomic_write(_done_path(out_dir, entry), json.dumps(done, sort_keys=True).encode())
+    return entry, done, None
+
+
+def _load_done(out_dir: str, entry: dict, params: dict):
+    path = _done_path(out_dir, entry)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return done if done.get("params") == params else None
+
+
+def stage_pieces(out_dir: str, max_seconds: float = 10.0, min_seconds: float = 1.0,
+                 nj: int = 1, retry_rejected: bool = False) -> list[dict]:
+    """Stage 2: cut every manifest file not yet done into pieces. Returns the piece infos."""
+    if not 0 < min_seconds <= max_seconds:
+        raise RecipeError(f"need 0 < --min_seconds ({min_seconds}) <= --max_seconds "
+                          f"({max_seconds})")
+    entries = read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
+    params = {"max_seconds": float(max_seconds), "min_seconds": float(min_seconds)}
+    marker = os.path.join(out_dir, ".done", "pieces")
+    rejections = Rejections(out_dir)
+    old = {r["key"]: r for r in rejections.for_stage("pieces")}
+    keep_old = is_done(marker, params) and not retry_rejected
+    summary = Summary("pieces", unit="files")
+    todo, infos, rejected, n_done = [], [], [], 0
+    for e in entries:
+        done = _load_done(out_dir, e, params)
+        if done is not None:
+            infos += done["pieces"]
+            rejected += done["dropped"]
+            n_done += 1
+        elif keep_old and e["key"] in old:
+            rejected.append(old[e["key"]])
+        else:
+            todo.append((e, out_dir, params))
+    resampled, n_kept = 0, n_done
+    for entry, done, error in parallel_map(_pieces_task, todo, nj, desc="pieces", unit="file"):
+        if error:
+            rejected.append({"key": entry["key"], "path": entry["path"], "reason": error})
+        else:
+            infos += done["pieces"]
+            rejected += done["dropped"]
+            resampled += entry["sr"] != SAMPLE_RATE
+            n_kept += 1
+    rejections.replace("pieces", rejected)
+    mark_done(marker, params)
+    note = f"{len(infos)} pieces <= {max_seconds:g} s; {n_done} files already done, " \
+           f"{len(todo)} processed"
+    if resampled:
+        note += f", {resampled} resampled to {SAMPLE_RATE} Hz"
+    summary.line(n_kept, len(rejected), sum(i["duration"] for i in infos), processed=len(todo),
+                 note=note)
+    return infos
+
+
+# --------------------------------------------------------------------------- shards
+def _sample_reader(out_dir: str, infos):
+    for info in infos:
+        base = os.path.join(_piece_dir(out_dir, info["split"]), info["key"])
+        with open(base + ".flac", "rb") as f:
+            flac = f.read()
+        yield {"__key__": info["key"], "flac": flac, "json": info}
+
+
+def stage_shards(out_dir: str, max_seconds: float = 10.0, min_seconds: float = 1.0,
+                 shard_size: int = 1000, shard_multiple: int = 1, seed: int = 0) -> dict:
+    """Stage 3: pack the pieces of each split into shards. Returns ``{split: meta}``."""
+    entries = read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
+    params_pieces = {"max_seconds": float(max_seconds), "min_seconds": float(min_seconds)}
+    by_split = {}
+    for e in entries:
+        done = _load_done(out_dir, e, params_pieces)
+        if done is not None:
+            by_split.setdefault(e["split"], []).extend(done["pieces"])
+    if not any(by_split.values()):
+        raise RecipeError(f"{out_dir}/pieces holds no piece cut with --max_seconds {max_seconds} "
+                          f"--min_seconds {min_seconds}: run stage 2 (pieces) first, with the "
+                          "same options")
+    summary = Summary("shards", unit="pieces")
+    metas, total, seconds = {}, 0, 0.0
+    for split, infos in sorted(by_split.items()):
+        infos = sorted(infos, key=lambda i: i["key"])
+        random.Random(hash_seed(seed, split)).shuffle(infos)
+        split_dir = os.path.join(out_dir, "shards", split)
+        params = {"keys": [i["key"] for i in infos], "shard_size": shard_size,
+                  "shard_multiple": shard_multiple, "seed": seed, **params_pieces}
+        marker = os.path.join(out_dir, ".done", f"shards_{split}")
+        if is_done(marker, params) and os.path.isfile(os.path.join(split_dir, "meta.json")):
+            with open(os.path.join(split_dir, "meta.json")) as f:
+                metas[split] = json.load(f)
+            print(f"[shards] {split_dir} is up to date; skipping")
+            continue
+        categories = {}
+        for i in infos:
+            c = categories.setdefault(i["category"], {"count": 0, "hours": 0.0})
+            c["count"] += 1
+            c["hours"] += i["duration"] / 3600.0
+        for c in categories.values():
+            c["hours"] = round(c["hours"], 6)
+        meta = write_split(_sample_reader(out_dir, infos), split_dir, shard_size, shard_multiple,
+                           n_samples=len(infos),
+                           extra_meta={"split": split, "corpus": "musan", "categories": categories,
+                                       "max_seconds": float(max_seconds),
+                                       "sources": len({i["source"] for i in infos})})
+        mark_done(marker, params, count=meta["count"])
+        metas[split] = meta
+        total += meta["count"]
+        seconds += meta["hours"] * 3600
+    summary.line(total, 0, seconds, note="splits " + ", ".join(
+        f"{s}={m['count']} in {m['num_shards']} shards" for s, m in metas.items()))
+    return metas
+
+
+# --------------------------------------------------------------------------- driver
+def prepare_musan(corpus_dir: str, out_dir: str, nj: int = 1, max_seconds: float = 10.0,
+                  min_seconds: float = 1.0, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                  shard_size: int = 1000, shard_multiple: int = 1, seed: int = 0,
+                  stage: int = 1, stop_stage: int = 3):
+    """Run stages ``stage..stop_stage`` (see the module docstring)."""
+    if stage <= 1 <= stop_stage:
+        stage_manifest(corpus_dir, out_dir, val_fraction, test_fraction, seed, nj)
+    if stage <= 2 <= stop_stage:
+        stage_pieces(out_dir, max_seconds, min_seconds, nj)
+    if stage <= 3 <= stop_stage:
+        stage_shards(out_dir, max_seconds, min_seconds, shard_size, shard_multiple, seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m avse.recipes.musan",
+        description="MUSAN -> noise shards in train/val/test splits (one subcommand per stage).")
+    sub = parser.add_subparsers(dest="stage", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out_dir", required=True, help="where manifest, pieces, shards go")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--nj", type=int, default=1, help="worker processes")
+    pieces = argparse.ArgumentParser(add_help=False)
+    pieces.add_argument("--max_seconds", type=float, default=10.0, help="longest piece")
+    pieces.add_argument("--min_seconds", type=float, default=1.0, help="shortest file kept")
+    p = sub.add_parser("manifest", parents=[common], help="stage 1: scan, probe, split files")
+    p.add_argument("--corpus_dir", required=True, help=LAYOUT_HINT)
+    p.add_argument("--val_fraction", type=float, default=0.1, help="files per category")
+    p.add_argument("--test_fraction", type=float, default=0.1, help="files per category")
+    p = sub.add_parser("pieces", parents=[common, pieces], help="stage 2: cut files into pieces")
+    p.add_argument("--retry_rejected", action="store_true")
+    p = sub.add_parser("shards", parents=[common, pieces], help="stage 3: write shards")
+    p.add_argument("--shard_size", type=int, default=1000, help="max pieces per shard")
+    p.add_argument("--shard_multiple", type=int, default=1,
+                   help="shard count is a multiple of this")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.stage == "manifest":
+            stage_manifest(args.corpus_dir, args.out_dir, args.val_fraction, args.test_fraction,
+                           args.seed, args.nj)
+        elif args.stage == "pieces":
+            stage_pieces(args.out_dir, args.max_seconds, args.min_seconds, args.nj,
+                         args.retry_rejected)
+        elif args.stage == "shards":
+            stage_shards(args.out_dir, args.max_seconds, args.min_seconds, args.shard_size,
+                         args.shard_multiple, args.seed)
+    except (RecipeError, ShardError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
