@@ -17,8 +17,18 @@ The seed notes observe high SI-SDR but low SI-SDRi in easy conditions (enhanceme
 reverse in hard ones; :func:`condition_table` puts both side by side so that this shows.
 
 Training can sample conditions (``MixtureConfig(conditions={"2mix": 0.5, "hard": 0.5})``);
-evaluation lists for named conditions come from :func:`make_condition_lists`
-(``python -m avse.conditions lists ...``).
+evaluation lists for named conditions come from :func:`make_condition_lists`, and a model
+is evaluated over them into one table by :func:`evaluate_conditions`::
+
+    python -m avse.conditions lists --shards data/vox2/shards/test \
+        --noise_shards data/musan/shards/test --out_dir data/vox2/lists --num 3000
+    python -m avse.conditions evaluate --model exp/voxceleb2/dprnn/1 \
+        --shards data/vox2/shards/test --noise_shards data/musan/shards/test \
+        --lists_dir data/vox2/lists
+
+The lists of one call share their rows: each condition keeps the first 0, 1 or 2 interferers
+of the same 3-talker draws and the same noise per row, so conditions differ only in what is
+mixed in (files ``<set>_<condition>.csv``, VoxMix rows with ``musan`` noise tuples).
 
 Example
 -------
@@ -33,9 +43,13 @@ enhancement   14.00     4.00
 """
 from __future__ import annotations
 
+import argparse
 import csv
+import json
 import math
 import os
+import sys
+import tarfile
 from dataclasses import dataclass
 
 TABLE_METRICS = ("si_sdr", "si_sdri", "sdr", "sdri", "pesq", "stoi")
@@ -104,3 +118,158 @@ def write_condition_table(results: dict, out_dir: str, name: str = "conditions",
     with open(os.path.join(out_dir, f"{name}.txt"), "w") as f:
         f.write(table + "\n")
     return table
+
+
+# ------------------------------------------------------------------------ lists
+def shard_utterances(split_dir: str, set_name: str | None = None) -> list:
+    """``[{key, spk, set, duration}]`` of a shard split, reading only the json members."""
+    from avse.data.shards import shard_urls
+
+    set_name = set_name or os.path.basename(os.path.normpath(split_dir))
+    out = []
+    for url in shard_urls(split_dir):
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    info = json.loads(tar.extractfile(member).read())
+                    key = info.get("key") or member.name[:-len(".json")]
+                    out.append({"key": key, "spk": info.get("spk") or key.split("/")[0],
+                                "set": set_name, "duration": float(info["duration"])})
+    if not out:
+        raise ValueError(f"{split_dir}: no utterances (json members) in its shards")
+    return out
+
+
+def make_condition_lists(speech_dir: str, out_dir: str, num: int, noise_dir: str | None = None,
+                         conditions=tuple(CONDITIONS), seed: int = 0, snr_range=(-10.0, 10.0),
+                         set_name: str | None = None, **noise_options) -> dict:
+    """Write one VoxMix list per named condition; returns ``{condition: path}``.
+
+    ``speech_dir``: a speech shard split (e.g. ``OUT/shards/test`` of any corpus recipe);
+    ``noise_dir``: a MUSAN noise shard split (``recipes/MUSAN``; the test split for test
+    lists), needed by conditions with noise. ``num`` 3-talker rows are drawn once (targets
+    and interferers of different speakers, SNRs in ``snr_range``) and every condition keeps
+    the interferers it needs; noise (``noise_options`` as :func:`avse.data.lists.add_noise`)
+    is drawn once per row. Deterministic for a given seed.
+    """
+    from avse.data import lists as voxmix
+    from avse.data.noise import noise_pool
+
+    conds = [get_condition(c) for c in conditions]
+    set_name = set_name or os.path.basename(os.path.normpath(speech_dir))
+    utterances = shard_utterances(speech_dir, set_name)
+    most = max(c.num_interferers for c in conds)
+    rows = voxmix._draw_mixtures(utterances, num, most + 1, tuple(snr_range), seed, set_name)
+    pool = None
+    if any(c.noise for c in conds):
+        if not noise_dir:
+            raise ValueError("conditions " + ", ".join(c.name for c in conds if c.noise)
+                             + " add noise: pass the MUSAN noise shards (noise_dir / "
+                             "--noise_shards, e.g. data/musan/shards/test)")
+        pool = noise_pool(noise_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for cond in conds:
+        if cond.noise:
+            out = voxmix.add_noise(rows, pool, seed=seed + 1, num_interferers=cond.num_interferers,
+                                   **noise_options)
+        else:
+            out = [voxmix.Mixture(m.set, m.sources[:1 + cond.num_interferers], m.length)
+                   for m in rows]
+        path = os.path.join(out_dir, f"{set_name}_{cond.name}.csv")
+        voxmix.write_list(out, path)
+        paths[cond.name] = path
+    return paths
+
+
+# ------------------------------------------------------------------- evaluation
+def evaluate_conditions(model, shards, lists: dict, noise_dirs=None,
+                        metrics=("si_sdr", "si_sdri", "sdr", "sdri"), max_mixtures=None,
+                        out_dir: str | None = None, seed: int = 0, device: str = "cpu") -> dict:
+    """Evaluate ``model`` (an AVSEModel) on each ``{condition: list path}``; returns
+    ``{condition: summary}`` and, with ``out_dir``, writes ``<condition>.csv`` (per mixture),
+    ``conditions.csv`` / ``conditions.txt`` (the table) and ``conditions.json``."""
+    from avse.data import lists as voxmix
+    from avse.data.mixing import MixtureConfig
+    from avse.data.pipeline import make_list_loader
+    from avse.sync import sync_sweep
+
+    results = {}
+    for name, path in lists.items():
+        rows = voxmix.read_list(path)[:max_mixtures]
+        loader = make_list_loader(shards, rows, stage="test", config=MixtureConfig(crop_seconds=None),
+                                  batch_size=1, seed=seed, noise_dirs=noise_dirs)
+        tracker = sync_sweep(model, loader, [0], metrics, device)  # offset 0: plain evaluation
+        results[name] = tracker.summary()
+        if out_dir:
+            tracker.write_csv(os.path.join(out_dir, f"{name}.csv"))
+    if out_dir:
+        write_condition_table(results, out_dir, "conditions", metrics)
+        with open(os.path.join(out_dir, "conditions.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m avse.conditions",
+                                description="Named mixture conditions: lists and evaluation.")
+    sub = p.add_subparsers(dest="command", required=True)
+    names = ",".join(CONDITIONS)
+    lp = sub.add_parser("lists", help="write one mixture list per condition")
+    lp.add_argument("--shards", required=True, help="speech shard split, e.g. OUT/shards/test")
+    lp.add_argument("--noise_shards", help="MUSAN noise shard split (conditions with noise)")
+    lp.add_argument("--out_dir", required=True)
+    lp.add_argument("--num", type=int, default=3000, help="rows per condition")
+    lp.add_argument("--conditions", default=names, help=f"comma list (default {names})")
+    lp.add_argument("--snr_range", type=float, nargs=2, default=(-10.0, 10.0))
+    lp.add_argument("--seed", type=int, default=0)
+    ep = sub.add_parser("evaluate", help="evaluate a model on the condition lists: one table")
+    ep.add_argument("--model", required=True, help="experiment or exported model folder")
+    ep.add_argument("--shards", required=True, nargs="+", help="speech shard split(s)")
+    ep.add_argument("--noise_shards", nargs="+", help="MUSAN noise shard split(s)")
+    ep.add_argument("--lists_dir", required=True, help="folder of <set>_<condition>.csv")
+    ep.add_argument("--set", dest="set_name", default="test")
+    ep.add_argument("--conditions", default=names)
+    ep.add_argument("--metrics", default="si_sdr,si_sdri,sdr,sdri,pesq,stoi")
+    ep.add_argument("--max_mixtures", type=int, default=None)
+    ep.add_argument("--out_dir", help="default <model>/eval/conditions")
+    ep.add_argument("--device", default="cpu")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        conds = [get_condition(c.strip()).name for c in args.conditions.split(",") if c.strip()]
+        if args.command == "lists":
+            paths = make_condition_lists(args.shards, args.out_dir, args.num, args.noise_shards,
+                                         conds, args.seed, args.snr_range)
+            for name, path in paths.items():
+                print(f"{name:12s} {path}")
+            return 0
+        from avse.metrics import ALL_METRICS
+        from avse.models.io import load_model
+
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        unknown = [m for m in metrics if m not in ALL_METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(ALL_METRICS)}")
+        lists = {c: os.path.join(args.lists_dir, f"{args.set_name}_{c}.csv") for c in conds}
+        missing = [p for p in lists.values() if not os.path.isfile(p)]
+        if missing:
+            raise ValueError(f"missing condition list(s): {', '.join(missing)} (write them with "
+                             "python -m avse.conditions lists)")
+        out_dir = args.out_dir or os.path.join(args.model, "eval", "conditions")
+        results = evaluate_conditions(load_model(args.model), args.shards, lists,
+                                      args.noise_shards, metrics, args.max_mixtures, out_dir,
+                                      device=args.device)
+        print(condition_table(results, metrics))
+        print(f"wrote {out_dir}/conditions.{{txt,csv,json}}")
+        return 0
+    except (ValueError, OSError) as err:
+        print(f"avse.conditions: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,6 +21,7 @@ import os
 import sys
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from avse.brain import AVSEBrain
@@ -101,4 +102,10 @@ def main(argv=None):
                       run_opts=run_opts, checkpointer=hparams["checkpointer"])
     train, valid = make_loaders(hparams)
     brain.fit(hparams["epoch_counter"], train, valid)
-    return brain, run_tests(brain, hparams)
+    results = run_tests(brain, hparams)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # every rank leaves together and tears the group down, rather than aborting in the
+        # interpreter's exit while a peer still talks to it
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return brain, results

@@ -336,6 +336,13 @@ class MixtureConfig:
         stay synchronised. 0 (default): off, and no random number is drawn.
     av_shift_prob : float
         probability that a training example gets a shift drawn at all (else offset 0).
+    conditions : dict, optional
+        ``{condition name: probability}`` over the named conditions of
+        :mod:`avse.conditions` (``enhancement``, ``2mix``, ``3mix``, ``2mix_noise``,
+        ``hard``): each dynamic-mixing example draws one, which fixes its number of
+        interferers and whether it gets noise (``noise_source`` then always/never applies),
+        replacing ``num_interferers_probs`` and ``noise_prob``. Conditions with noise need a
+        ``noise_source``. List mode takes the interferers and noise of each row instead.
 
     Example
     -------
@@ -353,6 +360,7 @@ class MixtureConfig:
     normalise: Optional[str] = "peak"
     av_shift_frames: int = 0
     av_shift_prob: float = 1.0
+    conditions: Optional[dict] = None
 
     def __post_init__(self):
         if self.crop_seconds is not None and self.crop_frames < 1:
@@ -381,6 +389,18 @@ class MixtureConfig:
         self.av_shift_frames = int(self.av_shift_frames)
         if not 0.0 <= self.av_shift_prob <= 1.0:
             raise ValueError(f"av_shift_prob must be in [0, 1], got {self.av_shift_prob}")
+        if self.conditions is not None:
+            from avse.conditions import get_condition
+
+            conds = {str(k): float(v) for k, v in dict(self.conditions).items()}
+            if not conds or min(conds.values()) < 0 or sum(conds.values()) <= 0:
+                raise ValueError("conditions must map condition names to probabilities >= 0 "
+                                 f"with a positive sum, got {self.conditions}")
+            for name, prob in conds.items():
+                if get_condition(name).noise and prob > 0 and self.noise_source is None:
+                    raise ValueError(f"condition {name!r} adds noise: set noise_source "
+                                     "(e.g. avse.data.noise.MusanNoise) or give it probability 0")
+            self.conditions = conds
         self._noise_iter = None
 
     @property
@@ -391,7 +411,31 @@ class MixtureConfig:
     @property
     def max_interferers(self) -> int:
         """The largest number of interferers with a non-zero probability."""
+        if self.conditions is not None:
+            from avse.conditions import get_condition
+
+            return max(get_condition(c).num_interferers for c, p in self.conditions.items() if p > 0)
         return max(k for k, p in self.num_interferers_probs.items() if p > 0)
+
+    def sample_kind(self, rng: np.random.Generator):
+        """``(number of interferers, noise)`` for one dynamic-mixing example: from a drawn
+        condition (``noise`` True/False) when ``conditions`` is set, else
+        ``(sample_num_interferers(rng), None)`` (``None``: ``noise_prob`` decides).
+
+        Example
+        -------
+        >>> cfg = MixtureConfig(conditions={"3mix": 1.0})
+        >>> cfg.sample_kind(np.random.default_rng(0)), cfg.max_interferers
+        ((2, False), 2)
+        """
+        if self.conditions is None:
+            return self.sample_num_interferers(rng), None
+        from avse.conditions import get_condition
+
+        names = list(self.conditions)
+        p = np.array([self.conditions[c] for c in names], np.float64)
+        cond = get_condition(names[int(rng.choice(len(names), p=p / p.sum()))])
+        return cond.num_interferers, cond.noise
 
     def sample_num_interferers(self, rng: np.random.Generator) -> int:
         """Draw how many interfering speakers an example gets."""

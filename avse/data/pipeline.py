@@ -164,16 +164,21 @@ def collate_examples(examples) -> AVBatch:
 
 
 def _finish_example(config: MixtureConfig, key, speaker, wav_t, visual, interferers, snrs,
-                    rng, inter_keys, visual_key, crop=False, row_noise=()):
+                    rng, inter_keys, visual_key, crop=False, row_noise=(), noise=None):
     """Mix one example: ``wav_t [640 n]``, ``visual [n, ...]``, interferer wavs of any length.
 
     ``row_noise``: ``(wav [640 n], snr)`` pairs of a list row; they replace the config's
-    noise. Without interferers (and row noise) the config's noise is forced.
+    noise. Without interferers (and row noise) the config's noise is forced. ``noise``
+    (a drawn condition's): True forces the config's noise, False leaves it out, None lets
+    ``noise_prob`` decide.
     """
     n = len(visual)
     inter = [fit_length(w, len(wav_t), rng if crop else None) for w in interferers]
-    noise, noise_snr = (None, None) if row_noise else config.sample_noise(
-        len(wav_t), rng, force=not interferers)
+    if row_noise or noise is False:
+        noise, noise_snr = None, None
+    else:
+        noise, noise_snr = config.sample_noise(len(wav_t), rng,
+                                               force=bool(noise) or not interferers)
     mixture, target, interference = mix_sources(
         wav_t, inter + [w for w, _ in row_noise], list(snrs) + [s for _, s in row_noise],
         noise, noise_snr)
@@ -298,7 +303,7 @@ class DynamicMixDataset(IterableDataset):
             i = int(rng.integers(len(buf)))
             buf[i], buf[-1] = buf[-1], buf[i]
             tgt = buf.pop()
-            k = cfg.sample_num_interferers(rng)  # 0: target + noise (the config has noise)
+            k, noise = cfg.sample_kind(rng)  # 0: target + noise (the config has noise)
             chosen = self._pick(buf, tgt["spk"], k, rng)
             while k and not chosen and len(buf) < cap:  # only the target's speaker: read on
                 buf.append(next(src))
@@ -310,7 +315,7 @@ class DynamicMixDataset(IterableDataset):
             yield _finish_example(
                 cfg, tgt["key"], self.labels.get(tgt["spk"], -1), tgt["wav"], tgt["visual"],
                 [u["wav"] for u in chosen], cfg.sample_snrs(len(chosen), rng), rng,
-                [u["key"] for u in chosen], tgt["key"], crop=True)
+                [u["key"] for u in chosen], tgt["key"], crop=True, noise=noise)
 
     def __iter__(self):
         info = get_worker_info()
