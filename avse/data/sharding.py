@@ -101,3 +101,12 @@ def write_speakers_file(split_dir: str) -> str:
         f.write("".join(s + "\n" for s in scan_speakers(split_dir)))
     os.replace(path + ".tmp", path)
     return path
+
+
+def num_speakers(split_dir: str) -> int:
+    """How many speakers a shard split holds (``meta.json``), e.g. the size of MuSE's speaker
+    classifier in a yaml: ``num_speakers: !apply:avse.data.sharding.num_speakers [<dir>]``."""
+    count = read_meta(split_dir).get("speakers")
+    if not count:
+        raise ShardError(f"{split_dir}/meta.json has no speaker count; set num_speakers by hand")
+    return int(count)

@@ -51,8 +51,26 @@ def tiny_data(tmp_path_factory):
             pool = _make_split(root, split, spks, n, visual, rng)
             rows += voxmix.generate_mixtures(pool, count, 2, (-5, 5), seed=1, mix_set=split)
         voxmix.write_list(rows, os.path.join(root, "lists", "voxmix_2mix.csv"))
+        _make_noise_and_condition_lists(root, rng)
         roots[visual] = root
     return roots
+
+
+def _make_noise_and_condition_lists(root, rng):
+    """MUSAN-shaped noise shards under ``root/musan`` and the condition lists of the noisy
+    yamls (``lists/test_<condition>.csv``, ``lists/val_2mix_noise.csv``)."""
+    from avse.conditions import make_condition_lists
+
+    for split in ("train", "val", "test"):
+        pieces = [{"__key__": f"{cat}/sub/{cat}-{split}{i:03d}-000",
+                   "flac": (0.2 * rng.standard_normal(16000)).astype(np.float32),
+                   "json": {"category": cat, "duration": 1.0}}
+                  for cat, n in (("noise", 2), ("music", 2), ("speech", 8)) for i in range(n)]
+        write_split(pieces, os.path.join(root, "musan", "shards", split), shard_size=8)
+    make_condition_lists(os.path.join(root, "shards", "test"), os.path.join(root, "lists"), 3,
+                         os.path.join(root, "musan", "shards", "test"), seed=1)
+    make_condition_lists(os.path.join(root, "shards", "val"), os.path.join(root, "lists"), 2,
+                         os.path.join(root, "musan", "shards", "val"), ("2mix_noise",), seed=1)
 
 
 def _visual_kind(yaml_path):
@@ -65,13 +83,20 @@ def _visual_kind(yaml_path):
 def test_every_egs_yaml_trains_and_evaluates(yaml_path, tiny_data, tmp_path):
     out = tmp_path / "exp"
     train_py = os.path.join(os.path.dirname(os.path.dirname(yaml_path)), "train.py")
-    run_cmd(["python", train_py, yaml_path, f"--data_folder={tiny_data[_visual_kind(yaml_path)]}",
-             f"--output_folder={out}"] + TINY)
+    data = tiny_data[_visual_kind(yaml_path)]
+    noisy = re.search(r"^noise_folder:", open(yaml_path).read(), re.M)
+    run_cmd(["python", train_py, yaml_path, f"--data_folder={data}", f"--output_folder={out}"]
+            + ([f"--noise_folder={data}/musan"] if noisy else []) + TINY)
     for name in ("hyperparams.yaml", "env.log", "train_log.txt", "model.yaml", "log.txt"):
         assert (out / name).is_file(), name
     assert glob.glob(str(out / "save" / "CKPT+*" / "model.ckpt"))
-    summary = json.loads((out / "eval" / "test.json").read_text())["summary"]
-    assert summary["si_sdr"]["count"] == 3 and np.isfinite(summary["si_sdr"]["mean"])
+    tests = json.loads((out / "eval" / "summary.json").read_text())
+    for name, summary in tests.items():  # one test set, or one per named condition
+        assert summary["si_sdr"]["count"] == 3 and np.isfinite(summary["si_sdr"]["mean"]), name
+    table = (out / "eval" / "table.txt").read_text().splitlines()
+    assert table[0].split()[0] == "condition" and len(table) == 1 + len(tests)
+    if noisy:
+        assert list(tests) == ["enhancement", "2mix", "3mix", "2mix_noise", "hard"]
     assert "epoch: 1" in (out / "train_log.txt").read_text()
     if "tensorboard_logger:" in open(yaml_path).read():
         assert any((out / "tensorboard").iterdir())

@@ -1,0 +1,13 @@
+#!/usr/bin/env python3
+"""Train and evaluate an AVSE model on shards (see avse/experiment.py).
+
+    python egs/lrs2/train.py egs/lrs2/hparams/dprnn.yaml --data_folder data/lrs2
+    torchrun --standalone --nproc_per_node=2 egs/lrs2/train.py egs/lrs2/hparams/dprnn.yaml \
+        --data_folder DIR --device=cpu --distributed_backend=gloo
+"""
+import sys
+
+from avse.experiment import main
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
