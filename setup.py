@@ -31,6 +31,11 @@ setup(
         "console_scripts": [
             "avse-make-synthetic-corpus=avse.data.synthetic:main",
             "avse-prepare-voxceleb2=avse.recipes.voxceleb2:main",
+            "avse-prepare-lrs2=avse.recipes.lrs2:main",
+            "avse-prepare-lrs3=avse.recipes.lrs3:main",
+            "avse-prepare-musan=avse.recipes.musan:main",
+            "avse-conditions=avse.conditions:main",
+            "avse-eval-sync=avse.sync:main",
             "avse-inspect-shards=avse.data.shards:main",
             "avse-extract=avse.inference:main",
             "avse-convert-seanet=avse.models.convert:main",

@@ -562,20 +562,28 @@ def _noise_index(rows, noise_dirs, where, skip_missing):
             "but no noise shards were given: pass noise_dirs=<the MUSAN recipe's "
             "OUT/shards/<split>> to make_list_loader (yaml: train_noise_shards, "
             "valid_noise_shards, or noise_shards in a test set)")
-    dirs = [noise_dirs] if isinstance(noise_dirs, str) else list(noise_dirs)
-    needed = {k for m in rows for nz in m.noise for k in nz.keys}
+    rows, index = _index_rows(rows, noise_dirs, lambda m: [k for nz in m.noise for k in nz.keys],
+                              where, "noise piece(s)", skip_missing)
+    if not rows:
+        raise voxmix.ListError(f"{where}: no rows left")
+    return rows, index
+
+
+def _index_rows(rows, dirs, keys_of, where, what, skip_missing):
+    """``(rows, ShardIndex)`` over the keys ``keys_of(row)`` of every row in shard ``dirs``;
+    keys not found: a ListError naming them, or (``skip_missing``) their rows dropped."""
+    dirs = [dirs] if isinstance(dirs, str) else list(dirs)
+    needed = {k for m in rows for k in keys_of(m)}
     index = ShardIndex(dirs, needed)
     missing = sorted(needed - set(index.entries))
     if missing:
-        msg = (f"{where}: {len(missing)} noise piece(s) not found in {', '.join(dirs)}: "
+        msg = (f"{where}: {len(missing)} {what} not found in {', '.join(dirs)}: "
                + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
         if not skip_missing:
             raise voxmix.ListError(msg + " (skip_missing=True drops their rows)")
         lost = set(missing)
-        rows = [m for m in rows if not any(k in lost for nz in m.noise for k in nz.keys)]
+        rows = [m for m in rows if not any(k in lost for k in keys_of(m))]
         warnings.warn(msg + f"; {len(rows)} row(s) kept", stacklevel=3)
-        if not rows:
-            raise voxmix.ListError(f"{where}: no rows left")
     return rows, index
 
 
@@ -636,17 +644,8 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
     where = list_path if isinstance(list_path, str) else "mixture list"
     mixtures = voxmix.read_list(list_path) if isinstance(list_path, str) else list(list_path)
     rows = _select_rows(mixtures, set_name or STAGE_SETS[stage], where)
-    needed = {s.key for m in rows for s in m.sources}
-    index = ShardIndex(dirs, needed)
-    missing = sorted(needed - set(index.entries))
-    if missing:
-        msg = (f"{where}: {len(missing)} utterance(s) not found in {', '.join(dirs)}: "
-               + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
-        if not skip_missing:
-            raise voxmix.ListError(msg + " (skip_missing=True drops their rows)")
-        lost = set(missing)
-        rows = [m for m in rows if not any(s.key in lost for s in m.sources)]
-        warnings.warn(msg + f"; {len(rows)} row(s) kept", stacklevel=2)
+    rows, index = _index_rows(rows, dirs, lambda m: [s.key for s in m.sources], where,
+                              "utterance(s)", skip_missing)
     if not rows:
         raise voxmix.ListError(f"{where}: no rows left for stage {stage!r}")
     rows, noise_index = _noise_index(rows, noise_dirs, where, skip_missing)

@@ -3,11 +3,13 @@ done markers, manifests and the summary line.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 
 from tqdm import tqdm
@@ -136,3 +138,27 @@ class Summary:
             text += f"; {note}"
         print(text, flush=True)
         return text
+
+
+def common_parser(out_help: str = "where manifest, shards, lists go") -> argparse.ArgumentParser:
+    """The options every stage subcommand takes: ``--out_dir``, ``--seed``, ``--nj``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out_dir", required=True, help=out_help)
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--nj", type=int, default=1, help="worker processes")
+    return common
+
+
+def run_cli(parser: argparse.ArgumentParser, stage_fn, argv=None) -> int:
+    """Parse, run ``stage_fn(args)``; recipe and data errors print ``error: ...``, return 2."""
+    from avse.data.align import AlignmentError
+    from avse.data.lists import ListError
+    from avse.data.shards import ShardError
+
+    args = parser.parse_args(argv)
+    try:
+        stage_fn(args)
+    except (RecipeError, ListError, AlignmentError, ShardError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -33,11 +33,11 @@ import os
 import re
 import sys
 
-from avse.data import lists as voxmix
-from avse.data.align import AlignmentError
 from avse.data.video import MOUTH_CROPS
 from avse.recipes import voxceleb2 as vox
 from avse.recipes.common import (
+    common_parser,
+    run_cli,
     RecipeError,
     Summary,
     is_done,
@@ -394,14 +394,6 @@ def add_common_stages(sub, common, crop: str, mixtures: str) -> dict:
     return parsers
 
 
-def common_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out_dir", required=True, help="where manifest, shards, lists go")
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--nj", type=int, default=1, help="worker processes")
-    return common
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m avse.recipes.lrs2",
@@ -432,17 +424,6 @@ def run_common_stage(args, corpus: str, splits, tokenizer=None) -> None:
     elif args.stage == "lists":
         stage_lists(args.out_dir, args.mixtures, args.num_speakers, tuple(args.snr_range),
                     args.seed, splits)
-
-
-def run_cli(parser: argparse.ArgumentParser, stage_fn, argv=None) -> int:
-    """Parse, run ``stage_fn(args)``; recipe errors print ``error: ...`` and return 2."""
-    args = parser.parse_args(argv)
-    try:
-        stage_fn(args)
-    except (RecipeError, voxmix.ListError, AlignmentError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _run(args) -> None:

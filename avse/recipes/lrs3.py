@@ -28,7 +28,7 @@ import os
 
 from avse.recipes import lrs2
 from avse.recipes import voxceleb2 as vox
-from avse.recipes.common import RecipeError
+from avse.recipes.common import RecipeError, common_parser, run_cli
 
 SUBSETS = ("pretrain", "trainval", "test")
 LAYOUT_HINT = "CORPUS/{pretrain,trainval,test}/<11-char id>/<clip>.{mp4,txt}"
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m avse.recipes.lrs3",
         description="LRS3 -> WebDataset shards + VoxMix test lists (one subcommand per stage).")
     sub = parser.add_subparsers(dest="stage", required=True)
-    common = lrs2.common_parser()
+    common = common_parser()
     p = sub.add_parser("manifest", parents=[common], help="stage 1: scan the corpus")
     p.add_argument("--corpus_dir", required=True, help=LAYOUT_HINT)
     p.add_argument("--subsets", default="test", help="comma list of pretrain,trainval,test")
@@ -115,7 +115,7 @@ def _run(args) -> None:
 
 
 def main(argv=None) -> int:
-    return lrs2.run_cli(build_parser(), _run, argv)
+    return run_cli(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -41,14 +41,15 @@ import math
 import os
 import random
 import re
-import sys
 
 import numpy as np
 
 from avse.data.align import SAMPLE_RATE
 from avse.data.mixing import SILENCE_POWER, power
-from avse.data.shards import ShardError, encode_flac, write_split
+from avse.data.shards import encode_flac, write_split
 from avse.recipes.common import (
+    common_parser,
+    run_cli,
     RecipeError,
     Rejections,
     Summary,
@@ -419,10 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m avse.recipes.musan",
         description="MUSAN -> noise shards in train/val/test splits (one subcommand per stage).")
     sub = parser.add_subparsers(dest="stage", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out_dir", required=True, help="where manifest, pieces, shards go")
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--nj", type=int, default=1, help="worker processes")
+    common = common_parser("where manifest, pieces, shards go")
     pieces = argparse.ArgumentParser(add_help=False)
     pieces.add_argument("--max_seconds", type=float, default=10.0, help="longest piece")
     pieces.add_argument("--min_seconds", type=float, default=1.0, help="shortest file kept")
@@ -439,22 +437,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args) -> None:
+    if args.stage == "manifest":
+        stage_manifest(args.corpus_dir, args.out_dir, args.val_fraction, args.test_fraction,
+                       args.seed, args.nj)
+    elif args.stage == "pieces":
+        stage_pieces(args.out_dir, args.max_seconds, args.min_seconds, args.nj,
+                     args.retry_rejected)
+    elif args.stage == "shards":
+        stage_shards(args.out_dir, args.max_seconds, args.min_seconds, args.shard_size,
+                     args.shard_multiple, args.seed)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.stage == "manifest":
-            stage_manifest(args.corpus_dir, args.out_dir, args.val_fraction, args.test_fraction,
-                           args.seed, args.nj)
-        elif args.stage == "pieces":
-            stage_pieces(args.out_dir, args.max_seconds, args.min_seconds, args.nj,
-                         args.retry_rejected)
-        elif args.stage == "shards":
-            stage_shards(args.out_dir, args.max_seconds, args.min_seconds, args.shard_size,
-                         args.shard_multiple, args.seed)
-    except (RecipeError, ShardError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

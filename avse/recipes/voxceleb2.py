@@ -35,10 +35,12 @@ import sys
 import numpy as np
 
 from avse.data import lists as voxmix
-from avse.data.align import EMB_DIM, FPS, SAMPLE_RATE, AlignmentError, align_av
+from avse.data.align import EMB_DIM, FPS, SAMPLE_RATE, align_av
 from avse.data.shards import encode_flac, encode_npy, write_split
 from avse.data.video import MOUTH_CROPS, MediaError, decode_media, read_audio
 from avse.recipes.common import (
+    common_parser,
+    run_cli,
     RecipeError,
     Rejections,
     Summary,
@@ -514,10 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m avse.recipes.voxceleb2",
         description="VoxCeleb2 -> WebDataset shards + VoxMix lists (one subcommand per stage).")
     sub = parser.add_subparsers(dest="stage", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out_dir", required=True, help="where manifest, shards, lists go")
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--nj", type=int, default=1, help="worker processes")
+    common = common_parser()
     p = sub.add_parser("manifest", parents=[common], help="stage 1: scan the corpus")
     p.add_argument("--corpus_dir", required=True, help=LAYOUT_HINT)
     p.add_argument("--lists", help="VoxMix csv: keep only the utterances it names")
@@ -542,24 +541,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args) -> None:
+    if args.stage == "manifest":
+        stage_manifest(args.corpus_dir, args.out_dir, args.lists, args.audio_path,
+                       args.visual_path, args.val_fraction, args.seed, args.nj)
+    elif args.stage == "extract":
+        stage_extract(args.out_dir, args.nj, args.crop, args.min_duration,
+                      args.max_diff_frames, args.retry_rejected)
+    elif args.stage == "shards":
+        stage_shards(args.out_dir, args.shard_size, args.shard_multiple, args.seed)
+    elif args.stage == "lists":
+        stage_lists(args.out_dir, args.lists, parse_mixture_counts(args.mixtures),
+                    tuple(args.snr_range), tuple(args.num_speakers), args.seed)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.stage == "manifest":
-            stage_manifest(args.corpus_dir, args.out_dir, args.lists, args.audio_path,
-                           args.visual_path, args.val_fraction, args.seed, args.nj)
-        elif args.stage == "extract":
-            stage_extract(args.out_dir, args.nj, args.crop, args.min_duration,
-                          args.max_diff_frames, args.retry_rejected)
-        elif args.stage == "shards":
-            stage_shards(args.out_dir, args.shard_size, args.shard_multiple, args.seed)
-        elif args.stage == "lists":
-            stage_lists(args.out_dir, args.lists, parse_mixture_counts(args.mixtures),
-                        tuple(args.snr_range), tuple(args.num_speakers), args.seed)
-    except (RecipeError, voxmix.ListError, AlignmentError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

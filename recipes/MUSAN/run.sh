@@ -8,15 +8,9 @@ set -euo pipefail
 stage=1 stop_stage=3 nj=4 corpus_dir= out_dir= max_seconds=10 min_seconds=1 val_fraction=0.1
 test_fraction=0.1 shard_size=1000 shard_multiple=1 seed=0
 known=" stage stop_stage nj corpus_dir out_dir max_seconds min_seconds val_fraction test_fraction shard_size shard_multiple seed "
-while [ $# -gt 0 ]; do
-  name=${1#--}
-  [[ "$1" == --* && "$known" == *" $name "* && $# -ge 2 ]] || { echo "$0: bad option '$1' (see the usage line)" >&2; exit 2; }
-  printf -v "$name" '%s' "$2"; shift 2
-done
-[ -n "$corpus_dir" ] && [ -n "$out_dir" ] || { echo "$0: --corpus_dir and --out_dir are required" >&2; exit 2; }
+. "$(dirname "$0")/../parse_options.sh" "$@"
 prep="${PYTHON:-python} -m avse.recipes.musan"
 cut=(--max_seconds "$max_seconds" --min_seconds "$min_seconds")
-run() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 if run 1; then
   $prep manifest --corpus_dir "$corpus_dir" --out_dir "$out_dir" --nj "$nj" --seed "$seed" \
     --val_fraction "$val_fraction" --test_fraction "$test_fraction"

@@ -7,14 +7,8 @@ set -euo pipefail
 stage=1 stop_stage=4 nj=4 corpus_dir= out_dir= visual_path= audio_path= lists=
 shard_size=1000 shard_multiple=8 mixtures=train:20000,val:5000,test:3000 seed=0 val_fraction=0.05
 known=" stage stop_stage nj corpus_dir out_dir visual_path audio_path lists shard_size shard_multiple mixtures seed val_fraction "
-while [ $# -gt 0 ]; do
-  name=${1#--}
-  [[ "$1" == --* && "$known" == *" $name "* && $# -ge 2 ]] || { echo "$0: bad option '$1' (see the usage line)" >&2; exit 2; }
-  printf -v "$name" '%s' "$2"; shift 2
-done
-[ -n "$corpus_dir" ] && [ -n "$out_dir" ] || { echo "$0: --corpus_dir and --out_dir are required" >&2; exit 2; }
+. "$(dirname "$0")/../parse_options.sh" "$@"
 prep="${PYTHON:-python} -m avse.recipes.voxceleb2"
-run() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 if run 1; then
   $prep manifest --corpus_dir "$corpus_dir" --out_dir "$out_dir" --nj "$nj" --seed "$seed" --val_fraction "$val_fraction" \
     ${visual_path:+--visual_path "$visual_path"} ${audio_path:+--audio_path "$audio_path"} ${lists:+--lists "$lists"}
