@@ -214,3 +214,23 @@ def test_yaml_loss_is_the_reference_loss(tmp_path):
         loss_se(noise[-1], interference) + loss_se(cat(noise[:-1]), interference.repeat(5, 1))
         + loss_se(cat(speech[:-1]), target.repeat(5, 1)))
     torch.testing.assert_close(ours, reference / b)
+
+
+def test_reduced_precision_attention_path_matches_fp32():
+    """On CPU in bf16 the reverse attention uses explicit matmuls (CPU SDPA is slow in
+    bf16); it computes the same thing as the fp32 SDPA path."""
+    from avse.models.separators.seanet import ReverseAttention
+
+    g = torch.Generator().manual_seed(0)
+    q1, q2, k, v = (torch.randn(3, 2, 7, 8, generator=g) for _ in range(4))
+    ref = ReverseAttention._attend(q1, q2, k, v, 8 ** -0.5)
+    low = ReverseAttention._attend(*(x.bfloat16() for x in (q1, q2, k, v)), 8 ** -0.5)
+    assert low.dtype == torch.bfloat16
+    assert torch.allclose(low.float(), ref, atol=0.05, rtol=0.05)
+    exact = ReverseAttention._attend(*(x.double() for x in (q1, q2, k, v)), 8 ** -0.5)
+    assert torch.allclose(exact.float(), ref, atol=1e-5)  # fp32 path is the exact formula
+    sep = SEANetSeparator(in_dim=16, visual_dim=8, bottleneck=8, hidden=8, chunk_size=10,
+                          num_layers=2, num_heads=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sep(torch.rand(2, 16, 37), torch.randn(2, 8, 3), return_intermediate=True)
+    assert all(torch.isfinite(m).all() for m in out.masks)

@@ -94,6 +94,23 @@ class ReverseAttention(nn.Module):
         m, t, _ = x.shape
         return x.view(m, t, self.num_heads, -1).transpose(1, 2)
 
+    @staticmethod
+    def _attend(q_self, q_other, k, v, scale):
+        """``softmax(q_self k^T s) v + softmax(-q_other k^T s) v`` on ``[M, heads, T, d]``.
+
+        fp32 (and GPUs): two SDPA calls, the negation a negative ``scale``. Reduced precision
+        on CPU (bf16 autocast): explicit matmuls, one ``@ v`` for both, because CPU SDPA in
+        bf16 is several times slower than the matmuls (measured: 646 ms vs 98 ms forward +
+        backward for 132 x 4 heads x 100 x 64).
+        """
+        if q_self.device.type == "cpu" and q_self.dtype in (torch.bfloat16, torch.float16):
+            kt = k.transpose(-1, -2)
+            attn = torch.softmax((q_self @ kt) * scale, dim=-1) + torch.softmax(
+                (q_other @ kt) * -scale, dim=-1)
+            return attn @ v
+        return (F.scaled_dot_product_attention(q_self, k, v, scale=scale)
+                + F.scaled_dot_product_attention(q_other, k, v, scale=-scale))
+
     def forward(self, s: torch.Tensor, n: torch.Tensor):
         """s, n ``[M, T, D]`` -> (speech, noise) updates ``[M, T, D]`` each."""
         m, t, d = s.shape
@@ -106,11 +123,8 @@ class ReverseAttention(nn.Module):
         # (the negation is a negative scale), no slices whose backward fills zeros
         scale = (self.attn_dim // self.num_heads) ** -0.5
         h = self._heads
-        ks, vs, kn, vn = h(k_s), h(v_s), h(k_n), h(v_n)
-        ys = (F.scaled_dot_product_attention(h(qs_self), ks, vs, scale=scale)
-              + F.scaled_dot_product_attention(h(qn_other), ks, vs, scale=-scale))
-        yn = (F.scaled_dot_product_attention(h(qn_self), kn, vn, scale=scale)
-              + F.scaled_dot_product_attention(h(qs_other), kn, vn, scale=-scale))
+        ys = self._attend(h(qs_self), h(qn_other), h(k_s), h(v_s), scale)
+        yn = self._attend(h(qn_self), h(qs_other), h(k_n), h(v_n), scale)
         ys, yn = (0.5 * y.transpose(1, 2).reshape(m, t, self.attn_dim) for y in (ys, yn))
         return F.relu(self.out_s(ys)), F.relu(self.out_n(yn))
 
