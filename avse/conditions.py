@@ -238,6 +238,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from avse.models.io import ModelLoadError
+
     args = _parser().parse_args(argv)
     try:
         conds = [get_condition(c.strip()).name for c in args.conditions.split(",") if c.strip()]
@@ -266,7 +268,7 @@ def main(argv=None) -> int:
         print(condition_table(results, metrics))
         print(f"wrote {out_dir}/conditions.{{txt,csv,json}}")
         return 0
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ModelLoadError) as err:
         print(f"avse.conditions: error: {err}", file=sys.stderr)
         return 2
 

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 
+from avse.conditions import get_condition
 from avse.data.align import FPS, SAMPLES_PER_FRAME
 
 SILENCE_POWER = 1e-12
@@ -390,8 +391,6 @@ class MixtureConfig:
         if not 0.0 <= self.av_shift_prob <= 1.0:
             raise ValueError(f"av_shift_prob must be in [0, 1], got {self.av_shift_prob}")
         if self.conditions is not None:
-            from avse.conditions import get_condition
-
             conds = {str(k): float(v) for k, v in dict(self.conditions).items()}
             if not conds or min(conds.values()) < 0 or sum(conds.values()) <= 0:
                 raise ValueError("conditions must map condition names to probabilities >= 0 "
@@ -412,8 +411,6 @@ class MixtureConfig:
     def max_interferers(self) -> int:
         """The largest number of interferers with a non-zero probability."""
         if self.conditions is not None:
-            from avse.conditions import get_condition
-
             return max(get_condition(c).num_interferers for c, p in self.conditions.items() if p > 0)
         return max(k for k, p in self.num_interferers_probs.items() if p > 0)
 
@@ -430,8 +427,6 @@ class MixtureConfig:
         """
         if self.conditions is None:
             return self.sample_num_interferers(rng), None
-        from avse.conditions import get_condition
-
         names = list(self.conditions)
         p = np.array([self.conditions[c] for c in names], np.float64)
         cond = get_condition(names[int(rng.choice(len(names), p=p / p.sum()))])

@@ -22,6 +22,8 @@ import sys
 
 import torch
 
+from avse.models.io import state_dict_problems
+
 PROG = "avse-convert-seanet"
 ARCHS = ("seanet", "dprnn", "muse", "avsep")
 
@@ -121,16 +123,8 @@ def _with_prefix(state: dict) -> dict:
 
 
 def _problems(own: dict, state: dict) -> list:
-    """'missing keys: ...', 'unexpected keys: ...', 'wrong shapes: ...' of ``state`` against
-    the shapes ``own`` (key -> shape)."""
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(f"{k} {tuple(state[k].shape)} (expected {tuple(own[k])})"
-                   for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k]))
-    return [f"{label}: {', '.join(keys[:8])}" + (f", ... ({len(keys)} in all)"
-                                                  if len(keys) > 8 else "")
-            for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                ("wrong shapes", wrong)) if keys]
+    """The key problems of ``state`` against the shapes ``own`` (key -> shape)."""
+    return state_dict_problems(own, state)
 
 
 def _check_against(model, state: dict, arch: str) -> None:

@@ -15,6 +15,33 @@ class ModelLoadError(RuntimeError):
     """A model folder or checkpoint is missing, incomplete, or does not match the config."""
 
 
+def state_dict_problems(expected: dict, state: dict, prefix: str = "", limit: int = 8) -> list:
+    """``["missing keys: ...", "unexpected keys: ...", "wrong shapes: ..."]`` (the non-empty
+    ones) of ``state`` against ``expected`` (key -> tensor or shape); keys are shown with
+    ``prefix``, at most ``limit`` per kind.
+
+    Example
+    -------
+    >>> state_dict_problems({"a": (2,), "b": (3,)}, {"a": torch.zeros(4), "c": torch.zeros(1)})
+    ['missing keys: b', 'unexpected keys: c', 'wrong shapes: a (4,) (expected (2,))']
+    """
+    def shape(v):
+        return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
+
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(f"{k} {shape(state[k])} (expected {shape(expected[k])})"
+                   for k in set(expected) & set(state) if shape(state[k]) != shape(expected[k]))
+
+    def head(keys):
+        more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
+        return ", ".join(prefix + k for k in keys[:limit]) + more
+
+    return [f"{label}: {head(keys)}" for label, keys in
+            (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+            if keys]
+
+
 def save_config(model, folder: str) -> str:
     """Write ``folder/model.yaml`` from ``model.config`` (the specs it was built from)."""
     if model.config is None:
@@ -57,19 +84,8 @@ def load_state(model, ckpt_path: str, strict: bool = True):
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if strict and (missing or unexpected or wrong):
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            parts.append("wrong shapes " + ", ".join(
-                f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}" for k in wrong[:5]))
+    parts = state_dict_problems(model.state_dict(), state) if strict else []
+    if parts:
         raise ModelLoadError(f"{ckpt_path} does not match the model: " + "; ".join(parts))
     model.load_state_dict(state, strict=strict)
     return model

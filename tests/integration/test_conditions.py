@@ -99,6 +99,11 @@ def test_condition_cli_errors_are_clear(corpus, tmp_path):
     proc = run_cmd(["python", "-m", "avse.conditions", "evaluate", "--model", corpus["model"],
                     "--shards", corpus["speech"], "--lists_dir", str(tmp_path)], check=False)
     assert proc.returncode == 2 and "missing condition list" in proc.stderr
+    proc = run_cmd(["python", "-m", "avse.conditions", "evaluate", "--model", str(tmp_path),
+                    "--shards", corpus["speech"], "--noise_shards", corpus["noise"],
+                    "--lists_dir", os.path.dirname(corpus["lists"]["2mix"])], check=False)
+    assert proc.returncode == 2 and "avse.conditions: error:" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_training_samples_conditions(corpus):

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avse.models.io import state_dict_problems
 from avse.registry import register
 from avse.models.base import Separator, SeparatorOutput, align_visual, build_fusion
 from avse.models.separators.dprnn import _MASK_ACTS, DPRNNSeparator, GlobalNormLast
@@ -562,18 +563,10 @@ def convert_reference_state_dict(state: dict, model: nn.Module | None = None) ->
         bare, stray = dict(state), []
     layout = (model if model is not None else _layout_model()).state_dict()
     expected = convert_to_reference_state_dict(layout, prefix="")
-    missing = sorted(set(expected) - set(bare))
-    unexpected = stray + sorted(set(bare) - set(expected))
-    bad_shape = sorted(f"{k} {tuple(bare[k].shape)} (expected {tuple(expected[k].shape)})"
-                       for k in set(expected) & set(bare)
-                       if tuple(bare[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or bad_shape:
-        def head(keys):
-            more = f", ... ({len(keys)} in all)" if len(keys) > 6 else ""
-            return ", ".join(keys[:6]) + more
-        parts = [f"{label}: {head(keys)}" for label, keys in
-                 (("missing keys", missing), ("unexpected keys", unexpected),
-                  ("wrong shapes", bad_shape)) if keys]
+    parts = state_dict_problems(expected, bare, limit=6)
+    if stray:
+        parts.insert(0, "unexpected keys: " + ", ".join(stray[:6]))
+    if parts:
         raise ValueError("not a reference AV-Sepformer state dict for this model; "
                          + "; ".join(parts))
     visual_blocks = _visual_blocks(layout)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avse.models.io import state_dict_problems
 from avse.registry import register
 from avse.models.base import Separator, SeparatorOutput, build_fusion
 
@@ -357,15 +358,8 @@ def convert_reference_state_dict(state: dict, config: dict | None = None) -> dic
         template = AVSEModel(**(config or reference_config())).state_dict()
     rules = _rules(template)
     expected = {k[len(_REF):]: v.shape for k, v in to_reference_state_dict(template).items()}
-    missing = sorted(set(expected) - set(ref))
-    unexpected = sorted(set(ref) - set(expected))
-    wrong = sorted(f"{_REF}{k} {tuple(ref[k].shape)} (expected {tuple(expected[k])})"
-                   for k in set(ref) & set(expected) if ref[k].shape != expected[k])
-    if missing or unexpected or wrong:
-        parts = [f"{label}: {_head(keys)}" for label, keys in
-                 (("missing keys", [_REF + k for k in missing]),
-                  ("unexpected keys", [_REF + k for k in unexpected]),
-                  ("wrong shapes", wrong)) if keys]
+    parts = state_dict_problems(expected, ref, prefix=_REF)
+    if parts:
         raise ValueError("cannot convert the reference AV-DPRNN state dict; " + "; ".join(parts))
     out = {}
     for our_keys, ref_keys, kind in rules:

@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avse.models.io import state_dict_problems
 from avse.registry import register
 from avse.models.base import Separator, SeparatorOutput, build_fusion
 from avse.models.separators.tcn import ChannelNorm, TCNBlock
@@ -350,14 +351,7 @@ def _head(keys) -> str:
 
 
 def _check(converted: dict, expected: dict, what: str) -> None:
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
-    shapes = sorted(f"{k} {tuple(converted[k].shape)} != {tuple(expected[k].shape)}"
-                    for k in set(converted) & set(expected)
-                    if tuple(converted[k].shape) != tuple(expected[k].shape))
-    parts = [f"{label}: {_head(keys)}" for label, keys in
-             (("missing keys", missing), ("unexpected keys", unexpected),
-              ("wrong shapes", shapes)) if keys]
+    parts = state_dict_problems(expected, converted, limit=6)
     if parts:
         raise ValueError(f"{what}: " + "; ".join(parts))
 

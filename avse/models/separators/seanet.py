@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avse.models.io import state_dict_problems
 from avse.registry import register
 from avse.models.base import Separator, SeparatorOutput, build_fusion
 from avse.models.separators.dprnn import (_MASK_ACTS, DualPathBlock, GlobalNormLast, overlap_add,
@@ -487,17 +488,8 @@ def convert_reference_state_dict(state: dict) -> dict:
         template = AVSEModel(**config).state_dict()
     rules = _rules(template)
     expected = {k[len(_REF):]: v.shape for k, v in to_reference_state_dict(template).items()}
-    missing = sorted(set(expected) - set(ref))
-    unexpected = sorted(set(ref) - set(expected))
-    wrong = sorted(f"{k} {tuple(ref[k].shape)} (expected {tuple(expected[k])})"
-                   for k in set(ref) & set(expected) if ref[k].shape != expected[k])
-    if missing or unexpected or wrong:
-        def head(keys, prefix=_REF):
-            more = f", ... ({len(keys)} in all)" if len(keys) > 8 else ""
-            return ", ".join(prefix + k for k in keys[:8]) + more
-        parts = [f"{label}: {head(keys)}" for label, keys in
-                 (("missing keys", missing), ("unexpected keys", unexpected),
-                  ("wrong shapes", wrong)) if keys]
+    parts = state_dict_problems(expected, ref, prefix=_REF)
+    if parts:
         raise ValueError("cannot convert the reference SEANet state dict; " + "; ".join(parts))
     out = {}
     for our_keys, ref_keys, kind in rules:
