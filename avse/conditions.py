@@ -49,36 +49,11 @@ import json
 import math
 import os
 import sys
-import tarfile
-from dataclasses import dataclass
 
 TABLE_METRICS = ("si_sdr", "si_sdri", "sdr", "sdri", "pesq", "stoi")
 
 
-@dataclass(frozen=True)
-class Condition:
-    """A mixture condition: ``num_interferers`` other talkers, plus noise when ``noise``."""
-
-    name: str
-    num_interferers: int
-    noise: bool
-
-
-CONDITIONS = {c.name: c for c in (
-    Condition("enhancement", 0, True),
-    Condition("2mix", 1, False),
-    Condition("3mix", 2, False),
-    Condition("2mix_noise", 1, True),
-    Condition("hard", 2, True),
-)}
-
-
-def get_condition(name: str) -> Condition:
-    """The named condition; a clear error lists the known names."""
-    try:
-        return CONDITIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown condition {name!r}; known: {', '.join(CONDITIONS)}") from None
+from avse.data.conditions import CONDITIONS, get_condition  # noqa: F401 (re-used names)
 
 
 def _mean(summary: dict, metric: str) -> float:
@@ -120,68 +95,6 @@ def write_condition_table(results: dict, out_dir: str, name: str = "conditions",
     return table
 
 
-# ------------------------------------------------------------------------ lists
-def shard_utterances(split_dir: str, set_name: str | None = None) -> list:
-    """``[{key, spk, set, duration}]`` of a shard split, reading only the json members."""
-    from avse.data.shards import shard_urls
-
-    set_name = set_name or os.path.basename(os.path.normpath(split_dir))
-    out = []
-    for url in shard_urls(split_dir):
-        with tarfile.open(url) as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".json"):
-                    info = json.loads(tar.extractfile(member).read())
-                    key = info.get("key") or member.name[:-len(".json")]
-                    out.append({"key": key, "spk": info.get("spk") or key.split("/")[0],
-                                "set": set_name, "duration": float(info["duration"])})
-    if not out:
-        raise ValueError(f"{split_dir}: no utterances (json members) in its shards")
-    return out
-
-
-def make_condition_lists(speech_dir: str, out_dir: str, num: int, noise_dir: str | None = None,
-                         conditions=tuple(CONDITIONS), seed: int = 0, snr_range=(-10.0, 10.0),
-                         set_name: str | None = None, **noise_options) -> dict:
-    """Write one VoxMix list per named condition; returns ``{condition: path}``.
-
-    ``speech_dir``: a speech shard split (e.g. ``OUT/shards/test`` of any corpus recipe);
-    ``noise_dir``: a MUSAN noise shard split (``recipes/MUSAN``; the test split for test
-    lists), needed by conditions with noise. ``num`` 3-talker rows are drawn once (targets
-    and interferers of different speakers, SNRs in ``snr_range``) and every condition keeps
-    the interferers it needs; noise (``noise_options`` as :func:`avse.data.lists.add_noise`)
-    is drawn once per row. Deterministic for a given seed.
-    """
-    from avse.data import lists as voxmix
-    from avse.data.noise import noise_pool
-
-    conds = [get_condition(c) for c in conditions]
-    set_name = set_name or os.path.basename(os.path.normpath(speech_dir))
-    utterances = shard_utterances(speech_dir, set_name)
-    most = max(c.num_interferers for c in conds)
-    rows = voxmix._draw_mixtures(utterances, num, most + 1, tuple(snr_range), seed, set_name)
-    pool = None
-    if any(c.noise for c in conds):
-        if not noise_dir:
-            raise ValueError("conditions " + ", ".join(c.name for c in conds if c.noise)
-                             + " add noise: pass the MUSAN noise shards (noise_dir / "
-                             "--noise_shards, e.g. data/musan/shards/test)")
-        pool = noise_pool(noise_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {}
-    for cond in conds:
-        if cond.noise:
-            out = voxmix.add_noise(rows, pool, seed=seed + 1, num_interferers=cond.num_interferers,
-                                   **noise_options)
-        else:
-            out = [voxmix.Mixture(m.set, m.sources[:1 + cond.num_interferers], m.length)
-                   for m in rows]
-        path = os.path.join(out_dir, f"{set_name}_{cond.name}.csv")
-        voxmix.write_list(out, path)
-        paths[cond.name] = path
-    return paths
-
-
 # ------------------------------------------------------------------- evaluation
 def evaluate_conditions(model, shards, lists: dict, noise_dirs=None,
                         metrics=("si_sdr", "si_sdri", "sdr", "sdri"), max_mixtures=None,
@@ -189,14 +102,14 @@ def evaluate_conditions(model, shards, lists: dict, noise_dirs=None,
     """Evaluate ``model`` (an AVSEModel) on each ``{condition: list path}``; returns
     ``{condition: summary}`` and, with ``out_dir``, writes ``<condition>.csv`` (per mixture),
     ``conditions.csv`` / ``conditions.txt`` (the table) and ``conditions.json``."""
-    from avse.data import lists as voxmix
+    from avse.data.lists import read_list
+    from avse.data.loaders import make_list_loader
     from avse.data.mixing import MixtureConfig
-    from avse.data.pipeline import make_list_loader
     from avse.sync import sync_sweep
 
     results = {}
     for name, path in lists.items():
-        rows = voxmix.read_list(path)[:max_mixtures]
+        rows = read_list(path)[:max_mixtures]
         loader = make_list_loader(shards, rows, stage="test", config=MixtureConfig(crop_seconds=None),
                                   batch_size=1, seed=seed, noise_dirs=noise_dirs)
         tracker = sync_sweep(model, loader, [0], metrics, device)  # offset 0: plain evaluation
@@ -244,6 +157,8 @@ def main(argv=None) -> int:
     try:
         conds = [get_condition(c.strip()).name for c in args.conditions.split(",") if c.strip()]
         if args.command == "lists":
+            from avse.data.lists import make_condition_lists
+
             paths = make_condition_lists(args.shards, args.out_dir, args.num, args.noise_shards,
                                          conds, args.seed, args.snr_range)
             for name, path in paths.items():

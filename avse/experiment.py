@@ -26,7 +26,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from avse.brain import AVSEBrain
 from avse.conditions import TABLE_METRICS, write_condition_table
-from avse.data.pipeline import make_list_loader, make_train_loader
+from avse.data.loaders import make_list_loader, make_train_loader
 from avse.models.io import save_config
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ For each offset (video frames, 1 frame = 640 samples = 40 ms) every mixture of a
 list is extracted with the target's visual stream moved by
 :func:`avse.data.mixing.shift_visual` (positive = the video lags the audio, negative = it
 leads; edge-padded, so lengths do not change), and SI-SDR / SI-SDRi are averaged per
-offset. Batches come from :func:`avse.data.pipeline.make_list_loader` (stage ``test``)
+offset. Batches come from :func:`avse.data.loaders.make_list_loader` (stage ``test``)
 and the model is called as :class:`avse.brain.AVSEBrain` does in its test stage, so
 offset 0 reproduces the experiment's own evaluation of the same list::
 
@@ -80,7 +80,7 @@ def parse_offsets(text: str) -> list:
 
 def shift_batch_visual(visual: torch.Tensor, lengths, offset: int) -> torch.Tensor:
     """Apply :func:`shift_visual` to each example of ``visual [B, Tv, ...]`` over its own
-    frames (``lengths``: relative, as in :class:`~avse.data.pipeline.AVBatch`), then edge-pad
+    frames (``lengths``: relative, as in :class:`~avse.data.loaders.AVBatch`), then edge-pad
     back to ``Tv`` as the collate function does.
 
     Example
@@ -107,7 +107,7 @@ def sync_sweep(model, loader, offsets, metrics=("si_sdr", "si_sdri"), device: st
 
     ``model``: an :class:`~avse.models.AVSEModel` (called as ``model(mixture, visual)``, as in
     the Brain's test stage); ``loader``: a list loader yielding
-    :class:`~avse.data.pipeline.AVBatch`. Each batch is read once and run at every offset.
+    :class:`~avse.data.loaders.AVBatch`. Each batch is read once and run at every offset.
     """
     model = model.to(device).eval()
     tracker = MetricTracker(metrics=list(metrics))
@@ -314,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> dict:
     """The sweep for parsed arguments; returns ``{"rows", "paths", "tracker"}``."""
-    from avse.data import lists as voxmix
+    from avse.data.lists import read_list
+    from avse.data.loaders import make_list_loader, select_rows
     from avse.data.mixing import MixtureConfig
-    from avse.data.pipeline import _select_rows, make_list_loader
     from avse.models.io import load_model
 
     spec = {"shards": args.shards, "list": args.list, "noise_shards": None, "seed": 0,
@@ -330,7 +330,7 @@ def run(args) -> dict:
     seed = spec["seed"] if args.seed is None else args.seed
     normalise = spec["normalise"] if args.normalise is None else args.normalise
     normalise = None if normalise in (None, "none") else normalise
-    rows = _select_rows(voxmix.read_list(spec["list"]), args.set_name, spec["list"])
+    rows = select_rows(read_list(spec["list"]), args.set_name, spec["list"])
     if args.max_mixtures is not None:
         rows = rows[:args.max_mixtures]
     model = load_model(args.model, key=args.key)

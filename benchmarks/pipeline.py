@@ -5,7 +5,7 @@ Generates ``--utts`` random 6 s utterances (88x88 uint8 lips at 25 fps, 16 kHz a
 ``<key>.npy`` files, then prints mixed 4 s training examples per second for each
 ``--workers`` count:
 
-- shards: :func:`avse.data.pipeline.make_train_loader` (one read per utterance; the
+- shards: :func:`avse.data.loaders.make_train_loader` (one read per utterance; the
   interferers come from the shuffle buffer);
 - files: a map-style Dataset that, per example, reads the target's wav + npy and one
   interferer's wav of another speaker (as SEANet's loader does), then crops, mixes at
@@ -29,7 +29,7 @@ import torch
 
 from avse.data.align import SAMPLES_PER_FRAME
 from avse.data.mixing import MixtureConfig, fit_length, mix_sources, random_crop
-from avse.data.pipeline import collate_examples, make_train_loader
+from avse.data.loaders import collate_examples, make_train_loader
 from avse.data.shards import write_split
 
 
@@ -79,7 +79,7 @@ class FileMixDataset(torch.utils.data.Dataset):
         return {"mixture": mixture, "target": target, "interference": interference,
                 "visual": lips, "n_frames": len(lips), "pad_frames": self.config.crop_frames,
                 "key": key, "speaker": self.speakers.index(spk), "snrs": snr,
-                "interferer_keys": [inter_key], "visual_key": key}
+                "interferer_keys": [inter_key], "lips_key": key}
 
 
 def timed(loader, n_batches):

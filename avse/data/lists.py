@@ -40,6 +40,8 @@ import os
 import random
 from dataclasses import dataclass, field
 
+from avse.data.conditions import CONDITIONS, get_condition
+
 
 class ListError(ValueError):
     """A mixture list is malformed or names unknown utterances."""
@@ -325,3 +327,44 @@ def generate_noisy_mixtures(utterances, num: int, noise_keys, num_speakers: int 
         raise ValueError("a mixture needs a target speaker")
     rows = _draw_mixtures(utterances, num, num_speakers, snr_range, seed, mix_set)
     return add_noise(rows, noise_keys, seed=seed + 1, **noise_options)
+
+
+def make_condition_lists(speech_dir: str, out_dir: str, num: int, noise_dir: str | None = None,
+                         conditions=tuple(CONDITIONS), seed: int = 0, snr_range=(-10.0, 10.0),
+                         set_name: str | None = None, **noise_options) -> dict:
+    """Write one list per named condition (:mod:`avse.data.conditions`); returns
+    ``{condition: path}`` of the files ``<out_dir>/<set>_<condition>.csv``.
+
+    ``speech_dir``: a speech shard split (e.g. ``OUT/shards/test`` of any corpus recipe);
+    ``noise_dir``: a MUSAN noise shard split (``recipes/MUSAN``; the test split for test
+    lists), needed by conditions with noise. ``num`` 3-talker rows are drawn once (targets
+    and interferers of different speakers, SNRs in ``snr_range``) and every condition keeps
+    the interferers it needs; noise (``noise_options`` as :func:`add_noise`) is drawn once
+    per row, so conditions differ only in what is mixed in. Deterministic for a seed.
+    """
+    from avse.data.noise import noise_pool
+    from avse.data.shards import shard_utterances
+
+    conds = [get_condition(c) for c in conditions]
+    set_name = set_name or os.path.basename(os.path.normpath(speech_dir))
+    utterances = shard_utterances(speech_dir, set_name)
+    most = max(c.num_interferers for c in conds)
+    rows = _draw_mixtures(utterances, num, most + 1, tuple(snr_range), seed, set_name)
+    pool = None
+    if any(c.noise for c in conds):
+        if not noise_dir:
+            raise ValueError("conditions " + ", ".join(c.name for c in conds if c.noise)
+                             + " add noise: pass the MUSAN noise shards (noise_dir / "
+                             "--noise_shards, e.g. data/musan/shards/test)")
+        pool = noise_pool(noise_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for cond in conds:
+        if cond.noise:
+            out = add_noise(rows, pool, seed=seed + 1, num_interferers=cond.num_interferers,
+                            **noise_options)
+        else:
+            out = [Mixture(m.set, m.sources[:1 + cond.num_interferers], m.length) for m in rows]
+        paths[cond.name] = os.path.join(out_dir, f"{set_name}_{cond.name}.csv")
+        write_list(out, paths[cond.name])
+    return paths

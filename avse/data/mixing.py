@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 
-from avse.conditions import get_condition
+from avse.data.conditions import get_condition
 from avse.data.align import FPS, SAMPLES_PER_FRAME
 
 SILENCE_POWER = 1e-12
@@ -339,7 +339,7 @@ class MixtureConfig:
         probability that a training example gets a shift drawn at all (else offset 0).
     conditions : dict, optional
         ``{condition name: probability}`` over the named conditions of
-        :mod:`avse.conditions` (``enhancement``, ``2mix``, ``3mix``, ``2mix_noise``,
+        :mod:`avse.data.conditions` (``enhancement``, ``2mix``, ``3mix``, ``2mix_noise``,
         ``hard``): each dynamic-mixing example draws one, which fixes its number of
         interferers and whether it gets noise (``noise_source`` then always/never applies),
         replacing ``num_interferers_probs`` and ``noise_prob``. Conditions with noise need a

@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from avse.data.mixing import SILENCE_POWER, fit_length, power
+from avse.data.shards import ShardIndex
 
 CATEGORIES = ("music", "noise", "speech")
 """Categories of the MUSAN tree (and of the first part of every noise key)."""
@@ -65,8 +66,6 @@ def pool_from_keys(keys) -> dict:
 
 def noise_pool(shard_dirs) -> dict:
     """``{category: sorted keys}`` of the pieces in noise shard split(s) (tar headers only)."""
-    from avse.data.pipeline import ShardIndex
-
     index = ShardIndex(shard_dirs)
     return pool_from_keys(k for k, fields in index.entries.items() if "flac" in fields)
 
@@ -151,7 +150,7 @@ def combine_pieces(wavs, n_samples: int | None = None, rng=None) -> np.ndarray:
 
 
 def read_noise(index, keys, n_samples: int, rng=None) -> np.ndarray:
-    """The noise of a list row: pieces ``keys`` from a :class:`~avse.data.pipeline.ShardIndex`,
+    """The noise of a list row: pieces ``keys`` from a :class:`~avse.data.shards.ShardIndex`,
     combined to ``[n_samples]`` (:func:`combine_pieces`)."""
     return combine_pieces([index.load(k)[0] for k in keys], n_samples, rng)
 
@@ -186,8 +185,6 @@ class MusanNoise:
 
     def __init__(self, shard_dirs, category_probs=None, snr_ranges=None,
                  babble_pieces=BABBLE_PIECES, cache: bool = False):
-        from avse.data.pipeline import ShardIndex
-
         self.shard_dirs = [shard_dirs] if isinstance(shard_dirs, str) else list(shard_dirs)
         self.cache = {} if cache else None
         self.category_probs, self.snr_ranges, self.babble_pieces = resolve_options(

@@ -1,4 +1,4 @@
-"""WebDataset shards: writing per split, ``meta.json``, and reading samples back.
+"""WebDataset shards: writing per split, ``meta.json``, reading samples back, random access.
 
 Layout of one split (see README "Shard format")::
 
@@ -32,17 +32,23 @@ import math
 import os
 import tarfile
 import time
+import warnings
 
 import numpy as np
 
-from avse.data.align import FPS, SAMPLE_RATE
+from avse.data.align import FPS, SAMPLE_RATE, align_av
 
 FORMAT_VERSION = 1
 SHARD_PATTERN = "shard-%06d.tar"
+VISUAL_FIELDS = ("lips.npy", "emb.npy")
 
 
 class ShardError(ValueError):
     """A shard folder or sample is malformed."""
+
+
+class ShardCountWarning(UserWarning):
+    """A split is written in fewer shards than asked for (none may be empty)."""
 
 
 def encode_flac(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
@@ -117,20 +123,28 @@ def plan_shards(n_samples: int, shard_size: int, multiple: int = 1) -> list[int]
     """Sample counts per shard: ``ceil(n / shard_size)`` rounded up to a multiple of ``multiple``.
 
     Counts differ by at most one, so ranks x workers that split the shards evenly also get
-    (almost) the same number of samples. Never more shards than samples unless that is
-    needed to reach one full ``multiple``.
+    (almost) the same number of samples. No shard is ever empty: when rounding up would
+    give more shards than samples, the count is rounded down to a multiple instead, and
+    when fewer samples than ``multiple`` exist, ``ceil(n / shard_size)`` shards are planned
+    (:func:`write_split` warns in both cases).
 
     Example
     -------
     >>> plan_shards(10, 4, multiple=2)
     [3, 3, 2, 2]
+    >>> plan_shards(10, 1, multiple=4), plan_shards(3, 10, multiple=4)
+    ([2, 2, 1, 1, 1, 1, 1, 1], [3])
     """
     if n_samples <= 0:
         return []
     if shard_size < 1 or multiple < 1:
         raise ValueError("shard_size and multiple must be >= 1")
     n_shards = math.ceil(n_samples / shard_size)
-    n_shards = math.ceil(n_shards / multiple) * multiple
+    rounded = math.ceil(n_shards / multiple) * multiple
+    if rounded <= n_samples:
+        n_shards = rounded
+    elif n_samples >= multiple:
+        n_shards = n_samples // multiple * multiple
     base, extra = divmod(n_samples, n_shards)
     return [base + (1 if i < extra else 0) for i in range(n_shards)]
 
@@ -164,6 +178,14 @@ def write_split(samples, out_dir: str, shard_size: int = 1000, multiple: int = 1
         if name.startswith("shard-") or name == "meta.json":
             os.remove(os.path.join(out_dir, name))
     plan = plan_shards(n_samples, shard_size, multiple)
+    if plan and len(plan) % multiple:
+        warnings.warn(f"{out_dir}: {n_samples} sample(s) cannot fill a multiple of "
+                      f"{multiple} shards of at least one sample; writing {len(plan)} shard(s)",
+                      ShardCountWarning, stacklevel=2)
+    elif plan and max(plan) > shard_size:
+        warnings.warn(f"{out_dir}: {len(plan)} shard(s) of up to {max(plan)} samples (more than "
+                      f"shard_size {shard_size}), so that the count stays a multiple of "
+                      f"{multiple} with no empty shard", ShardCountWarning, stacklevel=2)
     speakers, seconds, fields, counts = set(), 0.0, set(), []
     it = iter(samples)
     for shard_idx, count in enumerate(plan):
@@ -236,10 +258,7 @@ def iter_tar(path: str):
         for member in tar:
             if not member.isfile():
                 continue
-            base = os.path.basename(member.name)
-            dirname = os.path.dirname(member.name)
-            stem, _, ext = base.partition(".")
-            k = f"{dirname}/{stem}" if dirname else stem
+            k, ext = member_key(member.name)
             if k != key:
                 if current:
                     yield current
@@ -254,6 +273,135 @@ def iter_split(split_dir: str, decode: bool = True):
     for url in shard_urls(split_dir):
         for raw in iter_tar(url):
             yield decode_sample(raw) if decode else raw
+
+
+def member_key(name: str):
+    """``(key, field)`` of a tar member name: ``"id1/vid/00001.lips.npy"`` -> ``("id1/vid/00001", "lips.npy")``.
+
+    Example
+    -------
+    >>> member_key("id1/vid/00001.lips.npy")
+    ('id1/vid/00001', 'lips.npy')
+    """
+    base, dirname = os.path.basename(name), os.path.dirname(name)
+    stem, _, ext = base.partition(".")
+    return (f"{dirname}/{stem}" if dirname else stem), ext
+
+
+def iter_json(split_dir: str):
+    """Yield ``(key, info)`` for every sample of a split, reading only its ``json`` members."""
+    for url in shard_urls(split_dir):
+        with tarfile.open(url) as tar:
+            for member in tar:
+                key, ext = member_key(member.name)
+                if member.isfile() and ext == "json":
+                    yield key, json.loads(tar.extractfile(member).read())
+
+
+def shard_utterances(split_dir: str, set_name: str | None = None) -> list:
+    """``[{key, spk, set, duration}]`` of a shard split, reading only the json members
+    (``set``: ``set_name``, default the split folder's name)."""
+    set_name = set_name or os.path.basename(os.path.normpath(split_dir))
+    out = [{"key": info.get("key") or key, "spk": info.get("spk") or key.split("/")[0],
+            "set": set_name, "duration": float(info["duration"])}
+           for key, info in iter_json(split_dir)]
+    if not out:
+        raise ShardError(f"{split_dir}: no utterances (json members) in its shards")
+    return out
+
+
+def scan_speakers(split_dir: str) -> list:
+    """Sorted speaker ids of a split, reading only the ``*.json`` members of its shards."""
+    return sorted({info.get("spk") or key.split("/")[0] for key, info in iter_json(split_dir)})
+
+
+def split_speakers(split_dir: str) -> list:
+    """Sorted speaker ids: ``speakers.txt`` (one a line) if it matches meta.json, else a scan."""
+    path = os.path.join(split_dir, "speakers.txt")
+    if os.path.isfile(path):
+        with open(path) as f:
+            speakers = [line.strip() for line in f if line.strip()]
+        if len(speakers) == read_meta(split_dir).get("speakers"):
+            return sorted(speakers)
+    return scan_speakers(split_dir)
+
+
+def write_speakers_file(split_dir: str) -> str:
+    """Write ``split_dir/speakers.txt`` (scanned) so that loaders need not scan; returns its path."""
+    path = os.path.join(split_dir, "speakers.txt")
+    with open(path + ".tmp", "w") as f:
+        f.write("".join(s + "\n" for s in scan_speakers(split_dir)))
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def num_speakers(split_dir: str) -> int:
+    """How many speakers a shard split holds (``meta.json``), e.g. the size of MuSE's speaker
+    classifier in a yaml: ``num_speakers: !apply:avse.data.shards.num_speakers [<dir>]``."""
+    count = read_meta(split_dir).get("speakers")
+    if not count:
+        raise ShardError(f"{split_dir}/meta.json has no speaker count; set num_speakers by hand")
+    return int(count)
+
+
+def resolve_visual_field(meta: dict, visual_field: str = "auto") -> str:
+    """``"lips.npy"`` or ``"emb.npy"`` from meta.json's ``fields`` (``visual_field="auto"``)."""
+    present = [k for k in VISUAL_FIELDS if k in meta.get("fields", [])]
+    if visual_field == "auto":
+        if len(present) != 1:
+            raise ShardError(f"visual_field='auto' needs exactly one of {VISUAL_FIELDS} in "
+                             f"meta.json fields {meta.get('fields')}; pass visual_field explicitly")
+        return present[0]
+    field = visual_field if visual_field.endswith(".npy") else visual_field + ".npy"
+    if field not in present:
+        raise ShardError(f"visual_field {visual_field!r}: the shards hold "
+                         f"{present or 'no visual field'}")
+    return field
+
+
+def decode_av(key: str, flac: bytes, visual: bytes | None = None):
+    """Decode a sample's ``flac`` (+ ``*.npy``) bytes: ``(wav [640 Tv] float32, visual [Tv, ...])``,
+    cut to whole aligned frames; ``visual=None`` decodes the audio only (``(wav [T], None)``)."""
+    wav, sr = decode_flac(flac)
+    if sr != SAMPLE_RATE:
+        raise ShardError(f"{key}: audio at {sr} Hz, expected {SAMPLE_RATE}")
+    return (wav, None) if visual is None else align_av(wav, decode_npy(visual), 1)
+
+
+class ShardIndex:
+    """Random access by key into uncompressed local shards: ``key -> {field: (offset, size)}``.
+
+    Built from the tar headers only (no sample data is read); ``keys`` limits what is kept.
+    The first split holding a key wins.
+    """
+
+    def __init__(self, shard_dirs, keys=None):
+        wanted = None if keys is None else set(keys)
+        self.entries = {}
+        for split_dir in ([shard_dirs] if isinstance(shard_dirs, str) else shard_dirs):
+            for url in shard_urls(split_dir):
+                with tarfile.open(url) as tar:
+                    for m in tar:
+                        key, ext = member_key(m.name)
+                        if m.isfile() and (wanted is None or key in wanted):
+                            fields_ = self.entries.setdefault(key, {"__url__": url})
+                            if fields_["__url__"] == url:
+                                fields_[ext] = (m.offset_data, m.size)
+
+    def read(self, key: str, field: str) -> bytes:
+        """The raw bytes of ``field`` of sample ``key``."""
+        entry = self.entries[key]
+        if field not in entry:
+            raise ShardError(f"{entry['__url__']}: utterance {key} has no {field}")
+        offset, size = entry[field]
+        with open(entry["__url__"], "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def load(self, key: str, visual_field: str | None = None):
+        """``(wav [T] float32, visual [Tv, ...] or None)``, aligned when visual is read."""
+        return decode_av(key, self.read(key, "flac"),
+                         self.read(key, visual_field) if visual_field else None)
 
 
 def main(argv=None):

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from avse.data.mixing import MixtureConfig
-from avse.data.pipeline import make_list_loader
+from avse.data.loaders import make_list_loader
 from avse.models.io import load_model
 
 TARGETS = {"si_sdri": 8.0, "gap_to_mismatched_lips": 8.0}

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from avse.conditions import CONDITIONS, make_condition_lists
-from avse.data import lists as voxmix
+from avse.data.conditions import CONDITIONS
+from avse.data.lists import make_condition_lists
+from avse.data import lists
 from tests.conftest import run_cmd
 
 
@@ -46,7 +47,7 @@ def corpus(tmp_path_factory):
 
 
 def test_condition_lists_share_rows_and_hold_what_the_condition_says(corpus):
-    rows = {c: voxmix.read_list(p) for c, p in corpus["lists"].items()}
+    rows = {c: lists.read_list(p) for c, p in corpus["lists"].items()}
     assert set(rows) == set(CONDITIONS)
     for name, cond in CONDITIONS.items():
         assert len(rows[name]) == 6
@@ -109,7 +110,7 @@ def test_condition_cli_errors_are_clear(corpus, tmp_path):
 def test_training_samples_conditions(corpus):
     from avse.data.mixing import MixtureConfig
     from avse.data.noise import MusanNoise
-    from avse.data.pipeline import make_train_loader
+    from avse.data.loaders import make_train_loader
 
     noise = MusanNoise([corpus["noise"]], babble_pieces=(1, 2))
     with pytest.raises(ValueError, match="adds noise"):

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from avse.data import lists as voxmix
+from avse.data import lists
 from avse.data import shards
 from avse.data.align import align_av
 from avse.data.video import MOUTH_CROPS, decode_media
@@ -131,8 +131,8 @@ def test_bad_entries_are_rejected_with_reasons(prepared):
 def test_lists_pair_different_videos(prepared):
     out, _, splits = prepared
     where = {k: split for split, got in splits.items() for k in got}
-    two = voxmix.read_list(os.path.join(out, "lists", "voxmix_2mix.csv"))
-    three = voxmix.read_list(os.path.join(out, "lists", "voxmix_3mix.csv"))
+    two = lists.read_list(os.path.join(out, "lists", "voxmix_2mix.csv"))
+    three = lists.read_list(os.path.join(out, "lists", "voxmix_3mix.csv"))
     assert len(two) == len(three) == 27
     assert {m.set for m in two} == {"train", "val", "test"}
     for mix in two + three:
@@ -170,8 +170,8 @@ def test_python_entry_points_give_the_same_result(corpus, prepared, tmp_path, ca
             open(os.path.join(out, "lists", name)).read()
     assert lrs2.main(["lists", "--mixtures", "train:20,val:3,test:4", "--seed", "1",
                       "--num_speakers", "2"] + common) == 0
-    other = voxmix.read_list(os.path.join(out2, "lists", "voxmix_2mix.csv"))
-    assert len(other) == 27 and other != voxmix.read_list(os.path.join(out, "lists", "voxmix_2mix.csv"))
+    other = lists.read_list(os.path.join(out2, "lists", "voxmix_2mix.csv"))
+    assert len(other) == 27 and other != lists.read_list(os.path.join(out, "lists", "voxmix_2mix.csv"))
 
 
 def test_missing_corpus_and_bad_options_exit_2(corpus, tmp_path):

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from avse.data import lists as voxmix
+from avse.data import lists
 from avse.data import shards
 from avse.data.align import align_av
 from avse.data.video import MOUTH_CROPS, decode_media
@@ -114,7 +114,7 @@ def test_bad_clips_are_rejected_with_reasons(corpus, prepared):
 def test_test_lists_mix_different_ids(prepared):
     out, _, got = prepared
     for k in (2, 3):
-        rows = voxmix.read_list(os.path.join(out, "lists", f"voxmix_{k}mix.csv"))
+        rows = lists.read_list(os.path.join(out, "lists", f"voxmix_{k}mix.csv"))
         assert len(rows) == 6 and {m.set for m in rows} == {"test"}
         for mix in rows:
             assert mix.num_speakers == k and len({s.spk for s in mix.sources}) == k
@@ -156,9 +156,9 @@ def test_python_entry_points_all_subsets_and_tokenizer(corpus, prepared, tmp_pat
     for split in got.values():
         for s in split.values():
             assert sp.decode(s["json"]["tokens"]) == s["json"]["text"]
-    rows = voxmix.read_list(os.path.join(out, "lists", "voxmix_2mix.csv"))
+    rows = lists.read_list(os.path.join(out, "lists", "voxmix_2mix.csv"))
     assert len(rows) == 10 and {m.set for m in rows} == {"test", "trainval"}
-    assert rows[:6] == voxmix.read_list(os.path.join(prepared[0], "lists", "voxmix_2mix.csv"))
+    assert rows[:6] == lists.read_list(os.path.join(prepared[0], "lists", "voxmix_2mix.csv"))
 
 
 def test_missing_corpus_and_bad_options_exit_2(corpus, tmp_path):

@@ -9,11 +9,12 @@ import warnings
 import numpy as np
 import pytest
 
-from avse.data import lists as voxmix
-from avse.data import pipeline, sharding
+from avse.data import lists
+from avse.data import loaders, partition
 from avse.data.align import SAMPLES_PER_FRAME as SPF
 from avse.data.mixing import MixtureConfig
-from avse.data.shards import ShardError, write_split
+from avse.data.shards import (ShardError, scan_speakers, split_speakers, write_speakers_file,
+                              write_split)
 
 N_SPK, N_UTT = 4, 4
 FRAMES = [20, 27, 34, 41]  # 0.8 .. 1.64 s: the first is shorter than a 1 s crop
@@ -73,7 +74,7 @@ def _check_alignment(batch, i):
 
 def test_dynamic_mixing_batches(shards):
     root, keys = shards
-    loader = pipeline.make_train_loader(str(root / "train"), CFG, batch_size=3, epoch_steps=4,
+    loader = loaders.make_train_loader(str(root / "train"), CFG, batch_size=3, epoch_steps=4,
                                         shuffle_buffer=6, seed=0)
     speakers = sorted({_spk(k) for k in keys})
     n_inter, short = set(), 0
@@ -107,11 +108,11 @@ def test_noise_slot_in_dynamic_and_list_mode(shards):
     root, keys = shards
     cfg = MixtureConfig(crop_seconds=1.0, noise_prob=1.0, noise_snr_range=(0, 0),
                         noise_source=_noise)
-    batch = next(iter(pipeline.make_train_loader(str(root / "train"), cfg, batch_size=2,
+    batch = next(iter(loaders.make_train_loader(str(root / "train"), cfg, batch_size=2,
                                                  epoch_steps=1, shuffle_buffer=4)))
     assert (batch.mixture - batch.target - batch.interference).abs().max() < 1e-5
     rows = _list(keys, 1, 2, 7)
-    batch = next(iter(pipeline.make_list_loader(str(root / "train"), rows, config=cfg)))
+    batch = next(iter(loaders.make_list_loader(str(root / "train"), rows, config=cfg)))
     t = batch.target[0].double().numpy()
     inter = batch.interference[0].double().numpy()
     # interferer at the row SNR plus noise at 0 dB: more interference than the row alone
@@ -120,7 +121,7 @@ def test_noise_slot_in_dynamic_and_list_mode(shards):
 
 def test_embeddings_are_float32(shards):
     root, _ = shards
-    batch = next(iter(pipeline.make_train_loader(str(root / "emb"), CFG, batch_size=2,
+    batch = next(iter(loaders.make_train_loader(str(root / "emb"), CFG, batch_size=2,
                                                  epoch_steps=1, shuffle_buffer=4)))
     assert batch.visual.shape == (2, 25, 512) and str(batch.visual.dtype) == "torch.float32"
 
@@ -131,7 +132,7 @@ def _epoch_keys(loader):
 
 def test_epochs_have_exactly_epoch_steps_and_are_reproducible(shards):
     root, _ = shards
-    make = lambda: pipeline.make_train_loader(str(root / "train"), CFG, batch_size=2,  # noqa: E731
+    make = lambda: loaders.make_train_loader(str(root / "train"), CFG, batch_size=2,  # noqa: E731
                                               num_workers=2, epoch_steps=5, shuffle_buffer=4,
                                               seed=3)
     loader = make()
@@ -144,7 +145,7 @@ def test_epochs_have_exactly_epoch_steps_and_are_reproducible(shards):
     assert _epoch_keys(again) == second
     again.skip_batches(2)  # an intra-epoch resume: the rest of the epoch, then full epochs
     assert [len(_epoch_keys(again)) for _ in range(2)] == [3, 5]
-    default = pipeline.make_train_loader(str(root / "train"), CFG, batch_size=3, shuffle_buffer=4)
+    default = loaders.make_train_loader(str(root / "train"), CFG, batch_size=3, shuffle_buffer=4)
     assert len(default) == 16 // 3 == len(_epoch_keys(default))
 
 
@@ -153,7 +154,7 @@ def test_two_ranks_read_disjoint_shards_covering_the_split(shards, num_workers):
     root, keys = shards
     seen = []
     for rank in range(2):
-        loader = pipeline.make_train_loader(str(root / "train"), CFG, batch_size=2,
+        loader = loaders.make_train_loader(str(root / "train"), CFG, batch_size=2,
                                             num_workers=num_workers, epoch_steps=12,
                                             shuffle_buffer=3, rank=rank, world_size=2)
         assert len(loader) == 12
@@ -167,7 +168,7 @@ def test_two_ranks_read_disjoint_shards_covering_the_split(shards, num_workers):
 def test_split_shards_partitions_exactly_once():
     urls = [f"s{i}" for i in range(12)]
     for world, workers in ((1, 1), (2, 2), (3, 4), (2, 3)):
-        parts = [sharding.split_shards(urls, r, world, w, workers)
+        parts = [partition.split_shards(urls, r, world, w, workers)
                  for r in range(world) for w in range(workers)]
         assert sorted(u for p in parts for u in p) == sorted(urls)
         assert len({len(p) for p in parts}) == 1
@@ -176,18 +177,18 @@ def test_split_shards_partitions_exactly_once():
 def test_uneven_shards_warn_or_raise(shards, monkeypatch):
     root, _ = shards
     odd = str(root / "odd")  # 6 shards
-    with pytest.warns(sharding.ShardSplitWarning, match="do not divide evenly"):
-        pipeline.make_train_loader(odd, CFG, batch_size=2, num_workers=2, rank=0, world_size=2)
+    with pytest.warns(partition.ShardSplitWarning, match="do not divide evenly"):
+        loaders.make_train_loader(odd, CFG, batch_size=2, num_workers=2, rank=0, world_size=2)
     with pytest.raises(ShardError, match="divide evenly"):
-        pipeline.make_train_loader(odd, CFG, batch_size=2, num_workers=4, strict_split=True)
+        loaders.make_train_loader(odd, CFG, batch_size=2, num_workers=4, strict_split=True)
     with pytest.raises(ShardError, match="no shard"):
-        pipeline.make_train_loader(odd, CFG, batch_size=2, num_workers=4, rank=1, world_size=2)
+        loaders.make_train_loader(odd, CFG, batch_size=2, num_workers=4, rank=1, world_size=2)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "3")
-    assert sharding.dist_info() == (1, 3)
+    assert partition.dist_info() == (1, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 6 shards / (3 ranks x 2 workers): even, no warning
-        loader = pipeline.make_train_loader(odd, CFG, batch_size=2, num_workers=2)
+        loader = loaders.make_train_loader(odd, CFG, batch_size=2, num_workers=2)
     assert loader.dataset.rank == 1 and len(loader) == 16 // 6
 
 
@@ -195,28 +196,28 @@ def test_speakers_file_is_used_when_it_matches_meta(tmp_path):
     keys = _write(tmp_path / "split", n_spk=3)
     split = str(tmp_path / "split")
     expected = sorted({_spk(k) for k in keys})
-    assert sharding.scan_speakers(split) == sharding.split_speakers(split) == expected
+    assert scan_speakers(split) == split_speakers(split) == expected
     path = tmp_path / "split" / "speakers.txt"
-    assert sharding.write_speakers_file(split) == str(path)
+    assert write_speakers_file(split) == str(path)
     assert path.read_text().split() == expected
     path.write_text("c\nb\na\n")  # a file with meta.json's speaker count is trusted
-    assert sharding.split_speakers(split) == ["a", "b", "c"]
+    assert split_speakers(split) == ["a", "b", "c"]
     path.write_text("a\n")  # a stale one is not
-    assert sharding.split_speakers(split) == expected
+    assert split_speakers(split) == expected
 
 
 def _list(keys, n, k, seed, mix_set="test"):
     pool = [{"key": key, "spk": _spk(key), "set": "test",
              "duration": FRAMES[int(key.split("/")[1][5:]) % N_UTT] / 25} for key in keys]
-    return voxmix.generate_mixtures(pool, n, k, (-8, 8), seed=seed, mix_set=mix_set)
+    return lists.generate_mixtures(pool, n, k, (-8, 8), seed=seed, mix_set=mix_set)
 
 
 def test_list_mode_full_length_achieves_row_snr(shards, tmp_path):
     root, keys = shards
     rows = _list(keys, 6, 2, 0) + _list(keys, 3, 3, 1) + _list(keys, 4, 2, 2, mix_set="val")
     path = str(tmp_path / "list.csv")
-    voxmix.write_list(rows, path)
-    loader = pipeline.make_list_loader(str(root / "train"), path, stage="test")
+    lists.write_list(rows, path)
+    loader = loaders.make_list_loader(str(root / "train"), path, stage="test")
     test_rows = [m for m in rows if m.set == "test"]
     got = list(loader)
     assert len(got) == len(test_rows) == 9
@@ -232,7 +233,7 @@ def test_list_mode_full_length_achieves_row_snr(shards, tmp_path):
         np.testing.assert_allclose(batch.snr[0].numpy(), [s.snr for s in mix.interferers],
                                    atol=1e-4)
         _check_alignment(batch, 0)
-    valid = pipeline.make_list_loader(str(root / "train"), path, stage="valid", batch_size=2)
+    valid = loaders.make_list_loader(str(root / "train"), path, stage="valid", batch_size=2)
     vb = list(valid)
     assert [k for b in vb for k in b.keys] == [m.target.key for m in rows if m.set == "val"]
     assert all(((b.lengths > 0) & (b.lengths <= 1)).all() for b in vb)
@@ -244,7 +245,7 @@ def test_list_mode_train_crops_and_ranks_split_rows(shards):
     cfg = MixtureConfig(crop_seconds=0.6)
     per_rank = []
     for rank in range(2):
-        loader = pipeline.make_list_loader(str(root / "train"), rows, stage="train", config=cfg,
+        loader = loaders.make_list_loader(str(root / "train"), rows, stage="train", config=cfg,
                                            batch_size=2, rank=rank, world_size=2, seed=1)
         batches = list(loader)
         assert len(batches) == len(loader) == 2  # 9 rows -> 4 per rank -> 2 batches
@@ -257,7 +258,7 @@ def test_list_mode_train_crops_and_ranks_split_rows(shards):
     loader.set_epoch(0)
     loader.skip_batches(1)
     assert [k for b in loader for k in b.keys] == per_rank[1][2:]
-    evals = [pipeline.make_list_loader(str(root / "train"), rows, stage="test", rank=r,
+    evals = [loaders.make_list_loader(str(root / "train"), rows, stage="test", rank=r,
                                        world_size=2) for r in range(2)]
     got = [[b.keys[0] for b in loader] for loader in evals]
     assert sorted(got[0] + got[1]) == sorted(m.target.key for m in rows)
@@ -267,8 +268,8 @@ def test_list_mode_train_crops_and_ranks_split_rows(shards):
 def test_mismatched_lips_come_from_another_speaker(shards):
     root, keys = shards
     rows = _list(keys, 5, 2, 5)
-    same = list(pipeline.make_list_loader(str(root / "train"), rows, stage="test"))
-    other = list(pipeline.make_list_loader(str(root / "train"), rows, stage="test",
+    same = list(loaders.make_list_loader(str(root / "train"), rows, stage="test"))
+    other = list(loaders.make_list_loader(str(root / "train"), rows, stage="test",
                                            visual_from="mismatched"))
     for mix, a, b in zip(rows, same, other):
         assert a.visual_keys == [mix.target.key]
@@ -281,11 +282,11 @@ def test_mismatched_lips_come_from_another_speaker(shards):
 def test_missing_keys_are_named_or_skipped(shards):
     root, keys = shards
     rows = _list(keys, 3, 2, 6)
-    ghost = voxmix.Mixture("test", (voxmix.Source("test", "id09999", "ghostvideo0/00001"),
+    ghost = lists.Mixture("test", (lists.Source("test", "id09999", "ghostvideo0/00001"),
                                     rows[0].sources[1]), 1.0)
-    with pytest.raises(voxmix.ListError, match="id09999/ghostvideo0/00001"):
-        pipeline.make_list_loader(str(root / "train"), rows + [ghost], stage="test")
+    with pytest.raises(lists.ListError, match="id09999/ghostvideo0/00001"):
+        loaders.make_list_loader(str(root / "train"), rows + [ghost], stage="test")
     with pytest.warns(UserWarning, match="id09999/ghostvideo0/00001"):
-        loader = pipeline.make_list_loader(str(root / "train"), rows + [ghost], stage="test",
+        loader = loaders.make_list_loader(str(root / "train"), rows + [ghost], stage="test",
                                            skip_missing=True)
     assert len(list(loader)) == 3

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from avse.data import lists as voxmix
+from avse.data import lists
 from avse.data.shards import write_split
 from tests.conftest import REPO, run_cmd
 
@@ -49,8 +49,8 @@ def tiny_data(tmp_path_factory):
                                       ("val", ["id00001", "id00002"], 1, 2),
                                       ("test", ["id00005", "id00006", "id00007"], 1, 3)):
             pool = _make_split(root, split, spks, n, visual, rng)
-            rows += voxmix.generate_mixtures(pool, count, 2, (-5, 5), seed=1, mix_set=split)
-        voxmix.write_list(rows, os.path.join(root, "lists", "voxmix_2mix.csv"))
+            rows += lists.generate_mixtures(pool, count, 2, (-5, 5), seed=1, mix_set=split)
+        lists.write_list(rows, os.path.join(root, "lists", "voxmix_2mix.csv"))
         _make_noise_and_condition_lists(root, rng)
         roots[visual] = root
     return roots
@@ -59,7 +59,7 @@ def tiny_data(tmp_path_factory):
 def _make_noise_and_condition_lists(root, rng):
     """MUSAN-shaped noise shards under ``root/musan`` and the condition lists of the noisy
     yamls (``lists/test_<condition>.csv``, ``lists/val_2mix_noise.csv``)."""
-    from avse.conditions import make_condition_lists
+    from avse.data.lists import make_condition_lists
 
     for split in ("train", "val", "test"):
         pieces = [{"__key__": f"{cat}/sub/{cat}-{split}{i:03d}-000",

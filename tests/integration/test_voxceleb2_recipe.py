@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from avse.data import lists as voxmix
+from avse.data import lists
 from avse.data import shards
 from avse.data.video import MOUTH_CROPS, decode_media
 from avse.data.align import align_av
@@ -104,8 +104,8 @@ def test_generated_lists_name_shard_utterances(prepared):
         d = os.path.join(out, "shards", split)
         if os.path.isdir(d):
             keys.update({k: split for k in _read_split(d)})
-    two = voxmix.read_list(os.path.join(out, "lists", "voxmix_2mix.csv"))
-    three = voxmix.read_list(os.path.join(out, "lists", "voxmix_3mix.csv"))
+    two = lists.read_list(os.path.join(out, "lists", "voxmix_2mix.csv"))
+    three = lists.read_list(os.path.join(out, "lists", "voxmix_3mix.csv"))
     assert len(two) == 29 and {m.num_speakers for m in two} == {2}
     assert {m.num_speakers for m in three} == {3}
     for mix in two + three:
@@ -116,19 +116,19 @@ def test_generated_lists_name_shard_utterances(prepared):
 
 def test_given_list_restricts_and_round_trips(tiny_vox_corpus, prepared, tmp_path):
     corpus, bad, prepared_out, _ = prepared
-    two = voxmix.read_list(os.path.join(prepared_out, "lists", "voxmix_2mix.csv"))
+    two = lists.read_list(os.path.join(prepared_out, "lists", "voxmix_2mix.csv"))
     rows = [m for m in two if m.set == "train"][:3]
     rej_key = "id09992/shortClip01/00001"
     spk, path = rej_key.split("/", 1)
-    rows.append(voxmix.Mixture("train", (rows[0].target, voxmix.Source("train", spk, path, 2.5)), 3.0))
+    rows.append(lists.Mixture("train", (rows[0].target, lists.Source("train", spk, path, 2.5)), 3.0))
     lst = tmp_path / "data_list.csv"
-    voxmix.write_list(rows, str(lst))
+    lists.write_list(rows, str(lst))
     out = tmp_path / "out"
     run_cmd(RUN + ["--corpus_dir", str(corpus), "--out_dir", str(out), "--nj", "1",
                    "--lists", str(lst), "--shard_multiple", "1"])
     manifest = [json.loads(l) for l in open(out / "manifest.jsonl")]
     assert {m["key"] for m in manifest} == {s.key for r in rows for s in r.sources}
-    back = voxmix.read_list(str(out / "lists" / "data_list.csv"))
+    back = lists.read_list(str(out / "lists" / "data_list.csv"))
     assert back == rows[:3]  # the row with the rejected clip is dropped ...
     assert any(r["stage"] == "lists" for r in csv.DictReader(open(out / "rejected.tsv"), delimiter="\t"))
 

@@ -4,9 +4,10 @@ import pickle
 import numpy as np
 import pytest
 
-from avse.data import lists as voxmix
+from avse.data import lists
 from avse.data import noise as musan
-from avse.data import pipeline
+from avse.data import loaders
+from avse.data.shards import ShardIndex
 from avse.data.align import SAMPLES_PER_FRAME as SPF
 from avse.data.mixing import MixtureConfig, mix_sources, scale_to_snr, snr_db
 from avse.data.shards import write_split
@@ -137,21 +138,21 @@ NOISY = [
 def test_list_rows_with_noise_round_trip(tmp_path):
     path = tmp_path / "noisy.csv"
     path.write_text("\n".join([ROW_2MIX] + NOISY) + "\n")
-    rows = voxmix.read_list(str(path))
-    assert rows[0].noise == () and rows[0] == voxmix.parse_row(ROW_2MIX)
+    rows = lists.read_list(str(path))
+    assert rows[0].noise == () and rows[0] == lists.parse_row(ROW_2MIX)
     assert [len(m.interferers) for m in rows] == [1, 1, 0, 2]
     assert [len(m.noise) for m in rows] == [0, 1, 1, 1]
     key = "noise/free-sound/noise-free-sound-0003-000"
-    assert rows[1].noise[0] == voxmix.Noise("noise", (key,), 7.5)
+    assert rows[1].noise[0] == lists.Noise("noise", (key,), 7.5)
     assert rows[2].num_speakers == 1 and rows[2].noise[0].category == "music"
     babble = rows[3].noise[0]
     assert babble.category == "babble" and len(babble.keys) == 3 and babble.snr == 15.25
     assert babble.set == "musan" and babble.key == "+".join(babble.keys)
     assert {s.key for s in rows[3].sources} == {"id1/v/c", "id2/v/d", "id3/v/e"}
     out = tmp_path / "out.csv"
-    voxmix.write_list(rows, str(out))
+    lists.write_list(rows, str(out))
     assert out.read_text().splitlines() == [ROW_2MIX] + NOISY
-    assert voxmix.read_list(str(out)) == rows
+    assert lists.read_list(str(out)) == rows
 
 
 @pytest.mark.parametrize("bad,needle", [
@@ -162,26 +163,26 @@ def test_list_rows_with_noise_round_trip(tmp_path):
     ("test,test,id1,v/c,0,3", "fields"),
 ])
 def test_malformed_noise_tuples_are_named(bad, needle):
-    with pytest.raises(voxmix.ListError, match=needle):
-        voxmix.parse_row(bad, where="l.csv:1")
+    with pytest.raises(lists.ListError, match=needle):
+        lists.parse_row(bad, where="l.csv:1")
 
 
 def test_add_noise_makes_the_named_conditions():
-    two = [voxmix.parse_row(ROW_2MIX)] * 3
-    three = [voxmix.parse_row("test,test,id1,v/c,0,test,id2,v/d,2,test,id3,v/e,-3,4")] * 2
+    two = [lists.parse_row(ROW_2MIX)] * 3
+    three = [lists.parse_row("test,test,id1,v/c,0,test,id2,v/d,2,test,id3,v/e,-3,4")] * 2
     pool = [f"{c}/x/{c}-{i}-000" for c in ("noise", "music", "speech") for i in range(8)]
-    enh = voxmix.add_noise(two, pool, seed=1, num_interferers=0)
-    assert enh == voxmix.add_noise(two, pool, seed=1, num_interferers=0)
-    assert enh != voxmix.add_noise(two, pool, seed=2, num_interferers=0)
+    enh = lists.add_noise(two, pool, seed=1, num_interferers=0)
+    assert enh == lists.add_noise(two, pool, seed=1, num_interferers=0)
+    assert enh != lists.add_noise(two, pool, seed=2, num_interferers=0)
     for m in enh:
         assert m.interferers == () and len(m.noise) == 1 and m.length == 3.12
-        assert voxmix.parse_row(voxmix.format_row(m)) == m
-    mix_noise = voxmix.add_noise(two, pool, seed=1, num_interferers=1)
+        assert lists.parse_row(lists.format_row(m)) == m
+    mix_noise = lists.add_noise(two, pool, seed=1, num_interferers=1)
     assert all(len(m.interferers) == 1 and m.noise for m in mix_noise)
-    assert voxmix.add_noise(two, pool, num_interferers=2) == []  # 2-mix rows cannot be 'hard'
-    hard = voxmix.add_noise(two + three, pool, seed=3, num_interferers=2)
+    assert lists.add_noise(two, pool, num_interferers=2) == []  # 2-mix rows cannot be 'hard'
+    hard = lists.add_noise(two + three, pool, seed=3, num_interferers=2)
     assert len(hard) == 2 and all(len(m.interferers) == 2 for m in hard)
-    many = voxmix.add_noise(two * 20, pool, seed=4)
+    many = lists.add_noise(two * 20, pool, seed=4)
     cats = {m.noise[0].category for m in many}
     assert cats == {"noise", "music", "babble"}
     for m in many:
@@ -189,13 +190,13 @@ def test_add_noise_makes_the_named_conditions():
         low, high = musan.DEFAULT_SNR_RANGES[nz.category]
         assert low <= nz.snr <= high
         assert (3 <= len(nz.keys) <= 7) if nz.category == "babble" else len(nz.keys) == 1
-    by_set = voxmix.add_noise(two, {"test": {"noise": ["noise/t/n-000"]}}, seed=0)
+    by_set = lists.add_noise(two, {"test": {"noise": ["noise/t/n-000"]}}, seed=0)
     assert {m.noise[0].keys for m in by_set} == {("noise/t/n-000",)}
-    with pytest.raises(voxmix.ListError, match="no noise pool for rows of set 'test'"):
-        voxmix.add_noise(two, {"val": {"noise": ["noise/t/n-000"]}})
+    with pytest.raises(lists.ListError, match="no noise pool for rows of set 'test'"):
+        lists.add_noise(two, {"val": {"noise": ["noise/t/n-000"]}})
     pool_utts = [{"key": f"id{s}/v{s}/c{u}", "spk": f"id{s}", "set": "test", "duration": 3.0 + u}
                  for s in range(3) for u in range(2)]
-    gen = voxmix.generate_noisy_mixtures(pool_utts, 5, pool, num_speakers=1, seed=0)
+    gen = lists.generate_noisy_mixtures(pool_utts, 5, pool, num_speakers=1, seed=0)
     assert len(gen) == 5 and all(m.num_speakers == 1 and m.noise for m in gen)
 
 
@@ -206,19 +207,19 @@ def _check_batch_identity(batch):
 def test_list_loader_adds_row_noise_at_the_row_snr(data):
     noise_dir, speech_dir = str(data / "noise"), str(data / "speech")
     pool = musan.noise_pool(noise_dir)
-    speech = [voxmix.Source("test", f"id{s:05d}", "video000000/00001") for s in range(3)]
-    other = voxmix.Source("test", "id00002", "video000001/00001", -2.0)
+    speech = [lists.Source("test", f"id{s:05d}", "video000000/00001") for s in range(3)]
+    other = lists.Source("test", "id00002", "video000001/00001", -2.0)
 
     def row(sources, length, category, keys, snr):
-        return voxmix.Mixture("test", tuple(sources), length, (voxmix.Noise(category, keys, snr),))
+        return lists.Mixture("test", tuple(sources), length, (lists.Noise(category, keys, snr),))
 
     rows = [row([speech[0]], 1.2, "noise", (pool["noise"][0],), 4.0),
             row([speech[1], other], 1.2, "music", (pool["music"][1],), 9.0),
             row([speech[2]], 1.0, "babble", tuple(pool["speech"][:4]), 15.0)]
-    loader = pipeline.make_list_loader(speech_dir, rows, stage="test", noise_dirs=noise_dir)
+    loader = loaders.make_list_loader(speech_dir, rows, stage="test", noise_dirs=noise_dir)
     batches = list(loader)
-    again = list(pipeline.make_list_loader(speech_dir, rows, stage="test", noise_dirs=[noise_dir]))
-    index = pipeline.ShardIndex(speech_dir)
+    again = list(loaders.make_list_loader(speech_dir, rows, stage="test", noise_dirs=[noise_dir]))
+    index = ShardIndex(speech_dir)
     for mix, batch, b2 in zip(rows, batches, again):
         _check_batch_identity(batch)
         assert np.array_equal(batch.mixture.numpy(), b2.mixture.numpy())  # fixed: start at 0
@@ -234,14 +235,14 @@ def test_list_loader_adds_row_noise_at_the_row_snr(data):
         else:
             assert batch.interferer_keys == [()] and np.isnan(float(batch.snr[0, 0]))
         assert abs(snr_db(t, inter) - mix.noise[0].snr) < 0.1
-    with pytest.raises(voxmix.ListError, match="noise_dirs") as err:
-        pipeline.make_list_loader(speech_dir, rows, stage="test")
+    with pytest.raises(lists.ListError, match="noise_dirs") as err:
+        loaders.make_list_loader(speech_dir, rows, stage="test")
     assert "row 0" in str(err.value) and "musan,noise," in str(err.value)
-    ghost = [voxmix.Mixture("test", (speech[0],), 1.0, (voxmix.Noise("noise", ("noise/x/gone",),
+    ghost = [lists.Mixture("test", (speech[0],), 1.0, (lists.Noise("noise", ("noise/x/gone",),
                                                                       1.0),))]
-    with pytest.raises(voxmix.ListError, match="noise/x/gone"):
-        pipeline.make_list_loader(speech_dir, rows + ghost, stage="test", noise_dirs=noise_dir)
-    train = pipeline.make_list_loader(speech_dir, rows, stage="train", set_name="test",
+    with pytest.raises(lists.ListError, match="noise/x/gone"):
+        loaders.make_list_loader(speech_dir, rows + ghost, stage="test", noise_dirs=noise_dir)
+    train = loaders.make_list_loader(speech_dir, rows, stage="train", set_name="test",
                                       noise_dirs=noise_dir, config=MixtureConfig(crop_seconds=0.8))
     for batch in train:
         _check_batch_identity(batch)
@@ -252,7 +253,7 @@ def test_dynamic_loader_mixes_zero_interferers_with_noise(data):
     source = musan.MusanNoise(str(data / "noise"))
     cfg = MixtureConfig(crop_seconds=0.6, num_interferers_probs={0: 0.5, 1: 0.5},
                         noise_source=source)  # noise_prob 0: only the 0-interferer examples
-    loader = pipeline.make_train_loader(str(data / "speech"), cfg, batch_size=4, epoch_steps=3,
+    loader = loaders.make_train_loader(str(data / "speech"), cfg, batch_size=4, epoch_steps=3,
                                         shuffle_buffer=4, seed=1)
     counts = set()
     for batch in loader:

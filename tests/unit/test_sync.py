@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from avse.data import lists as voxmix
+from avse.data import lists
 from avse.data.mixing import MixtureConfig, shift_visual
-from avse.data.pipeline import make_list_loader, make_train_loader
+from avse.data.loaders import make_list_loader, make_train_loader
 from avse.data.shards import write_split
 from avse.metrics import MetricTracker
 from avse.sync import parse_offsets, shift_batch_visual, summarise
@@ -85,7 +85,7 @@ def shards(tmp_path_factory):
     write_split(utts, d, shard_size=4)
     pool = [{"key": u["__key__"], "spk": u["json"]["spk"], "set": "x", "duration": 1.2}
             for u in utts]
-    rows = voxmix.generate_mixtures(pool, 6, 2, (-5, 5), seed=1, mix_set="x")
+    rows = lists.generate_mixtures(pool, 6, 2, (-5, 5), seed=1, mix_set="x")
     return d, rows
 
 

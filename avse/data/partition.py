@@ -1,4 +1,4 @@
-"""Splitting shards among DDP ranks and DataLoader workers, and speaker label lists.
+"""Which DDP rank and DataLoader worker reads which shard (the shard format is :mod:`avse.data.shards`).
 
 Shards are split ``urls[rank::world][worker::workers]`` (as ``wds.split_by_node`` +
 ``wds.split_by_worker``): each is read by exactly one (rank, worker) when the shard count
@@ -6,14 +6,12 @@ divides by ranks x workers.
 """
 from __future__ import annotations
 
-import json
 import os
-import tarfile
 import warnings
 
 import torch
 
-from avse.data.shards import ShardError, read_meta, shard_urls
+from avse.data.shards import ShardError
 
 
 class ShardSplitWarning(UserWarning):
@@ -62,51 +60,3 @@ def check_shard_split(num_shards: int, world_size: int, num_workers: int, strict
         if strict:
             raise ShardError(msg)
         warnings.warn(msg, ShardSplitWarning, stacklevel=3)
-
-
-def _member_key(name: str):
-    base, dirname = os.path.basename(name), os.path.dirname(name)
-    stem, _, ext = base.partition(".")
-    return (f"{dirname}/{stem}" if dirname else stem), ext
-
-
-def scan_speakers(split_dir: str) -> list:
-    """Sorted speaker ids of a split, reading only the ``*.json`` members of its shards."""
-    speakers = set()
-    for url in shard_urls(split_dir):
-        with tarfile.open(url) as tar:
-            for member in tar:
-                key, ext = _member_key(member.name)
-                if member.isfile() and ext == "json":
-                    info = json.loads(tar.extractfile(member).read())
-                    speakers.add(info.get("spk") or key.split("/")[0])
-    return sorted(speakers)
-
-
-def split_speakers(split_dir: str) -> list:
-    """Sorted speaker ids: ``speakers.txt`` (one a line) if it matches meta.json, else a scan."""
-    path = os.path.join(split_dir, "speakers.txt")
-    if os.path.isfile(path):
-        with open(path) as f:
-            speakers = [line.strip() for line in f if line.strip()]
-        if len(speakers) == read_meta(split_dir).get("speakers"):
-            return sorted(speakers)
-    return scan_speakers(split_dir)
-
-
-def write_speakers_file(split_dir: str) -> str:
-    """Write ``split_dir/speakers.txt`` (scanned) so that loaders need not scan; returns its path."""
-    path = os.path.join(split_dir, "speakers.txt")
-    with open(path + ".tmp", "w") as f:
-        f.write("".join(s + "\n" for s in scan_speakers(split_dir)))
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def num_speakers(split_dir: str) -> int:
-    """How many speakers a shard split holds (``meta.json``), e.g. the size of MuSE's speaker
-    classifier in a yaml: ``num_speakers: !apply:avse.data.sharding.num_speakers [<dir>]``."""
-    count = read_meta(split_dir).get("speakers")
-    if not count:
-        raise ShardError(f"{split_dir}/meta.json has no speaker count; set num_speakers by hand")
-    return int(count)

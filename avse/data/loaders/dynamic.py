@@ -1,0 +1,215 @@
+"""Dynamic mixing: endless training examples mixed on the fly from shards.
+
+Per DDP rank and DataLoader worker::
+
+    shards --split by rank, then by worker--> shuffled shard order, repeated endlessly
+      -> decode a random aligned crop (crop_seconds, starting on a video frame)
+      -> shuffle buffer of ``shuffle_buffer`` utterances
+      -> target = a random buffer item; 1 or 2 interferers = buffer items of OTHER speakers
+      -> interferers at SNRs relative to the target -> (noise) -> peak normalise
+      -> (lips moved by a random offset, ``MixtureConfig.av_shift_frames``) -> batch
+
+The SNR holds on the cropped span the model sees. An example gets fewer interferers
+when the buffer holds fewer other speakers than drawn; with none, up to 4 x
+``shuffle_buffer`` more utterances are read before a clear error. Every rank yields
+exactly ``epoch_steps`` batches per epoch (its workers share them), so no rank waits on
+another. Shards are split ``urls[rank::world][worker::workers]`` (as ``wds.split_by_node``
++ ``wds.split_by_worker``, :mod:`avse.data.partition`).
+
+Speaker labels: the index of the target's speaker in the sorted speakers of the split,
+read from ``<split>/speakers.txt`` when it exists and agrees with meta.json's speaker
+count (:func:`avse.data.shards.write_speakers_file`), else found by reading only the
+``*.json`` members of the shards. Unknown speakers get -1.
+
+Randomness: numpy Generators seeded by ``(seed, rank, worker, epoch)``: reproducible for
+a fixed number of workers.
+
+Example
+-------
+>>> import tempfile
+>>> from avse.data.shards import write_split
+>>> d, rng = tempfile.mkdtemp(), np.random.default_rng(0)
+>>> utts = [{"__key__": f"id{s}/vid{u}/00001", "flac": 0.1 * rng.standard_normal(640 * 30),
+...          "lips.npy": np.zeros((30, 88, 88), np.uint8), "json": {"spk": f"id{s}"}}
+...         for s in range(3) for u in range(2)]
+>>> meta = write_split(utts, d, shard_size=3)
+>>> loader = make_train_loader(d, MixtureConfig(crop_seconds=1.0), batch_size=2, shuffle_buffer=4)
+>>> batch = next(iter(loader))
+>>> len(loader), tuple(batch.mixture.shape), tuple(batch.visual.shape), batch.lengths.tolist()
+(3, (2, 16000), (2, 25, 88, 88), [1.0, 1.0])
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from avse.data.loaders.batch import collate_examples, decode_utterance, finish_example
+from avse.data.mixing import MixtureConfig
+from avse.data.partition import check_shard_split, dist_info, split_shards
+from avse.data.shards import (ShardError, iter_tar, read_meta, resolve_visual_field, shard_urls,
+                              split_speakers)
+
+
+class DynamicMixDataset(IterableDataset):
+    """Endless dynamic mixing over shards; one iteration = this worker's share of an epoch.
+
+    Yields :class:`AVBatch`; use it through :func:`make_train_loader`.
+    """
+
+    def __init__(self, urls, config: MixtureConfig, batch_size: int, epoch_steps: int,
+                 speakers, visual_field: str, shuffle_buffer: int = 100, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.urls, self.config, self.batch_size = list(urls), config, int(batch_size)
+        self.epoch_steps, self.visual_field = int(epoch_steps), visual_field
+        self.labels = {s: i for i, s in enumerate(speakers or [])}
+        self.shuffle_buffer, self.seed = max(1, int(shuffle_buffer)), int(seed)
+        self.rank, self.world_size, self.epoch, self.skip = rank, world_size, 0, 0
+
+    def __len__(self):
+        return self.epoch_steps
+
+    def _utterances(self, urls, rng):
+        crop = self.config.crop_frames
+        while True:  # endless passes over this worker's shards, each in a new order
+            n_read = 0
+            for i in rng.permutation(len(urls)):
+                for raw in iter_tar(urls[i]):
+                    n_read += 1
+                    key = raw["__key__"]
+                    if "flac" not in raw or self.visual_field not in raw:
+                        raise ShardError(f"{urls[i]}: sample {key} lacks flac or {self.visual_field}")
+                    wav, vis = decode_utterance(key, raw["flac"], raw[self.visual_field], crop, rng)
+                    spk = json.loads(raw["json"]).get("spk") if "json" in raw else None
+                    yield {"key": key, "spk": spk or key.split("/")[0], "wav": wav, "visual": vis}
+            if not n_read:
+                raise ShardError(f"shards {urls} hold no sample")
+
+    @staticmethod
+    def _pick(buf, spk, n, rng):
+        used, out = {spk}, []
+        for j in rng.permutation(len(buf)):
+            if len(out) == n:
+                break
+            if buf[j]["spk"] not in used:
+                out.append(buf[j])
+                used.add(buf[j]["spk"])
+        return out
+
+    def _examples(self, urls, rng, where):
+        src, buf, cfg, cap = self._utterances(urls, rng), [], self.config, 5 * self.shuffle_buffer
+        while True:
+            while len(buf) < self.shuffle_buffer:
+                buf.append(next(src))
+            i = int(rng.integers(len(buf)))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            tgt = buf.pop()
+            k, noise = cfg.sample_kind(rng)  # 0: target + noise (the config has noise)
+            chosen = self._pick(buf, tgt["spk"], k, rng)
+            while k and not chosen and len(buf) < cap:  # only the target's speaker: read on
+                buf.append(next(src))
+                chosen = self._pick(buf, tgt["spk"], 1, rng)
+            if k and not chosen:
+                raise ShardError(f"{where}: no utterance of a speaker other than {tgt['spk']} among "
+                                 f"{len(buf)} read from {len(urls)} shard(s): the shards seem to "
+                                 "hold one speaker each; write shards in shuffled order")
+            yield finish_example(
+                cfg, tgt["key"], self.labels.get(tgt["spk"], -1), tgt["wav"], tgt["visual"],
+                [u["wav"] for u in chosen], cfg.sample_snrs(len(chosen), rng), rng,
+                [u["key"] for u in chosen], tgt["key"], crop=True, noise=noise)
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        urls = split_shards(self.urls, self.rank, self.world_size, wid, nw)
+        if not urls:
+            raise ShardError(f"rank {self.rank} worker {wid}: no shard (see check_shard_split)")
+        left = max(0, self.epoch_steps - self.skip)  # after an intra-epoch resume
+        steps = left // nw + (1 if wid < left % nw else 0)
+        rng = np.random.default_rng([self.seed, self.rank, wid, self.epoch]
+                                    + ([self.skip] if self.skip else []))
+        examples = self._examples(urls, rng, f"rank {self.rank} worker {wid}")
+        for _ in range(steps):
+            yield collate_examples([next(examples) for _ in range(self.batch_size)])
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader over :class:`DynamicMixDataset` whose epochs are exactly ``len(self)`` batches.
+
+    Each ``iter()`` starts epoch ``self.epoch`` (then counts it up); call ``set_epoch(e)``
+    when resuming. Workers are started per epoch, so they see the current epoch.
+    ``skip_batches(n)`` makes the next epoch yield ``len - n`` batches (an intra-epoch
+    resume), from a stream seeded with ``n`` too (not the skipped run's remaining batches).
+    """
+
+    def __init__(self, dataset, num_workers: int = 0, pin_memory: bool = False, **kwargs):
+        super().__init__(dataset, batch_size=None, num_workers=num_workers,
+                         pin_memory=pin_memory, persistent_workers=False, **kwargs)
+        self.epoch, self._skip = 0, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def skip_batches(self, n: int):
+        self._skip = max(0, int(n))
+
+    def __iter__(self):
+        self.dataset.epoch, self.dataset.skip = self.epoch, self._skip
+        self.epoch, self._skip = self.epoch + 1, 0
+        return super().__iter__()
+
+
+def make_train_loader(shard_dir: str, config: MixtureConfig | None = None, batch_size: int = 8,
+                      num_workers: int = 0, epoch_steps: int | None = None,
+                      shuffle_buffer: int = 100, seed: int = 0, visual_field: str = "auto",
+                      speakers="auto", rank: int | None = None, world_size: int | None = None,
+                      strict_split: bool = False, pin_memory: bool = False) -> EpochLoader:
+    """Dynamic-mixing training loader over one shard split.
+
+    Arguments
+    ---------
+    shard_dir : str
+        a split folder (``shard-*.tar`` + ``meta.json``).
+    config : MixtureConfig
+        crop length, interferer count/SNR, noise, normalisation (default: ``MixtureConfig()``).
+    batch_size : int
+        examples per batch (per rank).
+    epoch_steps : int, optional
+        batches per epoch on every rank; default ``count // (batch_size * world_size)``.
+    shuffle_buffer : int
+        utterances held per worker; targets and interferers are drawn from it. Memory:
+        about ``crop_seconds * (64 kB + 194 kB)`` per item for lips (0.26 MB/s of crop).
+    seed : int
+        with rank, worker id and epoch, fixes everything.
+    visual_field : str
+        ``"auto"`` (from meta.json), ``"lips.npy"`` or ``"emb.npy"``.
+    speakers : "auto" or list of str
+        speaker label list (see module docstring); pass the training list to other splits.
+    rank, world_size : int, optional
+        default: torch.distributed, else env RANK/WORLD_SIZE, else 0/1.
+    strict_split : bool
+        raise instead of warning when shards do not divide by ranks x workers.
+
+    Returns
+    -------
+    EpochLoader yielding :class:`AVBatch`, ``len() == epoch_steps``.
+    """
+    config = config or MixtureConfig()
+    meta = read_meta(shard_dir)
+    urls = shard_urls(shard_dir)
+    rank, world_size = dist_info(rank, world_size)
+    check_shard_split(len(urls), world_size, num_workers, strict_split)
+    if meta.get("speakers", 2) < 2:
+        raise ShardError(f"{shard_dir}: {meta.get('speakers')} speaker(s); mixing needs >= 2")
+    if epoch_steps is None:
+        epoch_steps = meta["count"] // (batch_size * world_size)
+    if epoch_steps < 1:
+        raise ValueError(f"{shard_dir}: epoch_steps {epoch_steps} < 1 ({meta['count']} utterances, "
+                         f"batch_size {batch_size}, {world_size} rank(s)); pass epoch_steps >= 1")
+    speakers = split_speakers(shard_dir) if isinstance(speakers, str) else speakers
+    dataset = DynamicMixDataset(urls, config, batch_size, epoch_steps, speakers,
+                                resolve_visual_field(meta, visual_field), shuffle_buffer, seed,
+                                rank, world_size)
+    return EpochLoader(dataset, num_workers=num_workers, pin_memory=pin_memory)
