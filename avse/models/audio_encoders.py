@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.registry import register
 from avse.models.base import AudioEncoder
+from avse.models.registry import register
 
 
 @register("audio_encoder", "conv")

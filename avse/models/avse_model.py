@@ -6,7 +6,7 @@ import json
 import torch
 from torch import nn
 
-from avse import registry
+from avse.models import registry
 from avse.models.base import ModelOutput
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse import registry
+from avse.models import registry
 
 
 class AudioEncoder(nn.Module):

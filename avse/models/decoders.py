@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.registry import register
 from avse.models.base import Decoder
+from avse.models.registry import register
 
 
 def _fit(wav: torch.Tensor, length: int) -> torch.Tensor:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.registry import register
 from avse.models.base import Fusion, align_visual
+from avse.models.registry import register
 
 
 @register("fusion", "concat")

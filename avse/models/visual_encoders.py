@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.registry import register
 from avse.models.base import VisualEncoder
+from avse.models.registry import register
 
 __all__ = ["VisualConvBlock", "VTCN", "EmbeddingVisualEncoder", "ResNet18VisualEncoder",
            "SmallCNNVisualEncoder", "make_norm1d"]

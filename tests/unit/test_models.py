@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from avse import registry
+from avse.models import registry
 from avse.models import AVSEModel
 from avse.models.base import Separator, VisualEncoder, build_fusion
 

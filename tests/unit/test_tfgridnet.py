@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from avse import registry
+from avse.models import registry
 from avse.models import AVSEModel
 from avse.models.base import VisualEncoder
 from avse.models.separators.tfgridnet import GridNetBlock, TFGridNetSeparator

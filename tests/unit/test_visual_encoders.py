@@ -6,7 +6,7 @@ import torch
 
 from avse.models.base import VisualEncoder
 from avse.models.visual_encoders import VTCN, ResNet18VisualEncoder, VisualConvBlock
-from avse.registry import build, get, known
+from avse.models.registry import build, get, known
 
 B, TV = 2, 7
 # small kwargs per short name; an encoder not listed here is built with its defaults

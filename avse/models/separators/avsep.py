@@ -58,9 +58,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from avse.models.io import state_dict_problems
-from avse.registry import register
 from avse.models.base import Separator, SeparatorOutput, align_visual, build_fusion
 from avse.models.separators.dprnn import _MASK_ACTS, DPRNNSeparator, GlobalNormLast
+from avse.models.registry import register
 
 __all__ = ["AVSepformerSeparator", "TransformerLayer", "CrossTransformerLayer",
            "DualPathTransformerBlock", "reference_config", "convert_reference_state_dict",

@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from avse.models.io import state_dict_problems
-from avse.registry import register
 from avse.models.base import Separator, SeparatorOutput, build_fusion
+from avse.models.registry import register
 
 __all__ = ["DPRNNSeparator", "DualPathBlock", "GlobalNormLast", "overlap_add", "segment",
            "reference_num_chunks",

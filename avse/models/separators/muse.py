@@ -63,9 +63,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from avse.models.io import state_dict_problems
-from avse.registry import register
 from avse.models.base import Separator, SeparatorOutput, build_fusion
 from avse.models.separators.tcn import ChannelNorm, TCNBlock
+from avse.models.registry import register
 
 __all__ = ["MuSESeparator", "SpeakerEmbedding", "upsample_visual", "reference_model_config",
            "convert_reference_state_dict", "to_reference_state_dict"]

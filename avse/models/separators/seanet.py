@@ -51,10 +51,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from avse.models.io import state_dict_problems
-from avse.registry import register
 from avse.models.base import Separator, SeparatorOutput, build_fusion
 from avse.models.separators.dprnn import (_MASK_ACTS, DualPathBlock, GlobalNormLast, overlap_add,
                                          reference_num_chunks, segment)
+from avse.models.registry import register
 
 __all__ = ["SEANetSeparator", "CrossBlock", "ReverseAttention", "convert_reference_state_dict",
            "to_reference_state_dict"]

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.registry import register
 from avse.models.base import Separator, SeparatorOutput, build_fusion
+from avse.models.registry import register
 
 _MASK_ACTS = {"relu": F.relu, "sigmoid": torch.sigmoid, "none": None}
 

@@ -1,18 +1,23 @@
-"""Short-name registry for the model slots.
+"""Short-name registry for the model slots: ``kind -> {short name -> class}``.
 
-``kind -> {short name -> class}``. A yaml file names plugins by short name (so a
-command-line override such as ``--fusion_type=film`` swaps the class); any importable
-class also works, either with ``!new:`` or as a dotted path given as the name.
+A yaml file names plugins by short name (so a command-line override such as
+``--fusion_type=film`` swaps the class); any importable class also works, either with
+``!new:`` or as a dotted path given as the name.
+
+A leaf module: it imports nothing from avse. The slot bases (:mod:`avse.models.base`)
+declare themselves with :func:`set_base`, every plugin module registers its classes with
+:func:`register`; importing :mod:`avse.models` (which importing this module does first,
+as it lives in that package) imports every built-in plugin.
 
 Example
 -------
->>> from avse.registry import build, known
+>>> from avse.models.registry import build, known
 >>> "film" in known("fusion")
 True
 >>> build("fusion", "nope", audio_dim=4, visual_dim=4)
 Traceback (most recent call last):
 ...
-avse.registry.RegistryError: unknown fusion 'nope'; known: concat, cross_attention, film (or give an importable class path)
+avse.models.registry.RegistryError: unknown fusion 'nope'; known: concat, cross_attention, film (or give an importable class path)
 """
 from __future__ import annotations
 
@@ -55,13 +60,8 @@ def register(kind: str, name: str):
     return deco
 
 
-def _load_builtins() -> None:
-    importlib.import_module("avse.models")  # importing registers every built-in plugin
-
-
 def known(kind: str) -> list[str]:
     """Sorted short names registered for ``kind``."""
-    _load_builtins()
     if kind not in _REGISTRY:
         raise RegistryError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
     return sorted(_REGISTRY[kind])
