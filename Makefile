@@ -10,12 +10,13 @@ DATA_DIR ?= data/synthetic
 
 install: $(STAMP)
 
-# Re-installs only when setup.py changes (or the venv is missing).
-$(STAMP): setup.py
+# Re-installs only when setup.py or constraints.txt change (or the venv is missing).
+# constraints.txt holds the exact versions; setup.py keeps ranges.
+$(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt torch torchvision
+	$(PY) -m pip install -q -c constraints.txt -e ".[eval,dev]"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -11,21 +11,25 @@ setup(
     packages=find_packages(include=["avse", "avse.*"]),
     install_requires=[
         "torch>=2.1",
-        "torchvision",
-        "torchaudio",
-        "speechbrain>=1.1",
+        "torchvision>=0.16",
+        "speechbrain>=1.0.1,<1.2",  # AVSEBrain reads internals: tests/unit/test_speechbrain_contract.py
         "hyperpyyaml>=1.2",
         "webdataset>=0.2.90",
         "soundfile>=0.12",
-        "sentencepiece",
+        "sentencepiece>=0.1.99",
         "av>=12",
-        "numpy",
-        "scipy",
-        "tqdm",
-        "tensorboard",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "tqdm>=4.60",
+        "pyyaml>=6",
+        "Pillow>=9",
+        "matplotlib>=3.6",
+        "tensorboard>=2.10",  # the egs' tensorboard_logger (speechbrain's TensorboardLogger)
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout", "pesq", "pystoi", "fast_bss_eval", "matplotlib"],
+        # PESQ and STOI in evaluation; without them those columns are NaN (one log line says so)
+        "eval": ["pesq>=0.0.4", "pystoi>=0.3"],
+        "dev": ["pytest>=7", "pytest-timeout", "fast_bss_eval"],
     },
     entry_points={
         "console_scripts": [

@@ -1,4 +1,4 @@
-"""Throughput of the VoxCeleb2 recipe's extract stage on synthetic 5 s clips.
+"""Throughput of the shared extract stage (VoxCeleb2 layout) on synthetic 5 s clips.
 
 Prints clips/s (and real-time factor) for each ``--nj``. Aim: >= 10 clips/s on 2 cores.
 
@@ -13,8 +13,8 @@ import time
 import numpy as np
 
 from avse.data.synthetic import render_face, speaker_look, write_mp4
-from avse.data.synthetic_speech import speaker_voice, synthesize_utterance
-from avse.recipes import voxceleb2
+from avse.data.synthetic.speech import speaker_voice, synthesize_utterance
+from avse.recipes import stages, voxceleb2
 from avse.recipes.common import parallel_map
 
 
@@ -48,7 +48,7 @@ def main(argv=None):
         out = os.path.join(work, f"out_nj{nj}")
         voxceleb2.stage_manifest(corpus, out, nj=nj)
         t0 = time.time()
-        infos = voxceleb2.stage_extract(out, nj=nj)
+        infos = stages.stage_extract(out, nj=nj)
         elapsed = time.time() - t0
         audio_s = sum(i["duration"] for i in infos)
         print(f"extract nj={nj}: {len(infos) / elapsed:.1f} clips/s, "

@@ -185,7 +185,7 @@ def test_avse_extract_cli_on_a_synthetic_mp4(tmp_path):
     import soundfile as sf
 
     from avse.data.synthetic import render_face, speaker_look, write_mp4
-    from avse.data.synthetic_speech import speaker_voice, synthesize_utterance
+    from avse.data.synthetic.speech import speaker_voice, synthesize_utterance
     from avse.models import AVSEModel, save_model
 
     utt = synthesize_utterance(speaker_voice(3, 0), np.random.default_rng(0), 2.0)

@@ -11,7 +11,8 @@ sf = pytest.importorskip("soundfile")
 
 from avse.data import synthetic as syn  # noqa: E402
 from avse.data.align import SAMPLES_PER_FRAME  # noqa: E402
-from avse.data.synthetic_speech import VOWELS, speaker_voice, synthesize_utterance  # noqa: E402
+from avse.data.synthetic.faces import static_face  # noqa: E402
+from avse.data.synthetic.speech import VOWELS, speaker_voice, synthesize_utterance  # noqa: E402
 from avse.data.video import MOUTH_CROPS  # noqa: E402
 
 VOX_RE = re.compile(r"^(dev|test)/mp4/(id\d{5})/([A-Za-z0-9_-]{11})/(\d{5})\.mp4$")
@@ -123,7 +124,7 @@ def test_mouth_stays_in_crop_box(crop, size, speaker):
     for offset in [(0, 0), (1, -1), (-1, 1)]:
         # extreme shapes: wide open, wide rounded, closed
         frames = syn.render_face([1, 1, 0], [1, 0.5, 0.6], [0, 1, 0.2], size, MOUTH_CROPS[crop], look, offset)
-        blank = syn._static_face(size[0], size[1], cy + offset[0], cx + offset[1], look, True)
+        blank = static_face(size[0], size[1], cy + offset[0], cx + offset[1], look, True)
         for img in frames:
             ys, xs = np.nonzero(np.abs(img.astype(int) - blank.astype(int)).max(axis=-1) > 8)
             assert ys.min() >= top and ys.max() < top + side and xs.min() >= left and xs.max() < left + side

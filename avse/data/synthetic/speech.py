@@ -108,7 +108,7 @@ _CONSONANT_SOS = {
 }
 
 
-def _rng(*keys: int) -> np.random.Generator:
+def seeded_rng(*keys: int) -> np.random.Generator:
     """Generator seeded from a tuple of non-negative integers (order matters)."""
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
 
@@ -149,7 +149,7 @@ class Voice:
 
 def speaker_voice(seed: int, speaker_index: int) -> Voice:
     """Draw the voice of speaker ``speaker_index`` of the corpus with seed ``seed`` (>= 0)."""
-    rng = _rng(seed, speaker_index, TAG_VOICE)
+    rng = seeded_rng(seed, speaker_index, TAG_VOICE)
     f0 = float(np.exp(rng.uniform(np.log(90.0), np.log(250.0))))
     # larger speakers tend to have both lower f0 and longer vocal tracts
     f0_pos = np.log(f0 / 90.0) / np.log(250.0 / 90.0)
