@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Train and evaluate an AVSE model on shards (see avse/experiment.py).
 
-    python egs/synthetic/train.py egs/synthetic/hparams/demo.yaml --data_folder data/synthetic/prepared
-    torchrun --standalone --nproc_per_node=2 egs/synthetic/train.py hparams/demo.yaml \
-        --data_folder DIR --device=cpu --distributed_backend=gloo
+    python egs/voxceleb2/train.py egs/voxceleb2/hparams/dprnn.yaml --data_folder data/vox2
+    torchrun --standalone --nproc_per_node=2 egs/voxceleb2/train.py egs/voxceleb2/hparams/dprnn.yaml \
+        --data_folder data/vox2 --device=cpu --distributed_backend=gloo
 """
 import sys
 
