@@ -1,5 +1,8 @@
-"""Helpers shared by the recipe tests: rejected.tsv rows, decoded shard splits, failing runs."""
+"""Helpers shared by the recipe tests: rejected.tsv rows, decoded shard splits, shard checks,
+failing runs."""
 import csv
+import glob
+import json
 import os
 
 from avse.data import shards
@@ -19,6 +22,49 @@ def read_split(split_dir) -> dict:
     urls = shards.shard_urls(str(split_dir))
     return {s["__key__"]: shards.decode_sample(s)
             for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)}
+
+
+def assert_split_reads_completely(split_dir) -> int:
+    """Read every shard of a split on its own through a plain ``webdataset.WebDataset``.
+
+    Each shard must yield at least one sample; every key is dot-free, equals the key in
+    its json and holds exactly meta.json's ``fields``; the shards on disk are the ones
+    meta.json names, and together they hold meta.json's ``count`` samples. Returns it.
+    """
+    import webdataset as wds
+
+    split_dir = str(split_dir)
+    meta = shards.read_meta(split_dir)
+    urls = sorted(glob.glob(os.path.join(split_dir, "shard-*.tar")))
+    assert [os.path.basename(u) for u in urls] == [
+        meta["shard_pattern"] % i for i in range(meta["num_shards"])], (split_dir, urls)
+    total = 0
+    for url in urls:
+        try:
+            samples = list(wds.WebDataset(url, shardshuffle=False))
+        except ValueError as err:  # webdataset's check for a shard without samples
+            raise AssertionError(f"{url}: {err}") from None
+        assert samples, f"{url} holds no sample"
+        for s in samples:
+            key = s["__key__"]
+            assert "." not in key, f"{url}: key {key!r} has a dot"
+            assert sorted(k for k in s if not k.startswith("__")) == sorted(meta["fields"]), \
+                (url, key, sorted(s))
+            assert json.loads(s["json"])["key"] == key, (url, key)
+        total += len(samples)
+    assert total == meta["count"], (split_dir, total, meta["count"])
+    return total
+
+
+def assert_splits_read_completely(out_dir) -> dict:
+    """:func:`assert_split_reads_completely` for every split under ``OUT/shards``;
+    returns ``{split: count}`` (at least one split)."""
+    root = os.path.join(str(out_dir), "shards")
+    counts = {split: assert_split_reads_completely(os.path.join(root, split))
+              for split in sorted(os.listdir(root))
+              if os.path.isdir(os.path.join(root, split))}
+    assert counts, f"{root} holds no split"
+    return counts
 
 
 def assert_fails(cmd, message: str, code: int = 2):

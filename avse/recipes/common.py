@@ -1,5 +1,6 @@
-"""Pieces every recipe shares: parallel map with a progress bar, rejected.tsv,
-done markers, manifests and the summary line.
+"""Plumbing every recipe shares: parallel map with a progress bar, rejected.tsv, done
+markers, atomic writes, manifests, seeds, option checks, the shards stage's per-split loop
+and the summary line. The audio-visual stages themselves are in :mod:`avse.recipes.stages`.
 """
 from __future__ import annotations
 
@@ -84,6 +85,7 @@ class Rejections:
 
 
 def params_hash(params: dict) -> str:
+    """A short stable digest of ``params`` (json with sorted keys)."""
     return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -99,13 +101,34 @@ def is_done(marker: str, params: dict) -> bool:
 
 
 def mark_done(marker: str, params: dict, **info) -> None:
+    """Write ``marker`` (json: the hash of ``params``, the params, ``info``)."""
     os.makedirs(os.path.dirname(marker), exist_ok=True)
     with open(marker, "w") as f:
         json.dump({"params_hash": params_hash(params), "params": params, **info}, f, indent=2,
                   default=str)
 
 
+def hash_seed(seed: int, *parts) -> int:
+    """A stable integer seed derived from ``seed`` and names (same on every machine).
+
+    Example
+    -------
+    >>> hash_seed(0, "train", 2) == hash_seed(0, "train", 2) != hash_seed(1, "train", 2)
+    True
+    """
+    return int(hashlib.md5("/".join(map(str, (seed,) + parts)).encode()).hexdigest()[:8], 16)
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so a reader never sees half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def write_jsonl(rows, path: str) -> None:
+    """One json object a line, written atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -115,6 +138,7 @@ def write_jsonl(rows, path: str) -> None:
 
 
 def read_jsonl(path: str) -> list:
+    """The rows of a jsonl file; RecipeError when it does not exist (an earlier stage is missing)."""
     if not os.path.isfile(path):
         raise RecipeError(f"{path} not found: run the earlier stage first")
     with open(path) as f:
@@ -138,6 +162,54 @@ class Summary:
             text += f"; {note}"
         print(text, flush=True)
         return text
+
+
+def check_names(names, known, option: str) -> tuple:
+    """``names`` (a comma list or a sequence) checked against ``known``; RecipeError if not.
+
+    Example
+    -------
+    >>> check_names("test,train,test", ("train", "val", "test"), "--splits")
+    ('test', 'train')
+    """
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise RecipeError(f"{option}: unknown or no name(s) {unknown}; choose among {list(known)}")
+    return tuple(dict.fromkeys(names))
+
+
+def pack_split(out_dir: str, split: str, params: dict, samples, n_samples: int,
+               shard_size: int, shard_multiple: int, extra_meta: dict, on_written=None):
+    """The shards stage for one split: ``OUT/shards/<split>/`` unless its marker is current.
+
+    ``samples`` is an iterable of webdataset samples (read lazily, only when the split is
+    written); ``params`` decide whether the ``OUT/.done/shards_<split>`` marker is current;
+    ``on_written(split_dir)`` runs after a fresh write, before the marker. Returns
+    ``(meta, written)``: the split's meta.json and whether it was written now.
+    """
+    from avse.data.shards import write_split
+
+    split_dir = os.path.join(out_dir, "shards", split)
+    marker = os.path.join(out_dir, ".done", f"shards_{split}")
+    meta_path = os.path.join(split_dir, "meta.json")
+    if is_done(marker, params) and os.path.isfile(meta_path):
+        print(f"[shards] {split_dir} is up to date; skipping")
+        with open(meta_path) as f:
+            return json.load(f), False
+    meta = write_split(samples, split_dir, shard_size, shard_multiple, n_samples=n_samples,
+                       extra_meta=extra_meta)
+    if on_written is not None:
+        on_written(split_dir)
+    mark_done(marker, params, count=meta["count"])
+    return meta, True
+
+
+def shards_note(metas: dict) -> str:
+    """The summary note of a shards stage: ``splits train=12 in 4 shards, ...``."""
+    return "splits " + ", ".join(f"{s}={m['count']} in {m['num_shards']} shards"
+                                 for s, m in metas.items())
 
 
 def common_parser(out_help: str = "where manifest, shards, lists go") -> argparse.ArgumentParser:

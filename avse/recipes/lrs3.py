@@ -6,9 +6,11 @@ Stages (``recipes/LRS3/run.sh`` calls them in order; each is idempotent):
    ``--subsets`` (``test`` by default; ``trainval`` and ``pretrain`` on request), parse the
    transcripts (``Text:`` header; the word table is optional), probe durations.
 2. ``extract``: 16 kHz mono audio + 88x88 grayscale mouth ROI at 25 fps from the fixed
-   crop ``MOUTH_CROPS["lrs3"]`` (224x224 face-centred frames, as VoxCeleb2).
+   crop ``MOUTH_CROPS["lrs3"]`` (224x224 face-centred frames, as VoxCeleb2;
+   :func:`avse.recipes.stages.stage_extract`).
 3. ``shards``: ``OUT/shards/<subset>/`` + ``meta.json``; the json carries ``text``,
-   ``conf``, ``words`` (and ``tokens`` with ``--tokenizer spm.model``, e.g. LRS2's).
+   ``conf``, ``words`` (and ``tokens`` with ``--tokenizer spm.model``, e.g. LRS2's;
+   :func:`avse.recipes.transcripts.stage_shards`).
 4. ``lists``: 2-mix / 3-mix VoxMix lists of clean single-talker clips, the sources of a
    mixture from different ids (``--mixtures test:3000``), for cross-corpus evaluation of
    models trained on VoxCeleb2 or LRS2.
@@ -26,9 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from avse.recipes import lrs2
-from avse.recipes import voxceleb2 as vox
-from avse.recipes.common import RecipeError, common_parser, run_cli
+from avse.recipes import stages
+from avse.recipes.common import RecipeError, check_names, common_parser, run_cli
+from avse.recipes.transcripts import probe_with_transcript, stage_shards
 
 SUBSETS = ("pretrain", "trainval", "test")
 LAYOUT_HINT = "CORPUS/{pretrain,trainval,test}/<11-char id>/<clip>.{mp4,txt}"
@@ -56,9 +58,10 @@ def scan_corpus(corpus_dir: str, subsets=("test",)):
             for name in sorted(os.listdir(vid_dir)):
                 if not name.endswith(".mp4"):
                     continue
-                entry = lrs2.lrs_entry(vid, subset, name[: -len(".mp4")], subset,
-                                       os.path.join(vid_dir, name))
-                problem = lrs2.bad_name(vid, entry["clip"])
+                clip = name[: -len(".mp4")]
+                entry = stages.manifest_entry(f"{vid}/{subset}/{clip}", vid, vid, clip, subset,
+                                              os.path.join(vid_dir, name), split=subset)
+                problem = stages.id_problem(vid, clip)
                 if problem:
                     rejected.append({"key": entry["key"], "path": entry["media"],
                                      "reason": problem})
@@ -72,9 +75,10 @@ def scan_corpus(corpus_dir: str, subsets=("test",)):
 
 def stage_manifest(corpus_dir: str, out_dir: str, subsets=("test",), nj: int = 1) -> list[dict]:
     """Stage 1: write ``OUT/manifest.jsonl``. Returns the kept entries."""
-    subsets = lrs2.check_names(subsets, SUBSETS, "--subsets")
+    subsets = check_names(subsets, SUBSETS, "--subsets")
     params = {"corpus_dir": os.path.abspath(corpus_dir), "subsets": list(subsets)}
-    return lrs2.run_manifest(out_dir, params, lambda: scan_corpus(corpus_dir, subsets), nj)
+    return stages.run_manifest(out_dir, params, lambda: scan_corpus(corpus_dir, subsets), nj,
+                               task=probe_with_transcript)
 
 
 def prepare_lrs3(corpus_dir: str, out_dir: str, nj: int = 1, subsets=("test",),
@@ -85,11 +89,12 @@ def prepare_lrs3(corpus_dir: str, out_dir: str, nj: int = 1, subsets=("test",),
     if stage <= 1 <= stop_stage:
         stage_manifest(corpus_dir, out_dir, subsets, nj)
     if stage <= 2 <= stop_stage:
-        vox.stage_extract(out_dir, nj, crop="lrs3")
+        stages.stage_extract(out_dir, nj, crop="lrs3")
     if stage <= 3 <= stop_stage:
-        lrs2.stage_shards(out_dir, shard_size, shard_multiple, seed, "lrs3", tokenizer)
+        stage_shards(out_dir, shard_size, shard_multiple, seed, "lrs3", tokenizer)
     if stage <= 4 <= stop_stage:
-        lrs2.stage_lists(out_dir, mixtures, num_speakers, seed=seed, splits=SUBSETS)
+        stages.stage_lists(out_dir, None, mixtures, num_speakers=tuple(num_speakers), seed=seed,
+                           splits=SUBSETS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,17 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("manifest", parents=[common], help="stage 1: scan the corpus")
     p.add_argument("--corpus_dir", required=True, help=LAYOUT_HINT)
     p.add_argument("--subsets", default="test", help="comma list of pretrain,trainval,test")
-    parsers = lrs2.add_common_stages(sub, common, "lrs3", DEFAULT_MIXTURES)
+    parsers = stages.add_stage_parsers(sub, common, "lrs3", DEFAULT_MIXTURES)
     parsers["shards"].add_argument("--tokenizer", help="sentencepiece model (e.g. LRS2's "
                                    "tokenizer/spm.model): add token ids to the json")
     return parser
+
+
+def _shards(args) -> None:
+    stage_shards(args.out_dir, args.shard_size, args.shard_multiple, args.seed, "lrs3",
+                 args.tokenizer)
 
 
 def _run(args) -> None:
     if args.stage == "manifest":
         stage_manifest(args.corpus_dir, args.out_dir, args.subsets, args.nj)
     else:
-        lrs2.run_common_stage(args, "lrs3", SUBSETS, getattr(args, "tokenizer", None))
+        stages.run_stage(args, _shards, SUBSETS)
 
 
 def main(argv=None) -> int:

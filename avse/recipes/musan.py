@@ -35,7 +35,6 @@ Example
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -46,28 +45,27 @@ import numpy as np
 
 from avse.data.align import SAMPLE_RATE
 from avse.data.mixing import SILENCE_POWER, power
-from avse.data.shards import encode_flac, write_split
+from avse.data.shards import encode_flac
 from avse.recipes.common import (
-    common_parser,
-    run_cli,
     RecipeError,
     Rejections,
     Summary,
+    atomic_write,
+    common_parser,
+    hash_seed,
     is_done,
     mark_done,
+    pack_split,
     parallel_map,
     read_jsonl,
+    run_cli,
+    shards_note,
     write_jsonl,
 )
 
 CATEGORIES = ("music", "noise", "speech")
 LAYOUT_HINT = "CORPUS/{music,noise,speech}/<subset>/*.wav"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
-
-
-def hash_seed(seed: int, *parts) -> int:
-    """A stable integer seed derived from ``seed`` and names (same on every machine)."""
-    return int(hashlib.md5("/".join(map(str, (seed,) + parts)).encode()).hexdigest()[:8], 16)
 
 
 def safe_name(name: str) -> str:
@@ -230,13 +228,6 @@ def _done_path(out_dir: str, entry: dict) -> str:
     return os.path.join(_piece_dir(out_dir, entry["split"]), entry["key"] + ".done.json")
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def read_wav(path: str):
     """``(wav [T] float32 mono @16 kHz, original rate)``: channels averaged, resampled if needed."""
     import soundfile as sf
@@ -278,12 +269,12 @@ def _pieces_task(job):
             info["resampled_from"] = sr
         base = os.path.join(_piece_dir(out_dir, entry["split"]), key)
         os.makedirs(os.path.dirname(base), exist_ok=True)
-        _atomic_write(base + ".flac", encode_flac(piece))
-        _atomic_write(base + ".json", json.dumps(info, sort_keys=True).encode())
+        atomic_write(base + ".flac", encode_flac(piece))
+        atomic_write(base + ".json", json.dumps(info, sort_keys=True).encode())
         infos.append(info)
     done = {"params": params, "pieces": infos, "dropped": dropped}
     os.makedirs(os.path.dirname(_done_path(out_dir, entry)), exist_ok=True)
-    _atomic_write(_done_path(out_dir, entry), json.dumps(done, sort_keys=True).encode())
+    atomic_write(_done_path(out_dir, entry), json.dumps(done, sort_keys=True).encode())
     return entry, done, None
 
 
@@ -344,7 +335,25 @@ def stage_pieces(out_dir: str, max_seconds: float = 10.0, min_seconds: float = 1
 
 
 # --------------------------------------------------------------------------- shards
-def _sample_reader(out_dir: str, infos):
+def category_totals(infos) -> dict:
+    """``{category: {"count", "hours"}}`` of piece infos (for meta.json).
+
+    Example
+    -------
+    >>> category_totals([{"category": "noise", "duration": 1800.0}])
+    {'noise': {'count': 1, 'hours': 0.5}}
+    """
+    categories = {}
+    for i in infos:
+        c = categories.setdefault(i["category"], {"count": 0, "hours": 0.0})
+        c["count"] += 1
+        c["hours"] += i["duration"] / 3600.0
+    for c in categories.values():
+        c["hours"] = round(c["hours"], 6)
+    return categories
+
+
+def _samples(out_dir: str, infos):
     for info in infos:
         base = os.path.join(_piece_dir(out_dir, info["split"]), info["key"])
         with open(base + ".flac", "rb") as f:
@@ -371,33 +380,16 @@ def stage_shards(out_dir: str, max_seconds: float = 10.0, min_seconds: float = 1
     for split, infos in sorted(by_split.items()):
         infos = sorted(infos, key=lambda i: i["key"])
         random.Random(hash_seed(seed, split)).shuffle(infos)
-        split_dir = os.path.join(out_dir, "shards", split)
         params = {"keys": [i["key"] for i in infos], "shard_size": shard_size,
                   "shard_multiple": shard_multiple, "seed": seed, **params_pieces}
-        marker = os.path.join(out_dir, ".done", f"shards_{split}")
-        if is_done(marker, params) and os.path.isfile(os.path.join(split_dir, "meta.json")):
-            with open(os.path.join(split_dir, "meta.json")) as f:
-                metas[split] = json.load(f)
-            print(f"[shards] {split_dir} is up to date; skipping")
-            continue
-        categories = {}
-        for i in infos:
-            c = categories.setdefault(i["category"], {"count": 0, "hours": 0.0})
-            c["count"] += 1
-            c["hours"] += i["duration"] / 3600.0
-        for c in categories.values():
-            c["hours"] = round(c["hours"], 6)
-        meta = write_split(_sample_reader(out_dir, infos), split_dir, shard_size, shard_multiple,
-                           n_samples=len(infos),
-                           extra_meta={"split": split, "corpus": "musan", "categories": categories,
-                                       "max_seconds": float(max_seconds),
-                                       "sources": len({i["source"] for i in infos})})
-        mark_done(marker, params, count=meta["count"])
-        metas[split] = meta
-        total += meta["count"]
-        seconds += meta["hours"] * 3600
-    summary.line(total, 0, seconds, note="splits " + ", ".join(
-        f"{s}={m['count']} in {m['num_shards']} shards" for s, m in metas.items()))
+        meta = {"split": split, "corpus": "musan", "categories": category_totals(infos),
+                "max_seconds": float(max_seconds), "sources": len({i["source"] for i in infos})}
+        metas[split], written = pack_split(out_dir, split, params, _samples(out_dir, infos),
+                                           len(infos), shard_size, shard_multiple, meta)
+        if written:
+            total += metas[split]["count"]
+            seconds += metas[split]["hours"] * 3600
+    summary.line(total, 0, seconds, note=shards_note(metas))
     return metas
 
 

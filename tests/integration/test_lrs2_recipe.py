@@ -11,8 +11,14 @@ from avse.data import shards
 from avse.data.align import align_av
 from avse.data.video import MOUTH_CROPS, decode_media
 from avse.recipes import lrs2
+from avse.recipes.transcripts import TranscriptError, parse_transcript, read_transcript, stage_tokens
 from tests.conftest import run_cmd
-from tests.recipe_helpers import assert_fails, read_rejected, read_split
+from tests.recipe_helpers import (
+    assert_fails,
+    assert_splits_read_completely,
+    read_rejected,
+    read_split,
+)
 
 RUN = ["bash", "recipes/LRS2/run.sh"]
 OPTS = ["--nj", "2", "--shard_size", "4", "--shard_multiple", "2",
@@ -64,10 +70,12 @@ def prepared(corpus, tmp_path_factory):
 def test_shards_per_split_match_the_filelists(corpus, prepared):
     out, proc, splits = prepared
     rejected = read_rejected(out)
+    counts = assert_splits_read_completely(out)
+    assert set(counts) == set(lrs2.SPLITS)
     for split, got in splits.items():
         assert set(got) == _filelist_keys(corpus, split) - set(rejected), split
         meta = shards.read_meta(os.path.join(out, "shards", split))
-        assert meta["count"] == len(got) and meta["num_shards"] % 2 == 0
+        assert meta["count"] == len(got) == counts[split] and meta["num_shards"] % 2 == 0
         assert meta["corpus"] == meta["crop"] == "lrs2"
         assert meta["fields"] == ["flac", "json", "lips.npy"]
     assert sum(map(len, splits.values())) == 32
@@ -84,7 +92,7 @@ def test_sample_fields_and_transcripts(corpus, prepared):
             assert (meta["spk"], meta["video"], meta["subset"], meta["split"]) == (vid, vid, subset, split)
             assert s["lips.npy"].dtype == np.uint8 and s["lips.npy"].shape[1:] == (88, 88)
             assert len(s["wav"]) == 640 * len(s["lips.npy"]) == meta["num_samples"]
-            ref = lrs2.read_transcript(str(corpus / subset / vid / f"{clip}.txt"))
+            ref = read_transcript(str(corpus / subset / vid / f"{clip}.txt"))
             assert meta["text"] == ref["text"] and meta["conf"] == ref["conf"]
             assert meta["words"] == ref["words"] and meta["text"] == " ".join(w[0] for w in meta["words"])
             assert all(isinstance(t, int) for t in meta["tokens"])
@@ -161,6 +169,7 @@ def test_python_entry_points_give_the_same_result(corpus, prepared, tmp_path, ca
         assert lrs2.main(stage + common) == 0
     assert "pretrain: not in the manifest" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(out2, "shards", "pretrain"))
+    assert assert_splits_read_completely(out2) == {s: len(splits[s]) for s in ("train", "val", "test")}
     for split in ("train", "val", "test"):
         got = read_split(os.path.join(out2, "shards", split))
         assert {k: s["json"]["tokens"] for k, s in got.items()} == {
@@ -193,7 +202,7 @@ def test_missing_corpus_and_bad_options_exit_2(corpus, tmp_path):
 
 
 def test_parse_transcript_errors_name_the_line():
-    ok = lrs2.parse_transcript("Text:  A B\nConf:  3\n")
+    ok = parse_transcript("Text:  A B\nConf:  3\n")
     assert ok == {"text": "A B", "conf": 3, "words": []}
     for text, message in [("HELLO\n", ":1: expected 'Text:"),
                           ("Text:   \nConf:  1\n", ":1: the 'Text:' line is empty"),
@@ -201,8 +210,8 @@ def test_parse_transcript_errors_name_the_line():
                           ("Text:  A\nConf:  1\n\nWORDS\n", ":4: expected the 'WORD START END"),
                           ("Text:  A\n\nWORD START END ASDSCORE\nA 0.1 x 3\n", ":4: expected"),
                           ("Text:  A\n\nWORD START END ASDSCORE\nA 0.5 0.1 3\n", ":4: word 'A'")]:
-        with pytest.raises(lrs2.TranscriptError, match=message):
-            lrs2.parse_transcript(text, where="f.txt")
+        with pytest.raises(TranscriptError, match=message):
+            parse_transcript(text, where="f.txt")
 
 
 def test_tokens_unseen_characters_and_tiny_vocabularies(tmp_path, capsys):
@@ -214,11 +223,11 @@ def test_tokens_unseen_characters_and_tiny_vocabularies(tmp_path, capsys):
             for i, t in enumerate(["THE CAT SAT", "ON THE MAT", "A CAT AND A HAT"])]
     rows.append({"key": "v9/main/00001", "split": "test", "text": "THE ZOO 1990"})
     write_jsonl(rows, str(tmp_path / "manifest.jsonl"))
-    lrs2.stage_tokens(str(tmp_path), vocab_size=500)
+    stage_tokens(str(tmp_path), vocab_size=500)
     assert "3 of 4 transcripts decode back exactly (1 hold characters unseen" in capsys.readouterr().out
-    lrs2.stage_tokens(str(tmp_path), vocab_size=400, byte_fallback=True)
+    stage_tokens(str(tmp_path), vocab_size=400, byte_fallback=True)
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer" / "spm.model"))
     assert sp.decode(sp.encode("THE ZOO 1990")) == "THE ZOO 1990"
     with pytest.raises(RecipeError, match="sentencepiece could not train"):
-        lrs2.stage_tokens(str(tmp_path), vocab_size=5)
+        stage_tokens(str(tmp_path), vocab_size=5)
     assert lrs2.main(["tokens", "--out_dir", str(tmp_path / "none")]) == 2  # no manifest

@@ -9,9 +9,15 @@ from avse.data import lists
 from avse.data import shards
 from avse.data.align import align_av
 from avse.data.video import MOUTH_CROPS, decode_media
-from avse.recipes import lrs2, lrs3
+from avse.recipes import lrs3
+from avse.recipes.transcripts import read_transcript
 from tests.conftest import run_cmd
-from tests.recipe_helpers import assert_fails, read_rejected, read_split
+from tests.recipe_helpers import (
+    assert_fails,
+    assert_splits_read_completely,
+    read_rejected,
+    read_split,
+)
 
 RUN = ["bash", "recipes/LRS3/run.sh"]
 OPTS = ["--nj", "2", "--shard_multiple", "1", "--mixtures", "test:6"]
@@ -78,6 +84,7 @@ def test_test_shards_with_transcripts(corpus, prepared):
     assert sorted(os.listdir(os.path.join(out, "shards"))) == ["test"]  # --subsets test default
     expected = {f"{p.parent.name}/test/{p.stem}" for p in (root / "test").rglob("*.mp4")}
     assert set(got) == expected - set(bad.values()) and len(got) == 6
+    assert assert_splits_read_completely(out) == {"test": 6}
     meta = shards.read_meta(os.path.join(out, "shards", "test"))
     assert meta["corpus"] == meta["crop"] == "lrs3" and meta["speakers"] == 3
     for key, s in got.items():
@@ -85,7 +92,7 @@ def test_test_shards_with_transcripts(corpus, prepared):
         assert s["json"]["spk"] == vid and s["json"]["split"] == "test"
         assert s["lips.npy"].dtype == np.uint8 and s["lips.npy"].shape[1:] == (88, 88)
         assert len(s["wav"]) == 640 * len(s["lips.npy"])
-        ref = lrs2.read_transcript(str(root / subset / vid / f"{clip}.txt"))
+        ref = read_transcript(str(root / subset / vid / f"{clip}.txt"))
         assert {k: s["json"][k] for k in ("text", "conf", "words")} == ref
         assert "tokens" not in s["json"]
         assert bool(ref["words"]) == (clip == "00001")  # the word table is optional
@@ -149,6 +156,7 @@ def test_python_entry_points_all_subsets_and_tokenizer(corpus, prepared, tmp_pat
     assert lrs3.main(["lists", "--mixtures", "test:6,trainval:4", "--num_speakers", "2"] + common) == 0
     got = {s: read_split(os.path.join(out, "shards", s)) for s in lrs3.SUBSETS}
     assert [len(got[s]) for s in lrs3.SUBSETS] == [1, 6, 6]
+    assert assert_splits_read_completely(out) == {"pretrain": 1, "trainval": 6, "test": 6}
     (pre_key,) = got["pretrain"]
     vid = pre_key.split("/")[0]
     assert f"{vid}/trainval/00001" in got["trainval"]  # same id and clip, distinct keys

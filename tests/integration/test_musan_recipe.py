@@ -1,8 +1,8 @@
 """recipes/MUSAN/run.sh end to end on a tiny synthetic MUSAN tree, a corrupt and an 8 kHz file."""
-import csv
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ from avse.data import noise as musan
 from avse.data import shards
 from avse.recipes import musan as recipe
 from tests.conftest import run_cmd
+from tests.recipe_helpers import assert_splits_read_completely, read_rejected
 
 RUN = ["bash", "recipes/MUSAN/run.sh"]
 OPTS = ["--nj", "2", "--val_fraction", "0.25", "--test_fraction", "0.25", "--shard_size", "4"]
@@ -56,10 +57,13 @@ def test_shards_hold_every_piece_of_at_most_10_s(prepared):
         n16 = math.ceil(e["frames"] * 16000 / e["sr"]) if e["sr"] != 16000 else e["frames"]
         expected[e["split"]] = expected.get(e["split"], 0) + math.ceil(n16 / 160000)
     got = _pieces(out)
+    counts = assert_splits_read_completely(out)
+    assert set(counts) == {"train", "val", "test"}
     n_long = 0
     for split, samples in got.items():
         meta = shards.read_meta(os.path.join(out, "shards", split))
-        assert meta["count"] == len(samples) == expected[split] and meta["corpus"] == "musan"
+        assert meta["count"] == len(samples) == expected[split] == counts[split]
+        assert meta["corpus"] == "musan"
         assert meta["fields"] == ["flac", "json"]
         assert sum(c["count"] for c in meta["categories"].values()) == meta["count"]
         for s in samples:
@@ -91,8 +95,7 @@ def test_splits_are_disjoint_by_source_and_hold_every_category(prepared):
 
 def test_corrupt_file_is_rejected_and_other_rates_resampled(prepared):
     _, out, _ = prepared
-    with open(os.path.join(out, "rejected.tsv")) as f:
-        rejected = {r["key"]: r for r in csv.DictReader(f, delimiter="\t")}
+    rejected = read_rejected(out)
     assert set(rejected) == {CORRUPT}
     assert rejected[CORRUPT]["stage"] == "manifest" and "cannot read" in rejected[CORRUPT]["reason"]
     pieces = [s for split in _pieces(out).values() for s in split
@@ -109,6 +112,22 @@ def test_rerun_is_a_no_op(prepared):
     assert "[manifest]" in proc.stdout and "up to date" in proc.stdout
     assert "0 processed" in proc.stdout and proc.stdout.count("is up to date; skipping") == 4
     assert stamps == {p: os.path.getmtime(os.path.join(p, "shard-000000.tar")) for p in tars}
+
+
+def test_shard_multiple_above_a_split_size_writes_no_empty_shard(prepared, tmp_path):
+    _, out, _ = prepared
+    work = tmp_path / "musan"
+    work.mkdir()
+    shutil.copy(os.path.join(out, "manifest.jsonl"), work / "manifest.jsonl")
+    shutil.copytree(os.path.join(out, "pieces"), work / "pieces")
+    with pytest.warns(shards.ShardCountWarning):
+        assert recipe.main(["shards", "--out_dir", str(work), "--shard_size", "4",
+                            "--shard_multiple", "64"]) == 0
+    counts = assert_splits_read_completely(work)
+    assert counts == {s: shards.read_meta(os.path.join(out, "shards", s))["count"]
+                      for s in ("train", "val", "test")}
+    for split, count in counts.items():
+        assert count < 64 and shards.read_meta(str(work / "shards" / split))["num_shards"] <= count
 
 
 def test_musan_noise_reads_the_recipe_shards(prepared):

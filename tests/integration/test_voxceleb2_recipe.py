@@ -2,30 +2,20 @@
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
-import webdataset as wds
 
 from avse.data import lists
 from avse.data import shards
 from avse.data.video import MOUTH_CROPS, decode_media
 from avse.data.align import align_av
-from avse.recipes import voxceleb2
+from avse.recipes.stages import probe_duration
 from tests.conftest import run_cmd
+from tests.recipe_helpers import assert_splits_read_completely, read_rejected, read_split
 
 RUN = ["bash", "recipes/VoxCeleb2/run.sh"]
-
-
-def _rejected(out):
-    with open(os.path.join(out, "rejected.tsv")) as f:
-        return {r["key"]: r for r in csv.DictReader(f, delimiter="\t")}
-
-
-def _read_split(split_dir):
-    urls = shards.shard_urls(split_dir)
-    return {s["__key__"]: shards.decode_sample(s)
-            for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)}
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +31,19 @@ def prepared(tiny_vox_corpus, tmp_path_factory):
 def test_shards_hold_every_kept_utterance(prepared):
     corpus, bad, out, proc = prepared
     n_mp4 = len(list(corpus.rglob("*.mp4")))
-    rejected = _rejected(out)
+    rejected = read_rejected(out)
     assert set(bad) <= set(rejected)
     manifest = [json.loads(l) for l in open(os.path.join(out, "manifest.jsonl"))]
+    counts = assert_splits_read_completely(out)
+    assert set(counts) == {"train", "val", "test"}
     total = 0
     for split in ("train", "val", "test"):
         split_dir = os.path.join(out, "shards", split)
         if not os.path.isdir(split_dir):
             continue
         meta = shards.read_meta(split_dir)
-        got = _read_split(split_dir)
-        assert meta["count"] == len(got) and meta["num_shards"] % 2 == 0
+        got = read_split(split_dir)
+        assert meta["count"] == len(got) == counts[split] and meta["num_shards"] % 2 == 0
         assert meta["fields"] == ["flac", "json", "lips.npy"]
         for key, s in got.items():
             assert s["json"]["split"] == split and s["json"]["key"] == key
@@ -64,7 +56,7 @@ def test_shards_hold_every_kept_utterance(prepared):
 
 def test_flac_and_lips_round_trip_against_direct_decoding(prepared):
     corpus, _, out, _ = prepared
-    got = _read_split(os.path.join(out, "shards", "test"))
+    got = read_split(os.path.join(out, "shards", "test"))
     key, sample = sorted(got.items())[0]
     wav, lips = decode_media(str(corpus / "test" / "mp4" / (key + ".mp4")),
                              crop=MOUTH_CROPS["voxceleb2"])
@@ -75,7 +67,7 @@ def test_flac_and_lips_round_trip_against_direct_decoding(prepared):
 
 def test_bad_clips_are_listed_with_reasons(prepared):
     _, bad, out, _ = prepared
-    rejected = _rejected(out)
+    rejected = read_rejected(out)
     assert "cannot open" in rejected["id09990/corruptVid01/00001"]["reason"]
     assert rejected["id09991/truncateV01/00001"]["reason"]
     assert "too short" in rejected["id09992/shortClip01/00001"]["reason"]
@@ -103,7 +95,7 @@ def test_generated_lists_name_shard_utterances(prepared):
     for split in ("train", "val", "test"):
         d = os.path.join(out, "shards", split)
         if os.path.isdir(d):
-            keys.update({k: split for k in _read_split(d)})
+            keys.update({k: split for k in read_split(d)})
     two = lists.read_list(os.path.join(out, "lists", "voxmix_2mix.csv"))
     three = lists.read_list(os.path.join(out, "lists", "voxmix_3mix.csv"))
     assert len(two) == 29 and {m.num_speakers for m in two} == {2}
@@ -128,6 +120,7 @@ def test_given_list_restricts_and_round_trips(tiny_vox_corpus, prepared, tmp_pat
                    "--lists", str(lst), "--shard_multiple", "1"])
     manifest = [json.loads(l) for l in open(out / "manifest.jsonl")]
     assert {m["key"] for m in manifest} == {s.key for r in rows for s in r.sources}
+    assert sum(assert_splits_read_completely(out).values()) == len(manifest) - 1  # 1 rejected
     back = lists.read_list(str(out / "lists" / "data_list.csv"))
     assert back == rows[:3]  # the row with the rejected clip is dropped ...
     assert any(r["stage"] == "lists" for r in csv.DictReader(open(out / "rejected.tsv"), delimiter="\t"))
@@ -160,7 +153,7 @@ def test_lip_embeddings_path(tiny_vox_corpus, tmp_path):
         key = str(mp4.relative_to(mp4.parents[2])).removesuffix(".mp4")
         if key in bad:
             continue
-        n_frames = int(round(voxceleb2.probe_duration(str(mp4)) * 25))
+        n_frames = int(round(probe_duration(str(mp4)) * 25))
         emb = rng.standard_normal((n_frames, 512)).astype(np.float32)
         (visual / key).parent.mkdir(parents=True, exist_ok=True)
         np.save(visual / (key + ".npy"), emb)
@@ -175,13 +168,14 @@ def test_lip_embeddings_path(tiny_vox_corpus, tmp_path):
         d = out / "shards" / split
         if d.is_dir():
             assert shards.read_meta(str(d))["fields"] == ["emb.npy", "flac", "json"]
-            got.update(_read_split(str(d)))
+            got.update(read_split(str(d)))
     assert set(got) == set(written)
+    assert sum(assert_splits_read_completely(out).values()) == len(written)
     for k, s in got.items():
         assert s["emb.npy"].dtype == np.float16 and s["emb.npy"].shape[1] == 512
         np.testing.assert_array_equal(s["emb.npy"], written[k][: len(s["emb.npy"])].astype(np.float16))
         assert len(s["wav"]) == 640 * len(s["emb.npy"])
-    assert "no lip embedding" in _rejected(str(out))[key]["reason"]
+    assert "no lip embedding" in read_rejected(str(out))[key]["reason"]
 
 
 def test_audio_from_a_separate_wav_tree(tiny_vox_corpus, tmp_path):
@@ -192,17 +186,37 @@ def test_audio_from_a_separate_wav_tree(tiny_vox_corpus, tmp_path):
     import soundfile as sf
     for mp4 in sorted((corpus / "test" / "mp4").rglob("*.mp4")):
         key = str(mp4.relative_to(mp4.parents[2])).removesuffix(".mp4")
-        n = int(round(voxceleb2.probe_duration(str(mp4)) * 16000))
+        n = int(round(probe_duration(str(mp4)) * 16000))
         refs[key] = np.clip(0.2 * rng.standard_normal(n), -0.99, 0.99).astype(np.float32)
         (audio / key).parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(audio / (key + ".wav")), refs[key], 16000, subtype="PCM_16")
     out = tmp_path / "out"
     run_cmd(RUN + ["--corpus_dir", str(corpus), "--out_dir", str(out), "--audio_path", str(audio),
                    "--shard_multiple", "1", "--stop_stage", "3"])
-    got = _read_split(str(out / "shards" / "test"))
+    got = read_split(str(out / "shards" / "test"))
     assert set(got) == set(refs)
+    assert assert_splits_read_completely(out) == {"test": len(refs)}
     for key, s in got.items():
         np.testing.assert_allclose(s["wav"], refs[key][: len(s["wav"])], atol=2.0 / 32767)
     # dev clips have no wav in that tree: rejected with the reason, the run still finished
-    reasons = {r["reason"] for r in _rejected(str(out)).values()}
+    reasons = {r["reason"] for r in read_rejected(str(out)).values()}
     assert any("--audio_path" in r for r in reasons)
+
+
+def test_shard_multiple_above_a_split_size_writes_no_empty_shard(prepared, tmp_path):
+    """--shard_multiple 64 with splits of a few utterances: fewer shards (one sample each at
+    least, with a ShardCountWarning), and every split still reads completely."""
+    corpus, _, out, _ = prepared
+    work = tmp_path / "vox2"
+    work.mkdir()
+    shutil.copy(os.path.join(out, "manifest.jsonl"), work / "manifest.jsonl")
+    shutil.copytree(os.path.join(out, "extract"), work / "extract")
+    proc = run_cmd(RUN + ["--corpus_dir", str(corpus), "--out_dir", str(work), "--stage", "3",
+                          "--stop_stage", "3", "--shard_size", "4", "--shard_multiple", "64"])
+    assert "ShardCountWarning" in proc.stderr and "[shards] kept" in proc.stdout
+    counts = assert_splits_read_completely(work)
+    for split, count in counts.items():
+        meta = shards.read_meta(str(work / "shards" / split))
+        assert count < 64 and meta["num_shards"] <= count
+        assert set(read_split(str(work / "shards" / split))) == set(
+            read_split(os.path.join(out, "shards", split)))

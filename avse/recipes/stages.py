@@ -1,0 +1,472 @@
+"""The audio-visual stages every talking-face corpus shares (VoxCeleb2, LRS2, LRS3).
+
+A corpus module finds its utterances and assigns their splits; everything after that is
+here, working on ``OUT/manifest.jsonl`` and the files below ``OUT``:
+
+- manifest: :func:`run_manifest` probes every entry (:func:`probe_entry`) and writes
+  ``OUT/manifest.jsonl`` with the rejections, the ``.done`` marker and the summary line.
+  An entry holds ``key`` (no dots: a WebDataset key), ``spk``, ``video``, ``clip``,
+  ``subset``, ``split``, ``media`` (the mp4) and optional ``audio`` / ``emb`` files that
+  replace the mp4's audio / mouth crop (:func:`manifest_entry`).
+- extract: :func:`stage_extract` decodes each entry to 16 kHz mono audio and 88x88 uint8
+  mouth ROI at 25 fps (a fixed crop of :data:`avse.data.video.MOUTH_CROPS`), or takes the
+  precomputed lip embeddings, aligns them (640 samples a frame) and writes
+  ``OUT/extract/<split>/<key>.{flac,lips.npy|emb.npy,json}``.
+- shards: :func:`stage_shards` packs each split into ``OUT/shards/<split>/`` + meta.json
+  (+ ``speakers.txt``), with optional extra json fields (transcripts, token ids).
+- lists: :func:`stage_lists` writes VoxMix lists to ``OUT/lists/``: a given list re-written
+  for the utterances that survived, or generated 2-mix / 3-mix lists.
+
+:func:`add_stage_parsers` and :func:`run_stage` give every corpus the same ``extract``,
+``shards`` and ``lists`` subcommands. Every stage is idempotent; what it skips goes to
+``OUT/rejected.tsv`` with the reason and never stops a run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+
+import numpy as np
+
+from avse.data.align import EMB_DIM, FPS, SAMPLE_RATE, align_av
+from avse.data.lists import generate_mixtures, read_list, write_list
+from avse.data.shards import encode_flac, encode_npy
+from avse.data.video import MOUTH_CROPS, MediaError, decode_media, read_audio
+from avse.recipes.common import (
+    RecipeError,
+    Rejections,
+    Summary,
+    atomic_write,
+    check_names,
+    hash_seed,
+    is_done,
+    mark_done,
+    pack_split,
+    parallel_map,
+    params_hash,
+    read_jsonl,
+    shards_note,
+    write_jsonl,
+)
+
+DEFAULT_MIXTURES = {"train": 20000, "val": 5000, "test": 3000}  # VoxMix sizes
+
+
+# --------------------------------------------------------------------------- manifest
+def manifest_entry(key: str, spk: str, video: str, clip: str, subset: str, media: str,
+                   split: str | None = None) -> dict:
+    """One utterance of a manifest (``audio``/``emb`` unset: the mp4 gives both).
+
+    Example
+    -------
+    >>> manifest_entry("6330/main/00011", "6330", "6330", "00011", "main", "x.mp4", "test")["spk"]
+    '6330'
+    """
+    entry = {"key": key, "spk": spk, "video": video, "clip": clip, "subset": subset,
+             "media": media, "audio": None, "emb": None}
+    if split is not None:
+        entry["split"] = split
+    return entry
+
+
+def id_problem(vid: str, clip: str) -> str | None:
+    """Why ``<vid>/<clip>`` cannot be part of an utterance key; None when it can.
+
+    Example
+    -------
+    >>> id_problem("6330", "00011"), id_problem("6330", "0.1")
+    (None, 'ids must not contain dots (WebDataset keys)')
+    """
+    if not vid or not clip or "/" in clip:
+        return "expected '<video id>/<clip>'"
+    if "." in vid or "." in clip:
+        return "ids must not contain dots (WebDataset keys)"
+    return None
+
+
+def probe_duration(path: str) -> float:
+    """Duration in seconds from the container header (no decoding)."""
+    if path.endswith((".wav", ".flac")):
+        import soundfile as sf
+
+        return float(sf.info(path).duration)
+    import av
+
+    try:
+        with av.open(path) as container:
+            if container.duration is not None:
+                return container.duration / 1_000_000
+            stream = (container.streams.video or container.streams.audio)[0]
+            return float(stream.duration * stream.time_base)
+    except Exception as err:
+        raise MediaError(f"{path}: cannot open ({err})") from err
+
+
+def probe_entry(entry: dict):
+    """Manifest worker: ``(entry with its duration, None)`` or ``(entry, reason)``."""
+    try:
+        entry["duration"] = round(probe_duration(entry["audio"] or entry["media"]), 4)
+        return entry, None
+    except Exception as err:  # any unreadable file is a rejection, never a crash
+        return entry, str(err)
+
+
+def run_manifest(out_dir: str, params: dict, scan, nj: int = 1, task=probe_entry) -> list[dict]:
+    """The manifest stage: ``scan() -> (entries, rejected rows)``, then ``task`` on every entry.
+
+    Skips everything when ``OUT/.done/manifest`` was written with the same ``params``.
+    ``task(entry) -> (entry, error or None)`` (default: probe the duration) runs with
+    ``nj`` processes; its failures join the rejected rows. Writes ``OUT/manifest.jsonl``,
+    the manifest rows of rejected.tsv, the marker and the summary line; returns the kept
+    entries. Raises RecipeError (after writing rejected.tsv) when no entry is kept.
+    """
+    manifest_path = os.path.join(out_dir, "manifest.jsonl")
+    marker = os.path.join(out_dir, ".done", "manifest")
+    if is_done(marker, params) and os.path.isfile(manifest_path):
+        print(f"[manifest] {manifest_path} is up to date; skipping")
+        return read_jsonl(manifest_path)
+    summary = Summary("manifest")
+    entries, rejected = scan()
+    kept = []
+    for entry, error in parallel_map(task, entries, nj, desc="manifest", unit="clip"):
+        if error:
+            rejected.append({"key": entry["key"], "path": entry["media"], "reason": error})
+        else:
+            kept.append(entry)
+    Rejections(out_dir).replace("manifest", rejected)
+    if not kept:
+        raise RecipeError(f"all {len(rejected)} clips were rejected; see "
+                          f"{os.path.join(out_dir, 'rejected.tsv')}")
+    kept.sort(key=lambda e: (e["split"], e["key"]))
+    write_jsonl(kept, manifest_path)
+    splits = {s: sum(e["split"] == s for e in kept) for s in sorted({e["split"] for e in kept})}
+    mark_done(marker, params, count=len(kept))
+    summary.line(len(kept), len(rejected), sum(e["duration"] for e in kept),
+                 note="splits " + ", ".join(f"{k}={v}" for k, v in splits.items()))
+    return kept
+
+
+# --------------------------------------------------------------------------- extract
+def extract_utterance(entry: dict, crop: str = "voxceleb2", min_duration: float = 1.0,
+                      max_diff_frames: int = 1):
+    """Decode one manifest entry. Returns ``(wav [T] float32 @16 kHz, visual, info)``.
+
+    ``visual`` is uint8 ``[Tv, 88, 88]`` ROI (the fixed crop ``MOUTH_CROPS[crop]``) or
+    float16 ``[Tv, 512]`` embeddings (``entry["emb"]``), and ``T == Tv * 640``. Raises
+    MediaError / AlignmentError / ValueError with a reason.
+    """
+    if entry.get("emb"):
+        emb = np.load(entry["emb"], allow_pickle=False)
+        if emb.ndim != 2 or emb.shape[1] != EMB_DIM or not np.issubdtype(emb.dtype, np.floating):
+            raise ValueError(f"{entry['emb']}: lip embedding must be float [T, {EMB_DIM}], "
+                             f"got {emb.dtype} {list(emb.shape)}")
+        if not np.all(np.isfinite(emb)):
+            raise ValueError(f"{entry['emb']}: lip embedding has NaN or Inf values")
+        visual = emb.astype(np.float16)
+        wav = read_audio(entry["audio"] or entry["media"])
+    else:
+        wav, visual = decode_media(entry["media"], want_audio=not entry.get("audio"),
+                                   crop=MOUTH_CROPS[crop])
+        if entry.get("audio"):
+            wav = read_audio(entry["audio"])
+    declared = float(entry.get("duration") or 0.0)
+    decoded = max(len(wav) / SAMPLE_RATE, len(visual) / FPS)
+    if declared and decoded < declared - 0.2:
+        raise MediaError(f"truncated: decoded {decoded:.2f} s of the declared {declared:.2f} s")
+    wav, visual = align_av(wav, visual, max_diff_frames)
+    duration = len(visual) / FPS
+    if duration < min_duration:
+        raise ValueError(f"too short: {duration:.2f} s < --min_duration {min_duration} s")
+    peak = float(np.max(np.abs(wav))) if len(wav) else 0.0
+    if peak == 0.0:
+        raise ValueError("silent: the audio is all zeros")
+    info = {"key": entry["key"], "spk": entry["spk"], "video": entry["video"],
+            "clip": entry["clip"], "subset": entry["subset"], "split": entry["split"],
+            "duration": round(duration, 4), "num_frames": int(len(visual)),
+            "num_samples": int(len(wav)), "sr": SAMPLE_RATE, "fps": FPS,
+            "visual": "emb" if entry.get("emb") else "lips"}
+    return wav, visual, info
+
+
+def extract_paths(out_dir: str, entry: dict) -> dict:
+    """``{field: path}`` of an entry's extracted files (``flac``, the visual ``*.npy``, ``json``).
+
+    Example
+    -------
+    >>> sorted(extract_paths("OUT", {"split": "test", "key": "id1/v/00001"}))
+    ['flac', 'json', 'lips.npy']
+    """
+    base = os.path.join(out_dir, "extract", entry["split"], entry["key"])
+    vis = "emb.npy" if entry.get("emb") else "lips.npy"
+    return {"flac": base + ".flac", vis: base + "." + vis, "json": base + ".json"}
+
+
+def _extract_one(task):
+    entry, out_dir, opts = task
+    try:
+        wav, visual, info = extract_utterance(entry, **opts)
+    except Exception as err:  # rejection with reason; the run goes on
+        return entry, None, f"{type(err).__name__}: {err}"
+    paths = extract_paths(out_dir, entry)
+    os.makedirs(os.path.dirname(paths["json"]), exist_ok=True)
+    for field, path in paths.items():
+        if field == "flac":
+            atomic_write(path, encode_flac(wav))
+        elif field.endswith("npy"):
+            atomic_write(path, encode_npy(visual))
+    atomic_write(paths["json"], json.dumps(info, sort_keys=True).encode())  # last: done mark
+    return entry, info, None
+
+
+def stage_extract(out_dir: str, nj: int = 1, crop: str = "voxceleb2", min_duration: float = 1.0,
+                  max_diff_frames: int = 1, retry_rejected: bool = False) -> list[dict]:
+    """Decode every manifest entry not yet extracted (:func:`extract_utterance`).
+
+    An entry is done when its json exists; one rejected earlier stays rejected unless
+    ``retry_rejected``. Returns the infos (json) of every kept utterance.
+    """
+    if crop not in MOUTH_CROPS:
+        raise RecipeError(f"unknown --crop {crop!r}; known: {sorted(MOUTH_CROPS)}")
+    entries = read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
+    rejections = Rejections(out_dir)
+    old_rejected = {r["key"]: r for r in rejections.for_stage("extract")}
+    summary = Summary("extract")
+    opts = {"crop": crop, "min_duration": min_duration, "max_diff_frames": max_diff_frames}
+    todo, infos, rejected = [], [], []
+    for e in entries:
+        json_path = extract_paths(out_dir, e)["json"]
+        if os.path.isfile(json_path):
+            with open(json_path) as f:
+                infos.append(json.load(f))
+        elif e["key"] in old_rejected and not retry_rejected:
+            rejected.append(old_rejected[e["key"]])
+        else:
+            todo.append((e, out_dir, opts))
+    skipped = len(infos) + len(rejected)
+    for entry, info, error in parallel_map(_extract_one, todo, nj, desc="extract", unit="clip"):
+        if error:
+            rejected.append({"key": entry["key"], "path": entry["media"], "reason": error})
+        else:
+            infos.append(info)
+    rejections.replace("extract", rejected)
+    summary.line(len(infos), len(rejected), sum(i["duration"] for i in infos),
+                 processed=len(todo),
+                 note=f"{skipped} already done, {len(todo)} processed")
+    return infos
+
+
+def read_extracted(out_dir: str) -> list[dict]:
+    """The infos of the extracted utterances, in manifest order; RecipeError when none."""
+    infos = []
+    for e in read_jsonl(os.path.join(out_dir, "manifest.jsonl")):
+        json_path = extract_paths(out_dir, e)["json"]
+        if os.path.isfile(json_path):
+            with open(json_path) as f:
+                infos.append(json.load(f))
+    if not infos:
+        raise RecipeError(f"{out_dir}/extract holds no extracted utterance: run stage 2 first")
+    return infos
+
+
+# --------------------------------------------------------------------------- shards
+def _samples(out_dir: str, infos, extra_json: dict | None = None):
+    for info in infos:
+        paths = extract_paths(out_dir, {"split": info["split"], "key": info["key"],
+                                        "emb": info["visual"] == "emb"})
+        sample = {"__key__": info["key"]}
+        for field, path in paths.items():
+            with open(path, "rb") as f:
+                sample[field] = f.read()
+        if extra_json and info["key"] in extra_json:
+            sample["json"] = {**info, **extra_json[info["key"]]}
+        yield sample
+
+
+def _write_speakers(infos):
+    def write(split_dir: str) -> None:  # the speaker label list, for speaker classifiers
+        with open(os.path.join(split_dir, "speakers.txt"), "w") as f:
+            f.write("".join(spk + "\n" for spk in sorted({i["spk"] for i in infos})))
+    return write
+
+
+def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
+                 seed: int = 0, corpus: str = "voxceleb2", crop: str = "voxceleb2",
+                 extra_json: dict | None = None, extra_meta: dict | None = None) -> dict:
+    """Pack the extracted utterances of each split into shards. Returns ``{split: meta}``.
+
+    Utterances are shuffled with ``seed``; the shard count is a multiple of
+    ``shard_multiple`` unless a split is too small for one sample a shard (then fewer
+    shards, none empty). ``extra_json`` (``key -> dict``) adds fields to the samples' json
+    (transcripts, token ids); ``extra_meta`` adds fields to every split's meta.json. Both
+    are part of the parameters that decide whether a finished split is up to date.
+    """
+    by_split = {}
+    for info in read_extracted(out_dir):
+        by_split.setdefault(info["split"], []).append(info)
+    summary = Summary("shards")
+    metas, total, seconds = {}, 0, 0.0
+    for split, infos in sorted(by_split.items()):
+        random.Random(seed).shuffle(infos)
+        params = {"keys": [i["key"] for i in infos], "shard_size": shard_size,
+                  "shard_multiple": shard_multiple, "seed": seed}
+        if extra_json is not None or extra_meta:
+            params["extra"] = params_hash({"meta": extra_meta, "json": [
+                (extra_json or {}).get(i["key"]) for i in infos]})
+        meta = {"split": split, "corpus": corpus, "visual": sorted({i["visual"] for i in infos}),
+                "roi_size": 88, "crop": crop, **(extra_meta or {})}
+        metas[split], written = pack_split(
+            out_dir, split, params, _samples(out_dir, infos, extra_json), len(infos),
+            shard_size, shard_multiple, meta, on_written=_write_speakers(infos))
+        if written:
+            total += metas[split]["count"]
+            seconds += metas[split]["hours"] * 3600
+    summary.line(total, 0, seconds, note=shards_note(metas))
+    return metas
+
+
+# --------------------------------------------------------------------------- lists
+def parse_mixture_counts(text: str) -> dict:
+    """``"train:20000,val:5000,test:3000"`` -> dict.
+
+    Example
+    -------
+    >>> parse_mixture_counts("train:20,test:6")
+    {'train': 20, 'test': 6}
+    """
+    counts = {}
+    for part in text.split(","):
+        name, sep, num = part.partition(":")
+        if not sep or not num.strip().isdigit():
+            raise RecipeError(f"--mixtures expects 'split:count,...', got {text!r}")
+        counts[name.strip()] = int(num)
+    return counts
+
+
+def _rewrite_list(lists: str, known: set, lists_dir: str):
+    """The rows of the VoxMix list ``lists`` whose sources are all ``known``, written to
+    ``lists_dir``; returns ``(path, rows written, rejected rows)``."""
+    keep, dropped = [], []
+    for n, mix in enumerate(read_list(lists), 1):
+        missing = [s.key for s in mix.sources if s.key not in known]
+        if missing:
+            dropped.append({"key": mix.target.key, "path": f"{lists}:{n}",
+                            "reason": f"mixture drops: {', '.join(missing)} rejected "
+                                      "or not extracted"})
+        else:
+            keep.append(mix)
+    out = os.path.join(lists_dir, os.path.basename(lists))
+    write_list(keep, out)
+    return out, len(keep), dropped
+
+
+def _generate_lists(infos, mixtures: dict, snr_range, num_speakers, seed: int,
+                    lists_dir: str) -> dict:
+    """``voxmix_<k>mix.csv`` for each ``k``: ``mixtures[split]`` rows per split, the
+    sources of a row from different speakers; returns ``{path: rows}``."""
+    by_split, written = {}, {}
+    for info in infos:
+        by_split.setdefault(info["split"], []).append(
+            {"key": info["key"], "spk": info["spk"], "set": info["split"],
+             "duration": info["duration"]})
+    for k in num_speakers:
+        rows = []
+        for split, num in mixtures.items():
+            pool = by_split.get(split, [])
+            if num <= 0 or not pool:
+                continue
+            if len({u["spk"] for u in pool}) < k:
+                print(f"[lists] {split}: fewer than {k} speakers; no {k}-mix rows",
+                      file=sys.stderr)
+                continue
+            rows += generate_mixtures(pool, num, k, snr_range, seed=hash_seed(seed, split, k),
+                                      mix_set=split)
+        out = os.path.join(lists_dir, f"voxmix_{k}mix.csv")
+        write_list(rows, out)
+        written[out] = len(rows)
+    return written
+
+
+def stage_lists(out_dir: str, lists: str | None = None, mixtures=None,
+                snr_range=(-10.0, 10.0), num_speakers=(2, 3), seed: int = 0,
+                splits=None) -> dict:
+    """Write VoxMix lists under ``OUT/lists``. Returns ``{file: row count}``.
+
+    With ``lists``: the given list re-written with the rows whose utterances all survived
+    extraction (dropped rows go to rejected.tsv). Without: ``voxmix_<k>mix.csv`` for each
+    ``k`` in ``num_speakers``, ``mixtures[split]`` rows per split (a dict, or the text
+    ``"split:rows,..."``), from the extracted utterances. With ``splits`` (the corpus's
+    split names), the names in ``mixtures`` are checked against them and a split that
+    is absent from the manifest is reported.
+    """
+    if isinstance(mixtures, str):
+        mixtures = parse_mixture_counts(mixtures)
+    mixtures = dict(DEFAULT_MIXTURES if mixtures is None else mixtures)
+    if any(k < 2 for k in num_speakers) or not num_speakers:
+        raise RecipeError(f"--num_speakers must be 2 or more, got {list(num_speakers)}")
+    if splits is not None:
+        check_names(list(mixtures), splits, "--mixtures")
+        present = {e["split"] for e in read_jsonl(os.path.join(out_dir, "manifest.jsonl"))}
+        for split in sorted(s for s, n in mixtures.items() if n > 0 and s not in present):
+            print(f"[lists] {split}: not in the manifest (see --splits / --subsets); "
+                  f"no {split} rows", file=sys.stderr)
+    summary = Summary("lists", unit="rows")
+    infos = read_extracted(out_dir)
+    lists_dir = os.path.join(out_dir, "lists")
+    params = {"lists": lists, "mixtures": mixtures, "snr_range": list(snr_range),
+              "num_speakers": list(num_speakers), "seed": seed,
+              "keys": sorted(i["key"] for i in infos)}
+    marker = os.path.join(out_dir, ".done", "lists")
+    if is_done(marker, params):
+        print(f"[lists] {lists_dir} is up to date; skipping")
+        with open(marker) as f:
+            return json.load(f)["files"]
+    dropped = []
+    if lists:
+        out, n_rows, dropped = _rewrite_list(lists, {i["key"] for i in infos}, lists_dir)
+        written = {out: n_rows}
+    else:
+        written = _generate_lists(infos, mixtures, snr_range, num_speakers, seed, lists_dir)
+    Rejections(out_dir).replace("lists", dropped)
+    mark_done(marker, params, files=written)
+    summary.line(sum(written.values()), len(dropped), processed=sum(written.values()),
+                 note=", ".join(f"{os.path.basename(k)}: {v} rows" for k, v in written.items()))
+    return written
+
+
+# --------------------------------------------------------------------------- command line
+def add_stage_parsers(sub, common, crop: str, mixtures: str, numbers=(2, 3, 4)) -> dict:
+    """The ``extract``, ``shards`` and ``lists`` subcommands (stage ``numbers``); returns them
+    by name, for a corpus to add its own options."""
+    parsers = {}
+    p = parsers["extract"] = sub.add_parser(
+        "extract", parents=[common], help=f"stage {numbers[0]}: decode audio + mouth ROI")
+    p.add_argument("--crop", default=crop, help=f"mouth crop preset {sorted(MOUTH_CROPS)}")
+    p.add_argument("--min_duration", type=float, default=1.0, help="seconds")
+    p.add_argument("--max_diff_frames", type=int, default=1)
+    p.add_argument("--retry_rejected", action="store_true")
+    p = parsers["shards"] = sub.add_parser(
+        "shards", parents=[common], help=f"stage {numbers[1]}: write WebDataset shards")
+    p.add_argument("--shard_size", type=int, default=1000, help="max utterances per shard")
+    p.add_argument("--shard_multiple", type=int, default=8,
+                   help="shard count is a multiple of this (ranks x workers)")
+    p = parsers["lists"] = sub.add_parser(
+        "lists", parents=[common], help=f"stage {numbers[2]}: VoxMix mixture lists")
+    p.add_argument("--mixtures", default=mixtures, help="rows per split, 'split:count,...'")
+    p.add_argument("--num_speakers", type=int, nargs="+", default=[2, 3])
+    p.add_argument("--snr_range", type=float, nargs=2, default=(-10.0, 10.0))
+    return parsers
+
+
+def run_stage(args, shards, splits=None) -> None:
+    """Run the ``extract``, ``shards`` (``shards(args)``, the corpus's) or ``lists``
+    subcommand parsed by :func:`add_stage_parsers`."""
+    if args.stage == "extract":
+        stage_extract(args.out_dir, args.nj, args.crop, args.min_duration,
+                      args.max_diff_frames, args.retry_rejected)
+    elif args.stage == "shards":
+        shards(args)
+    elif args.stage == "lists":
+        stage_lists(args.out_dir, getattr(args, "lists", None), args.mixtures,
+                    tuple(args.snr_range), tuple(args.num_speakers), args.seed, splits)
