@@ -1,13 +1,17 @@
 """Which DDP rank and DataLoader worker reads which shard (the shard format is :mod:`avse.data.shards`).
 
-Shards are split ``urls[rank::world][worker::workers]`` (as ``wds.split_by_node`` +
-``wds.split_by_worker``): each is read by exactly one (rank, worker) when the shard count
-divides by ranks x workers.
+Shards are split ``urls[rank::world][worker::workers]``: :func:`node_splitter` and
+:func:`worker_splitter` are the WebDataset pipeline stages (``nodesplitter`` /
+``workersplitter``) with an explicit rank and worker, so they do not depend on
+environment variables that ``wds.split_by_node`` reads. Each shard is read by exactly one
+(rank, worker) when the shard count divides by ranks x workers (:func:`check_shard_split`).
 """
 from __future__ import annotations
 
 import os
 import warnings
+from functools import partial
+from itertools import islice
 
 import torch
 
@@ -43,7 +47,28 @@ def split_shards(urls, rank: int = 0, world_size: int = 1, worker_id: int = 0,
     >>> split_shards(list(range(8)), rank=1, world_size=2, worker_id=1, num_workers=2)
     [3, 7]
     """
-    return list(urls)[rank::world_size][worker_id::max(1, num_workers)]
+    ranks = node_splitter(rank, world_size)(iter(urls))
+    return list(worker_splitter(worker_id, num_workers)(ranks))
+
+
+def _every(src, start: int, step: int):
+    yield from islice(src, start, None, max(1, step))
+
+
+def node_splitter(rank: int, world_size: int):
+    """A WebDataset stage keeping the shards (``{"url": ...}`` items) of DDP rank ``rank``.
+
+    Example
+    -------
+    >>> list(node_splitter(1, 3)(iter("abcdefg")))
+    ['b', 'e']
+    """
+    return partial(_every, start=int(rank), step=int(world_size))
+
+
+def worker_splitter(worker_id: int, num_workers: int):
+    """A WebDataset stage keeping the shards of DataLoader worker ``worker_id`` (after the node split)."""
+    return partial(_every, start=int(worker_id), step=int(num_workers))
 
 
 def check_shard_split(num_shards: int, world_size: int, num_workers: int, strict: bool = False):

@@ -231,10 +231,14 @@ def read_meta(split_dir: str) -> dict:
             "(run the recipe's shard stage first)"
         )
     with open(path) as f:
-        meta = json.load(f)
+        return check_meta(json.load(f), path)
+
+
+def check_meta(meta: dict, where: str) -> dict:
+    """``meta`` (read from ``where``) if this AVSE reads its format version, else a ShardError."""
     if meta.get("format_version") != FORMAT_VERSION:
         raise ShardError(
-            f"{path}: format_version {meta.get('format_version')} but this AVSE reads "
+            f"{where}: format_version {meta.get('format_version')} but this AVSE reads "
             f"{FORMAT_VERSION}; re-run the recipe's shard stage"
         )
     return meta

@@ -1,28 +1,35 @@
-"""Dynamic mixing: endless training examples mixed on the fly from shards.
+"""Dynamic mixing: endless training examples mixed on the fly from shards, as a WebDataset pipeline.
 
-Per DDP rank and DataLoader worker::
+Per DDP rank and DataLoader worker, a ``wds.DataPipeline`` of these stages::
 
-    shards --split by rank, then by worker--> shuffled shard order, repeated endlessly
-      -> decode a random aligned crop (crop_seconds, starting on a video frame)
-      -> shuffle buffer of ``shuffle_buffer`` utterances
-      -> target = a random buffer item; 1 or 2 interferers = buffer items of OTHER speakers
-      -> interferers at SNRs relative to the target -> (noise) -> peak normalise
-      -> (lips moved by a random offset, ``MixtureConfig.av_shift_frames``) -> batch
+    shard URLs (local paths, http(s)://, pipe: commands; avse.data.remote)
+      -> node split by rank, then worker split (explicit splitters, avse.data.partition)
+      -> each pass over this reader's shards in a new random order, endlessly
+         (resampled=True instead: wds.ResampledShards, shards drawn with replacement,
+          no split, every reader draws from all shards)
+      -> wds.tarfile_to_samples: raw samples (bytes per field)
+      -> map: decode a random aligned crop (crop_seconds, starting on a video frame)
+      -> mix: shuffle buffer of ``shuffle_buffer`` utterances; target = a random buffer
+         item; 1 or 2 interferers = buffer items of OTHER speakers, at SNRs relative to
+         the target -> (noise) -> peak normalise -> (lips moved by a random offset,
+         ``MixtureConfig.av_shift_frames``)
+      -> wds.batched -> AVBatch; ``with_epoch``: this worker's share of ``epoch_steps``
 
 The SNR holds on the cropped span the model sees. An example gets fewer interferers
 when the buffer holds fewer other speakers than drawn; with none, up to 4 x
 ``shuffle_buffer`` more utterances are read before a clear error. Every rank yields
 exactly ``epoch_steps`` batches per epoch (its workers share them), so no rank waits on
-another. Shards are split ``urls[rank::world][worker::workers]`` (as ``wds.split_by_node``
-+ ``wds.split_by_worker``, :mod:`avse.data.partition`).
+another. Shards are split ``urls[rank::world][worker::workers]``: each is read once per
+pass over the split when the count divides by ranks x workers (else a
+:class:`~avse.data.partition.ShardSplitWarning`).
 
 Speaker labels: the index of the target's speaker in the sorted speakers of the split,
-read from ``<split>/speakers.txt`` when it exists and agrees with meta.json's speaker
-count (:func:`avse.data.shards.write_speakers_file`), else found by reading only the
-``*.json`` members of the shards. Unknown speakers get -1.
+read from ``speakers.txt`` beside meta.json when it exists and agrees with meta.json's
+speaker count (:func:`avse.data.shards.write_speakers_file`), else found by reading only
+the ``*.json`` members of the shards. Unknown speakers get -1.
 
-Randomness: numpy Generators seeded by ``(seed, rank, worker, epoch)``: reproducible for
-a fixed number of workers.
+Randomness: one numpy Generator per worker and epoch, seeded by ``(seed, rank, worker,
+epoch)``, drives shard order, crops and mixing: reproducible for a fixed number of workers.
 
 Example
 -------
@@ -41,51 +48,72 @@ Example
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from avse.data.loaders.batch import collate_examples, decode_utterance, finish_example
 from avse.data.mixing import MixtureConfig
-from avse.data.partition import check_shard_split, dist_info, split_shards
-from avse.data.shards import (ShardError, iter_tar, read_meta, resolve_visual_field, shard_urls,
-                              split_speakers)
+from avse.data.partition import (check_shard_split, dist_info, node_splitter, split_shards,
+                                 worker_splitter)
+from avse.data.remote import reraise_shard_error, resolve_split
+from avse.data.shards import ShardError, resolve_visual_field
+
+
+def shuffled_passes(src, rng):
+    """Stage: the shards of ``src`` (``{"url": ...}`` items), each pass in a new order, endlessly."""
+    shards = list(src)
+    while True:
+        for i in rng.permutation(len(shards)):
+            yield dict(shards[i])
+
+
+def check_progress(src, read: list, every: int, where: str):
+    """Stage: pass shards on; raise when ``every`` of them gave no sample (``read[0]`` stays)."""
+    last, n = read[0], 0
+    for shard in src:
+        yield shard
+        n += 1
+        if n % every == 0:
+            if read[0] == last:
+                raise ShardError(f"{where}: {every} shard(s) read and no sample, e.g. "
+                                 f"{shard['url']}; are the shards empty?")
+            last = read[0]
 
 
 class DynamicMixDataset(IterableDataset):
     """Endless dynamic mixing over shards; one iteration = this worker's share of an epoch.
 
-    Yields :class:`AVBatch`; use it through :func:`make_train_loader`.
+    Yields :class:`AVBatch`; use it through :func:`make_train_loader`. ``resampled``:
+    draw shards with replacement (``wds.ResampledShards``) instead of splitting them.
     """
 
     def __init__(self, urls, config: MixtureConfig, batch_size: int, epoch_steps: int,
                  speakers, visual_field: str, shuffle_buffer: int = 100, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, resampled: bool = False):
         super().__init__()
         self.urls, self.config, self.batch_size = list(urls), config, int(batch_size)
         self.epoch_steps, self.visual_field = int(epoch_steps), visual_field
         self.labels = {s: i for i, s in enumerate(speakers or [])}
         self.shuffle_buffer, self.seed = max(1, int(shuffle_buffer)), int(seed)
         self.rank, self.world_size, self.epoch, self.skip = rank, world_size, 0, 0
+        self.resampled = bool(resampled)
 
     def __len__(self):
         return self.epoch_steps
 
-    def _utterances(self, urls, rng):
-        crop = self.config.crop_frames
-        while True:  # endless passes over this worker's shards, each in a new order
-            n_read = 0
-            for i in rng.permutation(len(urls)):
-                for raw in iter_tar(urls[i]):
-                    n_read += 1
-                    key = raw["__key__"]
-                    if "flac" not in raw or self.visual_field not in raw:
-                        raise ShardError(f"{urls[i]}: sample {key} lacks flac or {self.visual_field}")
-                    wav, vis = decode_utterance(key, raw["flac"], raw[self.visual_field], crop, rng)
-                    spk = json.loads(raw["json"]).get("spk") if "json" in raw else None
-                    yield {"key": key, "spk": spk or key.split("/")[0], "wav": wav, "visual": vis}
-            if not n_read:
-                raise ShardError(f"shards {urls} hold no sample")
+    def decode(self, raw, rng, read):
+        """Map stage: a raw sample -> ``{key, spk, wav [640 n], visual [n, ...]}``, a random crop."""
+        key = raw["__key__"]
+        if "flac" not in raw or self.visual_field not in raw:
+            raise ShardError(f"{raw.get('__url__')}: sample {key} lacks flac or {self.visual_field}")
+        wav, vis = decode_utterance(key, raw["flac"], raw[self.visual_field],
+                                    self.config.crop_frames, rng)
+        spk = json.loads(raw["json"]).get("spk") if "json" in raw else None
+        read[0] += 1
+        return {"key": key, "spk": spk or key.split("/")[0], "wav": wav, "visual": vis}
 
     @staticmethod
     def _pick(buf, spk, n, rng):
@@ -98,8 +126,9 @@ class DynamicMixDataset(IterableDataset):
                 used.add(buf[j]["spk"])
         return out
 
-    def _examples(self, urls, rng, where):
-        src, buf, cfg, cap = self._utterances(urls, rng), [], self.config, 5 * self.shuffle_buffer
+    def mix(self, src, rng, where):
+        """Stage: decoded utterances -> mixed examples (shuffle buffer, target, interferers)."""
+        buf, cfg, cap = [], self.config, 5 * self.shuffle_buffer
         while True:
             while len(buf) < self.shuffle_buffer:
                 buf.append(next(src))
@@ -113,26 +142,43 @@ class DynamicMixDataset(IterableDataset):
                 chosen = self._pick(buf, tgt["spk"], 1, rng)
             if k and not chosen:
                 raise ShardError(f"{where}: no utterance of a speaker other than {tgt['spk']} among "
-                                 f"{len(buf)} read from {len(urls)} shard(s): the shards seem to "
-                                 "hold one speaker each; write shards in shuffled order")
+                                 f"{len(buf)} read: the shards seem to hold one speaker each; "
+                                 "write shards in shuffled order")
             yield finish_example(
                 cfg, tgt["key"], self.labels.get(tgt["spk"], -1), tgt["wav"], tgt["visual"],
                 [u["wav"] for u in chosen], cfg.sample_snrs(len(chosen), rng), rng,
                 [u["key"] for u in chosen], tgt["key"], crop=True, noise=noise)
 
+    def pipeline(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
+        """The endless ``wds.DataPipeline`` of batches of one (rank, worker) (module docstring)."""
+        where, read = f"rank {self.rank} worker {worker_id}", [0]
+        if self.resampled:
+            seed = int(rng.integers(2 ** 31))
+            shards = [wds.ResampledShards(self.urls, seed=seed, worker_seed=lambda: 0,
+                                          deterministic=True),
+                      partial(check_progress, read=read, every=4 * len(self.urls), where=where)]
+        else:
+            mine = split_shards(self.urls, self.rank, self.world_size, worker_id, num_workers)
+            if not mine:
+                raise ShardError(f"{where}: no shard (see check_shard_split)")
+            shards = [wds.SimpleShardList(self.urls), node_splitter(self.rank, self.world_size),
+                      worker_splitter(worker_id, num_workers), partial(shuffled_passes, rng=rng),
+                      partial(check_progress, read=read, every=len(mine), where=where)]
+        return wds.DataPipeline(
+            *shards, wds.tarfile_to_samples(handler=reraise_shard_error),
+            wds.map(partial(self.decode, rng=rng, read=read)),
+            partial(self.mix, rng=rng, where=where),
+            wds.batched(self.batch_size, collation_fn=collate_examples, partial=False))
+
     def __iter__(self):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        urls = split_shards(self.urls, self.rank, self.world_size, wid, nw)
-        if not urls:
-            raise ShardError(f"rank {self.rank} worker {wid}: no shard (see check_shard_split)")
         left = max(0, self.epoch_steps - self.skip)  # after an intra-epoch resume
         steps = left // nw + (1 if wid < left % nw else 0)
         rng = np.random.default_rng([self.seed, self.rank, wid, self.epoch]
                                     + ([self.skip] if self.skip else []))
-        examples = self._examples(urls, rng, f"rank {self.rank} worker {wid}")
-        for _ in range(steps):
-            yield collate_examples([next(examples) for _ in range(self.batch_size)])
+        pipeline = self.pipeline(rng, wid, nw)
+        return iter(pipeline.with_epoch(nbatches=steps)) if steps else iter(())
 
 
 class EpochLoader(DataLoader):
@@ -161,17 +207,21 @@ class EpochLoader(DataLoader):
         return super().__iter__()
 
 
-def make_train_loader(shard_dir: str, config: MixtureConfig | None = None, batch_size: int = 8,
+def make_train_loader(shard_dir, config: MixtureConfig | None = None, batch_size: int = 8,
                       num_workers: int = 0, epoch_steps: int | None = None,
                       shuffle_buffer: int = 100, seed: int = 0, visual_field: str = "auto",
                       speakers="auto", rank: int | None = None, world_size: int | None = None,
-                      strict_split: bool = False, pin_memory: bool = False) -> EpochLoader:
+                      strict_split: bool = False, pin_memory: bool = False,
+                      meta: str | None = None, resampled: bool = False) -> EpochLoader:
     """Dynamic-mixing training loader over one shard split.
 
     Arguments
     ---------
-    shard_dir : str
-        a split folder (``shard-*.tar`` + ``meta.json``).
+    shard_dir : str or list of str
+        where the split is (:func:`avse.data.remote.resolve_split`): a local split folder
+        (``shard-*.tar`` + ``meta.json``), an ``http(s)://host/path/<split>`` prefix, or a
+        WebDataset URL spec: brace pattern, list of URLs, ``pipe:`` command (e.g.
+        ``pipe:aws s3 cp s3://b/train/shard-{000000..000007}.tar -``).
     config : MixtureConfig
         crop length, interferer count/SNR, noise, normalisation (default: ``MixtureConfig()``).
     batch_size : int
@@ -191,25 +241,33 @@ def make_train_loader(shard_dir: str, config: MixtureConfig | None = None, batch
         default: torch.distributed, else env RANK/WORLD_SIZE, else 0/1.
     strict_split : bool
         raise instead of warning when shards do not divide by ranks x workers.
+    meta : str, optional
+        the split's meta.json (path, http(s) URL or ``pipe:`` command) for a URL spec;
+        default: beside a local or http pattern's shards (required for ``pipe:``).
+    resampled : bool
+        draw shards with replacement on every (rank, worker) instead of splitting them
+        (``wds.ResampledShards``): any shard count works, epochs stay ``epoch_steps``
+        batches per rank, but an utterance may be read more or less often than once.
 
     Returns
     -------
     EpochLoader yielding :class:`AVBatch`, ``len() == epoch_steps``.
     """
     config = config or MixtureConfig()
-    meta = read_meta(shard_dir)
-    urls = shard_urls(shard_dir)
+    split = resolve_split(shard_dir, meta)
+    info, where = split.meta, split.name
     rank, world_size = dist_info(rank, world_size)
-    check_shard_split(len(urls), world_size, num_workers, strict_split)
-    if meta.get("speakers", 2) < 2:
-        raise ShardError(f"{shard_dir}: {meta.get('speakers')} speaker(s); mixing needs >= 2")
+    if not resampled:
+        check_shard_split(len(split.urls), world_size, num_workers, strict_split)
+    if info.get("speakers", 2) < 2:
+        raise ShardError(f"{where}: {info.get('speakers')} speaker(s); mixing needs >= 2")
     if epoch_steps is None:
-        epoch_steps = meta["count"] // (batch_size * world_size)
+        epoch_steps = info["count"] // (batch_size * world_size)
     if epoch_steps < 1:
-        raise ValueError(f"{shard_dir}: epoch_steps {epoch_steps} < 1 ({meta['count']} utterances, "
+        raise ValueError(f"{where}: epoch_steps {epoch_steps} < 1 ({info['count']} utterances, "
                          f"batch_size {batch_size}, {world_size} rank(s)); pass epoch_steps >= 1")
-    speakers = split_speakers(shard_dir) if isinstance(speakers, str) else speakers
-    dataset = DynamicMixDataset(urls, config, batch_size, epoch_steps, speakers,
-                                resolve_visual_field(meta, visual_field), shuffle_buffer, seed,
-                                rank, world_size)
+    speakers = split.speakers() if isinstance(speakers, str) else speakers
+    dataset = DynamicMixDataset(split.urls, config, batch_size, epoch_steps, speakers,
+                                resolve_visual_field(info, visual_field), shuffle_buffer, seed,
+                                rank, world_size, resampled)
     return EpochLoader(dataset, num_workers=num_workers, pin_memory=pin_memory)

@@ -1,0 +1,244 @@
+"""Where shards live: a local folder, a web server or an object store (WebDataset URLs).
+
+:func:`resolve_split` turns what a yaml's ``train_shards`` names into shard URLs +
+``meta.json``:
+
+- a local split folder ``DIR`` (``shard-*.tar`` + ``meta.json`` [+ ``speakers.txt``]);
+- an http(s) prefix ``https://host/path/train``: ``meta.json`` (and ``speakers.txt``
+  when there) are fetched from beside the shards; the shard URLs come from meta.json;
+- a WebDataset URL spec: a brace pattern (``DIR/shard-{000000..000007}.tar``,
+  ``https://host/train/shard-{000000..000007}.tar``), several joined by ``::``, a list of
+  URLs, or ``pipe:`` commands (``pipe:aws s3 cp s3://b/train/shard-{000000..000511}.tar -``).
+  ``meta`` gives the meta.json location (a path, URL or ``pipe:`` command); by default
+  the meta.json beside a local or http pattern. ``speakers.txt`` is looked for where
+  meta.json is (in a ``pipe:`` command, the name ``meta.json`` replaced).
+
+http(s) is opened by :func:`gopen_http` (urllib, streaming, a few retries before the
+first byte), which :func:`register_http_handler` puts in WebDataset's ``gopen_schemes``
+in place of its ``curl`` subprocess when this module is imported: nothing needs curl.
+Other schemes (``pipe:``, ``gs://``, ...) go through ``webdataset.gopen`` unchanged.
+
+Example
+-------
+>>> import tempfile, numpy as np
+>>> from avse.data.shards import write_split
+>>> d = tempfile.mkdtemp()
+>>> s = {"__key__": "id1/vid/00001", "flac": np.zeros(640, np.float32),
+...      "lips.npy": np.zeros((1, 88, 88), np.uint8), "json": {"spk": "id1"}}
+>>> meta = write_split([s, {**s, "__key__": "id1/vid/00002"}], d, shard_size=1)
+>>> split = resolve_split(d + "/shard-{000000..000001}.tar")
+>>> len(split.urls), split.meta["count"], split.local_dir == d
+(2, 2, True)
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import webdataset as wds
+
+from avse.data.shards import ShardError, check_meta, read_meta, shard_urls, split_speakers
+
+wds_gopen = importlib.import_module("webdataset.gopen")  # the module, not wds.gopen()
+HTTP_TIMEOUT = 60.0  # seconds without data before a read fails
+HTTP_RETRIES = 3  # attempts to open a URL (connection errors, HTTP 5xx)
+
+
+def _http_error(url: str, err: Exception) -> ShardError:
+    if isinstance(err, urllib.error.HTTPError):
+        hint = ("check the URL: is the split served there?" if err.code == 404
+                else "check the server and its access rules")
+        return ShardError(f"{url}: HTTP {err.code} {err.reason}; {hint}")
+    reason = getattr(err, "reason", err)
+    return ShardError(f"{url}: cannot be fetched ({reason}); check that the server is up and "
+                      "the host, port and path are right")
+
+
+def gopen_http(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    """Open an http(s) URL for streaming reads with urllib (a WebDataset ``gopen`` handler).
+
+    Retries ``HTTP_RETRIES`` times on connection errors and HTTP 5xx; a 4xx, or the last
+    failure, raises :class:`ShardError` naming the URL.
+    """
+    if mode != "rb":
+        raise ShardError(f"{url}: only reading is supported over http (mode {mode!r})")
+    for attempt in range(HTTP_RETRIES):
+        try:
+            return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT)
+        except urllib.error.HTTPError as err:
+            if err.code < 500 or attempt == HTTP_RETRIES - 1:
+                raise _http_error(url, err) from err
+        except (urllib.error.URLError, OSError) as err:
+            if attempt == HTTP_RETRIES - 1:
+                raise _http_error(url, err) from err
+        time.sleep(0.5 * 2 ** attempt)
+
+
+def register_http_handler():
+    """Let WebDataset open http(s) with :func:`gopen_http` instead of a ``curl`` subprocess.
+
+    Replaces only WebDataset's own curl handler (a handler someone else registered stays).
+    """
+    for scheme in ("http", "https"):
+        if wds_gopen.gopen_schemes.get(scheme) in (wds_gopen.gopen_curl, None):
+            wds_gopen.gopen_schemes[scheme] = gopen_http
+
+
+register_http_handler()
+
+
+def is_local(url: str) -> bool:
+    """A path (or ``file:`` URL) rather than a URL WebDataset opens with a handler."""
+    return urlparse(url).scheme in ("", "file")
+
+
+def local_path(url: str) -> str:
+    return urlparse(url).path if url.startswith("file:") else url
+
+
+def read_url(url: str, missing_ok: bool = False) -> bytes | None:
+    """The bytes at a path, http(s) URL or ``pipe:`` command; ``None`` when missing and
+    ``missing_ok`` (a ``pipe:`` command that fails counts as missing)."""
+    if is_local(url):
+        if not os.path.isfile(local_path(url)):
+            if missing_ok:
+                return None
+            raise ShardError(f"{url} not found")
+        with open(local_path(url), "rb") as f:
+            return f.read()
+    try:
+        stream = wds_gopen.gopen(url, "rb")
+        try:
+            return stream.read()
+        finally:
+            stream.close()
+    except (ShardError, OSError, ValueError) as err:
+        if missing_ok:
+            return None
+        if isinstance(err, ShardError):
+            raise
+        raise ShardError(f"{url}: cannot be read ({err}); check the URL or run the command "
+                         "in a shell") from err
+
+
+def _beside(url: str, name: str) -> str:
+    """``name`` in the folder of ``url`` (a path or URL)."""
+    return url.rsplit("/", 1)[0] + "/" + name if "/" in url else name
+
+
+def is_url_spec(source) -> bool:
+    """A list of URLs, a brace pattern, ``::``-joined URLs, a ``pipe:`` command or one ``.tar``."""
+    return (isinstance(source, (list, tuple)) or "{" in source or "::" in source
+            or source.startswith("pipe:") or source.endswith(".tar"))
+
+
+@dataclass
+class ShardSplit:
+    """A split's shard URLs (in order), its meta.json, and where ``speakers.txt`` may be."""
+
+    urls: list
+    meta: dict
+    name: str  # for messages
+    local_dir: str | None = None  # a local split folder
+    speakers_url: str | None = None  # elsewhere
+
+    def speakers(self) -> list:
+        """Sorted speaker ids: ``speakers.txt`` when it matches meta.json, else a scan."""
+        if self.local_dir is not None:
+            return split_speakers(self.local_dir)
+        data = read_url(self.speakers_url, missing_ok=True) if self.speakers_url else None
+        if data is not None:
+            speakers = [s.strip() for s in data.decode().splitlines() if s.strip()]
+            if len(speakers) == self.meta.get("speakers"):
+                return sorted(speakers)
+        warnings.warn(f"{self.name}: no speakers.txt matching meta.json at {self.speakers_url}; "
+                      "reading the json member of every shard to list the speakers. Put one "
+                      "there (avse.data.shards.write_speakers_file) or pass speakers",
+                      UserWarning, stacklevel=3)
+        return scan_speakers_of(self.urls)
+
+
+def scan_speakers_of(urls) -> list:
+    """Sorted speaker ids from the ``json`` members of shards at any URLs WebDataset reads."""
+    pipe = wds.DataPipeline(wds.SimpleShardList(list(urls)),
+                            wds.tarfile_to_samples(handler=reraise_shard_error,
+                                                   select_files=lambda n: n.endswith(".json")))
+    return sorted({json.loads(s["json"]).get("spk") or s["__key__"].split("/")[0]
+                   for s in pipe if "json" in s})
+
+
+def reraise_shard_error(exn: Exception):
+    """A WebDataset ``handler``: raise :class:`ShardError` naming the shard that failed."""
+    if isinstance(exn, ShardError):
+        raise ShardError(exn.args[0]) from exn  # without the stream/URL WebDataset appends
+    url = next((a for a in reversed(exn.args) if isinstance(a, str)), "?")
+    first = exn.args[0] if exn.args else repr(exn)
+    raise ShardError(f"reading shard {url}: {first}; check that it exists and is a tar "
+                     "written by the recipe's shard stage") from exn
+
+
+def _load_meta(url: str) -> dict:
+    data = read_url(url)
+    try:
+        meta = json.loads(data)
+    except ValueError as err:
+        raise ShardError(f"{url}: not a meta.json ({err}); pass meta= the split's meta.json") \
+            from err
+    return check_meta(meta, url)
+
+
+def _check_files(urls, name):
+    missing = [u for u in urls if is_local(u) and not os.path.isfile(local_path(u))]
+    if missing:
+        raise ShardError(f"{name}: {len(missing)} shard(s) not found, e.g. {missing[0]}")
+
+
+def resolve_split(source, meta: str | None = None) -> ShardSplit:
+    """Shard URLs and meta.json of a split named by a folder, an http(s) prefix or a URL spec.
+
+    See the module docstring for the forms. ``meta``: where meta.json is, needed for a
+    ``pipe:`` spec. A spec must expand to meta.json's ``num_shards`` URLs.
+    """
+    if not isinstance(source, (list, tuple)):
+        source = os.fspath(source)
+        if not is_url_spec(source):
+            if meta is not None:
+                raise ShardError(f"{source}: a split folder or prefix has its meta.json beside "
+                                 "the shards; meta= is for URL specs (patterns, lists, pipe:)")
+            if is_local(source):
+                return ShardSplit(shard_urls(source), read_meta(source), source, local_dir=source)
+            base = source.rstrip("/")
+            info = _load_meta(base + "/meta.json")
+            urls = [f"{base}/{info['shard_pattern'] % i}" for i in range(info["num_shards"])]
+            return ShardSplit(urls, info, source, speakers_url=base + "/speakers.txt")
+        urls = wds.shardlists.expand_urls(source)
+    else:
+        urls = [os.fspath(u) for u in source]
+    name = source if isinstance(source, str) else f"{urls[0]} (+{len(urls) - 1} more)"
+    if not urls:
+        raise ShardError(f"{name}: no shard URL")
+    if meta is None:
+        if urls[0].startswith("pipe:"):
+            raise ShardError(f"{name}: pass meta= the location of the split's meta.json "
+                             "(a path, an http(s) URL or a pipe: command that prints it)")
+        meta = _beside(urls[0], "meta.json")
+    folder = os.path.dirname(local_path(meta)) if is_local(meta) else None
+    if folder is not None and os.path.isfile(os.path.join(folder, "meta.json")) and \
+            os.path.basename(local_path(meta)) == "meta.json":
+        info, local_dir, speakers_url = read_meta(folder), folder, None
+    else:
+        info, local_dir = _load_meta(meta), None
+        speakers_url = (meta.replace("meta.json", "speakers.txt")
+                        if meta.count("meta.json") == 1 else None)
+    if len(urls) != info["num_shards"]:
+        raise ShardError(f"{name}: {len(urls)} shard URL(s) but {meta} lists "
+                         f"{info['num_shards']}; name every shard of the split")
+    _check_files(urls, name)
+    return ShardSplit(urls, info, name, local_dir=local_dir, speakers_url=speakers_url)
