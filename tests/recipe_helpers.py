@@ -67,6 +67,21 @@ def assert_splits_read_completely(out_dir) -> dict:
     return counts
 
 
+def assert_rerun_is_a_noop(cmd, out_dir):
+    """Run ``cmd`` again over a finished ``out_dir``: no file under it may be re-written and
+    rejected.tsv must hold the same rows. Returns the CompletedProcess."""
+    out_dir = str(out_dir)
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(out_dir) for f in fs)
+    before = {f: os.stat(f).st_mtime_ns for f in files if "rejected.tsv" not in f}
+    with open(os.path.join(out_dir, "rejected.tsv")) as f:
+        rejected = f.read()
+    proc = run_cmd(cmd)
+    assert before == {f: os.stat(f).st_mtime_ns for f in before}
+    with open(os.path.join(out_dir, "rejected.tsv")) as f:
+        assert f.read() == rejected
+    return proc
+
+
 def assert_fails(cmd, message: str, code: int = 2):
     """Run ``cmd``; it must exit with ``code`` and print ``message`` on stderr."""
     proc = run_cmd(cmd, check=False)

@@ -138,7 +138,7 @@ def write_jsonl(rows, path: str) -> None:
 
 
 def read_jsonl(path: str) -> list:
-    """The rows of a jsonl file; RecipeError when it does not exist (an earlier stage is missing)."""
+    """The rows of a jsonl file; RecipeError when it is missing (an earlier stage did not run)."""
     if not os.path.isfile(path):
         raise RecipeError(f"{path} not found: run the earlier stage first")
     with open(path) as f:
@@ -219,6 +219,16 @@ def common_parser(out_help: str = "where manifest, shards, lists go") -> argpars
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--nj", type=int, default=1, help="worker processes")
     return common
+
+
+def recipe_parser(corpus: str, description: str,
+                  out_help: str = "where manifest, shards, lists go"):
+    """``(parser, subparsers, common)`` of ``python -m avse.recipes.<corpus>``: one subcommand
+    per stage (``dest="stage"``), each built with ``parents=[common]`` (:func:`common_parser`)."""
+    parser = argparse.ArgumentParser(prog=f"python -m avse.recipes.{corpus}",
+                                     description=description)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    return parser, sub, common_parser(out_help)
 
 
 def run_cli(parser: argparse.ArgumentParser, stage_fn, argv=None) -> int:

@@ -31,7 +31,7 @@ import argparse
 import os
 
 from avse.recipes import stages
-from avse.recipes.common import RecipeError, check_names, common_parser, run_cli
+from avse.recipes.common import RecipeError, check_names, recipe_parser, run_cli
 from avse.recipes.transcripts import probe_with_transcript, stage_shards, stage_tokens
 
 SPLITS = ("pretrain", "train", "val", "test")
@@ -115,11 +115,8 @@ def prepare_lrs2(corpus_dir: str, out_dir: str, nj: int = 1, splits=SPLITS,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m avse.recipes.lrs2",
-        description="LRS2-BBC -> WebDataset shards + VoxMix lists (one subcommand per stage).")
-    sub = parser.add_subparsers(dest="stage", required=True)
-    common = common_parser()
+    parser, sub, common = recipe_parser(
+        "lrs2", "LRS2-BBC -> WebDataset shards + VoxMix lists (one subcommand per stage).")
     p = sub.add_parser("manifest", parents=[common], help="stage 1: read the filelists")
     p.add_argument("--corpus_dir", required=True, help=LAYOUT_HINT)
     p.add_argument("--splits", default=",".join(SPLITS),

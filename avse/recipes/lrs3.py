@@ -29,7 +29,7 @@ import argparse
 import os
 
 from avse.recipes import stages
-from avse.recipes.common import RecipeError, check_names, common_parser, run_cli
+from avse.recipes.common import RecipeError, check_names, recipe_parser, run_cli
 from avse.recipes.transcripts import probe_with_transcript, stage_shards
 
 SUBSETS = ("pretrain", "trainval", "test")
@@ -98,11 +98,8 @@ def prepare_lrs3(corpus_dir: str, out_dir: str, nj: int = 1, subsets=("test",),
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m avse.recipes.lrs3",
-        description="LRS3 -> WebDataset shards + VoxMix test lists (one subcommand per stage).")
-    sub = parser.add_subparsers(dest="stage", required=True)
-    common = common_parser()
+    parser, sub, common = recipe_parser(
+        "lrs3", "LRS3 -> WebDataset shards + VoxMix test lists (one subcommand per stage).")
     p = sub.add_parser("manifest", parents=[common], help="stage 1: scan the corpus")
     p.add_argument("--corpus_dir", required=True, help=LAYOUT_HINT)
     p.add_argument("--subsets", default="test", help="comma list of pretrain,trainval,test")

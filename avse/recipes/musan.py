@@ -51,13 +51,13 @@ from avse.recipes.common import (
     Rejections,
     Summary,
     atomic_write,
-    common_parser,
     hash_seed,
     is_done,
     mark_done,
     pack_split,
     parallel_map,
     read_jsonl,
+    recipe_parser,
     run_cli,
     shards_note,
     write_jsonl,
@@ -408,11 +408,9 @@ def prepare_musan(corpus_dir: str, out_dir: str, nj: int = 1, max_seconds: float
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m avse.recipes.musan",
-        description="MUSAN -> noise shards in train/val/test splits (one subcommand per stage).")
-    sub = parser.add_subparsers(dest="stage", required=True)
-    common = common_parser("where manifest, pieces, shards go")
+    parser, sub, common = recipe_parser(
+        "musan", "MUSAN -> noise shards in train/val/test splits (one subcommand per stage).",
+        "where manifest, pieces, shards go")
     pieces = argparse.ArgumentParser(add_help=False)
     pieces.add_argument("--max_seconds", type=float, default=10.0, help="longest piece")
     pieces.add_argument("--min_seconds", type=float, default=1.0, help="shortest file kept")

@@ -33,7 +33,7 @@ import os
 
 from avse.data.lists import check_known, read_list
 from avse.recipes import stages
-from avse.recipes.common import RecipeError, common_parser, hash_seed, run_cli
+from avse.recipes.common import RecipeError, recipe_parser, hash_seed, run_cli
 
 SUBSETS = ("dev", "test")
 MEDIA_TREES = (("mp4", ".mp4"), ("aac", ".m4a"))
@@ -184,11 +184,8 @@ def prepare_voxceleb2(corpus_dir: str, out_dir: str, nj: int = 1, lists: str | N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m avse.recipes.voxceleb2",
-        description="VoxCeleb2 -> WebDataset shards + VoxMix lists (one subcommand per stage).")
-    sub = parser.add_subparsers(dest="stage", required=True)
-    common = common_parser()
+    parser, sub, common = recipe_parser(
+        "voxceleb2", "VoxCeleb2 -> WebDataset shards + VoxMix lists (one subcommand per stage).")
     p = sub.add_parser("manifest", parents=[common], help="stage 1: scan the corpus")
     p.add_argument("--corpus_dir", required=True, help=LAYOUT_HINT)
     p.add_argument("--lists", help="VoxMix csv: keep only the utterances it names")
