@@ -32,9 +32,13 @@ Example
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import importlib
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -242,3 +246,26 @@ def resolve_split(source, meta: str | None = None) -> ShardSplit:
                          f"{info['num_shards']}; name every shard of the split")
     _check_files(urls, name)
     return ShardSplit(urls, info, name, local_dir=local_dir, speakers_url=speakers_url)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(root: str, host: str = "127.0.0.1", port: int = 0):
+    """Serve ``root`` over http in a thread (tests, benchmarks): yields ``http://host:port``.
+
+    ``port=0`` takes a free port; the server stops when the ``with`` block ends.
+    """
+    handler = functools.partial(_QuietHandler, directory=os.fspath(root))
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

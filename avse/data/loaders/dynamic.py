@@ -149,13 +149,14 @@ class DynamicMixDataset(IterableDataset):
                 [u["wav"] for u in chosen], cfg.sample_snrs(len(chosen), rng), rng,
                 [u["key"] for u in chosen], tgt["key"], crop=True, noise=noise)
 
-    def pipeline(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
-        """The endless ``wds.DataPipeline`` of batches of one (rank, worker) (module docstring)."""
-        where, read = f"rank {self.rank} worker {worker_id}", [0]
+    def samples(self, rng, worker_id: int = 0, num_workers: int = 1, read=None):
+        """The endless raw samples (``__key__``, ``__url__``, bytes per field) that one
+        (rank, worker) reads: a ``wds.DataPipeline`` of the shard stages + tar reading.
+        ``read``: a one-item list the decode stage counts samples in (checked for progress)."""
+        where, read = f"rank {self.rank} worker {worker_id}", [0] if read is None else read
         if self.resampled:
-            seed = int(rng.integers(2 ** 31))
-            shards = [wds.ResampledShards(self.urls, seed=seed, worker_seed=lambda: 0,
-                                          deterministic=True),
+            shards = [wds.ResampledShards(self.urls, seed=int(rng.integers(2 ** 31)),
+                                          worker_seed=lambda: 0, deterministic=True),
                       partial(check_progress, read=read, every=4 * len(self.urls), where=where)]
         else:
             mine = split_shards(self.urls, self.rank, self.world_size, worker_id, num_workers)
@@ -164,10 +165,14 @@ class DynamicMixDataset(IterableDataset):
             shards = [wds.SimpleShardList(self.urls), node_splitter(self.rank, self.world_size),
                       worker_splitter(worker_id, num_workers), partial(shuffled_passes, rng=rng),
                       partial(check_progress, read=read, every=len(mine), where=where)]
-        return wds.DataPipeline(
-            *shards, wds.tarfile_to_samples(handler=reraise_shard_error),
+        return wds.DataPipeline(*shards, wds.tarfile_to_samples(handler=reraise_shard_error))
+
+    def pipeline(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
+        """The endless batches of one (rank, worker): :meth:`samples` -> decode -> mix -> batch."""
+        read = [0]
+        return self.samples(rng, worker_id, num_workers, read).compose(
             wds.map(partial(self.decode, rng=rng, read=read)),
-            partial(self.mix, rng=rng, where=where),
+            partial(self.mix, rng=rng, where=f"rank {self.rank} worker {worker_id}"),
             wds.batched(self.batch_size, collation_fn=collate_examples, partial=False))
 
     def __iter__(self):
