@@ -33,7 +33,7 @@ import os
 
 from avse.data.lists import check_known, read_list
 from avse.recipes import stages
-from avse.recipes.common import RecipeError, recipe_parser, hash_seed, run_cli
+from avse.recipes.common import RecipeError, hash_seed, recipe_parser, run_cli
 
 SUBSETS = ("dev", "test")
 MEDIA_TREES = (("mp4", ".mp4"), ("aac", ".m4a"))
