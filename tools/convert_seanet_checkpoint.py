@@ -7,14 +7,14 @@ Usage::
         --checkpoint FILE --out DIR
 
 Then ``avse.models.load_model(DIR)`` or ``AVSEExtractor.from_hparams(source=DIR)``. See
-:mod:`avse.models.convert`.
+:mod:`avse.models.reference.cli`.
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avse.models.convert import main  # noqa: E402
+from avse.models.reference.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

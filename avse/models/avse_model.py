@@ -6,19 +6,7 @@ import json
 import torch
 from torch import nn
 
-from avse.models import registry
-from avse.models.base import ModelOutput
-
-
-def _build(kind: str, spec, **dims):
-    """Build a slot from a module (returned as is), a short name / class path, or a dict."""
-    if isinstance(spec, nn.Module):
-        return spec
-    kwargs = {}
-    if isinstance(spec, dict):
-        kwargs = {k: v for k, v in spec.items() if k != "type"}
-        spec = spec.get("type")
-    return registry.build(kind, spec, **dims, **kwargs)
+from avse.models.base import ModelOutput, build_slot
 
 
 class AVSEModel(nn.Module):
@@ -56,14 +44,14 @@ class AVSEModel(nn.Module):
             self.config = json.loads(json.dumps(specs))
         except TypeError:  # built modules or classes: not serialisable
             self.config = None
-        self.audio_encoder = _build("audio_encoder", audio_encoder)
-        self.visual_encoder = _build("visual_encoder", visual_encoder)
-        self.separator = _build("separator", separator, in_dim=self.audio_encoder.out_dim,
+        self.audio_encoder = build_slot("audio_encoder", audio_encoder)
+        self.visual_encoder = build_slot("visual_encoder", visual_encoder)
+        self.separator = build_slot("separator", separator, in_dim=self.audio_encoder.out_dim,
                                 visual_dim=self.visual_encoder.out_dim, fusion=fusion)
         if decoder is None:
             decoder = {"type": getattr(self.audio_encoder, "registry_name", None),
                        **self.audio_encoder.decoder_kwargs()}
-        self.decoder = _build("decoder", decoder)
+        self.decoder = build_slot("decoder", decoder)
 
     @property
     def visual_input(self) -> str:

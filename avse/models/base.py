@@ -119,15 +119,68 @@ class Separator(nn.Module):
         raise NotImplementedError
 
 
-def build_fusion(spec, audio_dim: int, visual_dim: int) -> Fusion:
-    """Build one fusion block from a spec (short name, ``{"type": ..., **kw}``, class or path)."""
-    if isinstance(spec, Fusion):
+def build_slot(kind: str, spec, **dims) -> nn.Module:
+    """Build a plugin of slot ``kind`` from a spec: a built module (returned as is), a short
+    name or class path, or a dict ``{"type": name, **kwargs}``; ``dims`` are the input
+    dimensions wired by the caller (``in_dim=...``)."""
+    if isinstance(spec, nn.Module):
         return spec
     kwargs = {}
     if isinstance(spec, dict):
         kwargs = {k: v for k, v in spec.items() if k != "type"}
         spec = spec.get("type")
-    return registry.build("fusion", spec, audio_dim=audio_dim, visual_dim=visual_dim, **kwargs)
+    return registry.build(kind, spec, **dims, **kwargs)
+
+
+def build_fusion(spec, audio_dim: int, visual_dim: int) -> Fusion:
+    """Build one fusion block from a spec (short name, ``{"type": ..., **kw}``, class or path)."""
+    return build_slot("fusion", spec, audio_dim=audio_dim, visual_dim=visual_dim)
+
+
+_PROJECTIONS = {"conv1d": lambda i, o: nn.Conv1d(i, o, 1, bias=False),
+                "conv2d": lambda i, o: nn.Conv2d(i, o, 1, bias=False),
+                "linear": lambda i, o: nn.Linear(i, o, bias=False)}
+
+
+def fusion_projection(fusion: Fusion, dim: int, layout: str = "conv1d") -> nn.Module:
+    """The map of ``fusion``'s output ``[B, C', ...]`` back to ``dim`` channels.
+
+    ``nn.Identity()`` (no parameters, no state-dict keys) when ``fusion.out_dim == dim``,
+    else a bias-free projection ``C' -> dim``: a 1x1 ``Conv1d`` on ``[B, C', L]``
+    (``layout="conv1d"``), a 1x1 ``Conv2d`` on ``[B, C', L, F]`` (``"conv2d"``) or a
+    ``Linear`` on channels-last ``[B, L, C']`` (``"linear"``). A separator applies it as
+    ``proj(fusion(audio, visual))``.
+
+    Example
+    -------
+    >>> from avse.models.fusion import ConcatFusion
+    >>> fusion_projection(ConcatFusion(audio_dim=8, visual_dim=4), 8)
+    Identity()
+    >>> fusion_projection(ConcatFusion(audio_dim=8, visual_dim=4, out_dim=6), 8)
+    Conv1d(6, 8, kernel_size=(1,), stride=(1,), bias=False)
+    """
+    if fusion.out_dim == dim:
+        return nn.Identity()
+    return _PROJECTIONS[layout](fusion.out_dim, dim)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# the activations a separator's mask head may end with (``mask_act``)
+MASK_ACTS = {"relu": F.relu, "sigmoid": torch.sigmoid, "none": _identity}
+
+
+def mask_activation(name: str):
+    """``MASK_ACTS[name]``; ValueError naming the choices for an unknown ``name``.
+
+    >>> mask_activation("relu")(torch.tensor([-1.0, 2.0]))
+    tensor([0., 2.])
+    """
+    if name not in MASK_ACTS:
+        raise ValueError(f"mask_act must be one of {sorted(MASK_ACTS)}, got {name!r}")
+    return MASK_ACTS[name]
 
 
 @dataclass

@@ -15,6 +15,17 @@ class ModelLoadError(RuntimeError):
     """A model folder or checkpoint is missing, incomplete, or does not match the config."""
 
 
+def key_list(keys, prefix: str = "", limit: int = 8) -> str:
+    """``"a, b, ... (N in all)"``: at most ``limit`` of ``keys``, each shown with ``prefix``.
+
+    >>> key_list(["x", "y", "z"], prefix="model.", limit=2)
+    'model.x, model.y, ... (3 in all)'
+    """
+    keys = list(keys)
+    more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
+    return ", ".join(prefix + k for k in keys[:limit]) + more
+
+
 def state_dict_problems(expected: dict, state: dict, prefix: str = "", limit: int = 8) -> list:
     """``["missing keys: ...", "unexpected keys: ...", "wrong shapes: ..."]`` (the non-empty
     ones) of ``state`` against ``expected`` (key -> tensor or shape); keys are shown with
@@ -32,12 +43,7 @@ def state_dict_problems(expected: dict, state: dict, prefix: str = "", limit: in
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(f"{k} {shape(state[k])} (expected {shape(expected[k])})"
                    for k in set(expected) & set(state) if shape(state[k]) != shape(expected[k]))
-
-    def head(keys):
-        more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
-        return ", ".join(prefix + k for k in keys[:limit]) + more
-
-    return [f"{label}: {head(keys)}" for label, keys in
+    return [f"{label}: {key_list(keys, prefix, limit)}" for label, keys in
             (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
             if keys]
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avse.models import AVSEModel
+from avse.models.reference import avsep as R
 from avse.models.separators import avsep as A
 
 SMALL_SEP = {"type": "avsep", "d_model": 16, "num_heads": 2, "d_ffn": 24, "intra_layers": 1,
@@ -35,7 +36,7 @@ def inputs(batch=2, seconds=0.4):
 def test_reference_parameter_count():
     """21.73 M as the reference trainer prints it (frozen sinusoid tables included)."""
     with torch.device("meta"):
-        model = AVSEModel(**A.reference_config())
+        model = AVSEModel(**R.reference_config())
     counts = {slot: sum(p.numel() for p in getattr(model, slot).parameters())
               for slot in ("audio_encoder", "visual_encoder", "separator", "decoder")}
     total = sum(counts.values())
@@ -127,7 +128,7 @@ def test_transformer_layer_equals_torch_encoder_layer():
     ours = A.TransformerLayer(16, 4, 24).eval()
     theirs = nn.TransformerEncoderLayer(16, 4, 24, dropout=0.0, norm_first=True,
                                         batch_first=True).eval()
-    ref = A.convert_to_reference_state_dict(
+    ref = R.to_reference_state_dict(
         {f"separator.blocks.0.intra.0.{k}": v for k, v in ours.state_dict().items()}, prefix="")
     theirs.load_state_dict({k.split("layers.0.", 1)[1]: v for k, v in ref.items()})
     x = torch.randn(3, 11, 16)
@@ -249,15 +250,15 @@ def reference_state():
 
 def test_reference_layout_is_ours():
     with torch.device("meta"):
-        model = AVSEModel(**A.reference_config())
-    ours = A.convert_to_reference_state_dict(model.state_dict())
+        model = AVSEModel(**R.reference_config())
+    ours = R.to_reference_state_dict(model.state_dict())
     assert {k: tuple(v.shape) for k, v in ours.items()} == reference_layout()
 
 
 def test_conversion_round_trip(reference_state):
-    converted = A.convert_reference_state_dict(reference_state)
+    converted = R.convert_reference_state_dict(reference_state)
     with torch.device("meta"):
-        layout = AVSEModel(**A.reference_config()).state_dict()
+        layout = AVSEModel(**R.reference_config()).state_dict()
     assert set(converted) == set(layout)
     assert all(converted[k].shape == layout[k].shape for k in layout)
     # packed in_proj of the cross-attention layer -> q | kv; 1x1 convs -> linears
@@ -270,18 +271,18 @@ def test_conversion_round_trip(reference_state):
                                        "self_attn.in_proj_weight"])
     assert torch.equal(converted["separator.visual_proj.weight"],
                        reference_state["model.Separator.visual_conv.5.weight"][..., 0])
-    back = A.convert_to_reference_state_dict(converted)
+    back = R.to_reference_state_dict(converted)
     assert set(back) == set(reference_state)
     for key, value in reference_state.items():
         assert back[key].dtype == value.dtype and torch.equal(back[key], value), key
     # bare Cross_Sepformer keys (no "model.") are accepted too
     bare = {k[len("model."):]: v for k, v in reference_state.items()}
-    assert A.convert_reference_state_dict(bare).keys() == converted.keys()
+    assert R.convert_reference_state_dict(bare).keys() == converted.keys()
 
 
 def test_converted_state_loads_strictly(reference_state):
-    model = AVSEModel(**A.reference_config())
-    model.load_state_dict(A.convert_reference_state_dict(reference_state, model=model))
+    model = AVSEModel(**R.reference_config())
+    model.load_state_dict(R.convert_reference_state_dict(reference_state, model=model))
     pe = reference_state["model.Separator.dual_mdl.0.intra_mdl.pos_enc.pe"]
     torch.testing.assert_close(model.separator.blocks[0].intra_pe, pe[:, 0])
 
@@ -291,23 +292,23 @@ def test_conversion_names_bad_keys(reference_state):
     renamed = dict(reference_state)
     renamed[key.replace("linear1", "linear3")] = renamed.pop(key)
     with pytest.raises(ValueError, match="missing keys") as err:
-        A.convert_reference_state_dict(renamed)
+        R.convert_reference_state_dict(renamed)
     assert key[len("model."):] in str(err.value)
     assert "linear3" in str(err.value) and "unexpected keys" in str(err.value)
 
     extra = {**reference_state, "model.Separator.extra.weight": torch.zeros(1)}
     with pytest.raises(ValueError, match="unexpected keys: Separator.extra.weight"):
-        A.convert_reference_state_dict(extra)
+        R.convert_reference_state_dict(extra)
 
     missing = dict(reference_state)
     del missing["model.Separator.prelu.weight"]
     with pytest.raises(ValueError, match="missing keys: Separator.prelu.weight"):
-        A.convert_reference_state_dict(missing)
+        R.convert_reference_state_dict(missing)
 
     shaped = {**reference_state, "model.Separator.conv2d.weight": torch.zeros(256, 256, 1)}
     with pytest.raises(ValueError, match=r"wrong shapes: Separator.conv2d.weight \(256, 256, 1\)"):
-        A.convert_reference_state_dict(shaped)
+        R.convert_reference_state_dict(shaped)
 
     # a model with parts the reference lacks cannot be exported
     with pytest.raises(ValueError, match="separator.fusion"):
-        A.convert_to_reference_state_dict({"separator.fusion.audio_proj.weight": torch.zeros(1)})
+        R.to_reference_state_dict({"separator.fusion.audio_proj.weight": torch.zeros(1)})

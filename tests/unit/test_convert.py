@@ -1,4 +1,4 @@
-"""tools/convert_seanet_checkpoint.py (avse.models.convert): reference trainer checkpoints of
+"""tools/convert_seanet_checkpoint.py (avse.models.reference.cli): reference trainer checkpoints of
 every SEANet-repository backbone -> exported model folders, losslessly; bad keys fail loudly."""
 import os
 import subprocess
@@ -9,15 +9,15 @@ import torch
 
 from avse.inference import AVSEExtractor
 from avse.models import AVSEModel, load_model
-from avse.models import convert
-from avse.models.separators import avsep, dprnn, muse, seanet
+from avse.models.reference import avsep, dprnn, muse, seanet
+from avse.models.reference import cli as convert
 from tests.model_helpers import randomise
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TO_REFERENCE = {"seanet": seanet.to_reference_state_dict,
                 "dprnn": dprnn.to_reference_state_dict,
                 "muse": muse.to_reference_state_dict,
-                "avsep": avsep.convert_to_reference_state_dict}
+                "avsep": avsep.to_reference_state_dict}
 NESTING = {"seanet": None, "dprnn": "state_dict", "muse": "model", "avsep": None}
 
 

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from avse.models import AVSEModel
-from avse.models.separators.dprnn import (DPRNNSeparator, convert_reference_state_dict,
-                                          reference_config, reference_num_chunks,
-                                          to_reference_state_dict)
+from avse.models.reference.dprnn import (convert_reference_state_dict, reference_config,
+                                         to_reference_state_dict)
+from avse.models.separators.dprnn import DPRNNSeparator
+from avse.models.separators.dual_path import reference_num_chunks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REF_PARAMS = 4_119_302  # the reference AV-DPRNN (TaoRuijie/SEANet model/dprnn.py): 4.12 M

@@ -19,9 +19,9 @@ from avse.brain import AVSEBrain
 from tests.model_helpers import av_inputs as inputs, randomise
 from avse.metrics import si_sdr
 from avse.models import AVSEModel, ModelOutput
-from avse.models.separators.muse import (MuSESeparator, convert_reference_state_dict,
-                                         reference_model_config, to_reference_state_dict,
-                                         upsample_visual)
+from avse.models.reference.muse import convert_reference_state_dict, to_reference_state_dict
+from avse.models.reference.muse import reference_config as reference_model_config
+from avse.models.separators.muse import MuSESeparator, upsample_visual
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 YAML = os.path.join(REPO, "egs", "voxceleb2", "hparams", "muse.yaml")

@@ -13,9 +13,8 @@ from avse.brain import AVSEBrain
 from tests.model_helpers import av_inputs as inputs, randomise
 from avse.metrics import si_sdr
 from avse.models import AVSEModel, ModelOutput
-from avse.models.separators.seanet import (CrossBlock, SEANetSeparator,
-                                           convert_reference_state_dict,
-                                           to_reference_state_dict)
+from avse.models.reference.seanet import convert_reference_state_dict, to_reference_state_dict
+from avse.models.separators.seanet import CrossBlock, SEANetSeparator
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 YAML = os.path.join(REPO, "egs", "voxceleb2", "hparams", "seanet.yaml")

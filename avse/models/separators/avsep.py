@@ -32,10 +32,10 @@ each of the K frame positions. The mask head's first 1x1 conv runs after the ove
 (every frame lies in exactly two chunks, so ``OA(W x + b) = W OA(x) + 2 b``), which halves
 its cost.
 
-:func:`convert_reference_state_dict` maps a checkpoint of the reference trainer
-(``model.*`` keys) onto an :class:`~avse.models.AVSEModel` built from
-:func:`reference_config`; :func:`convert_to_reference_state_dict` is its inverse. With
-converted weights the model reproduces the reference (measured against the reference code
+:func:`avse.models.reference.avsep.convert_reference_state_dict` maps a checkpoint of the
+reference trainer (``model.*`` keys) onto an :class:`~avse.models.AVSEModel` built from
+:func:`avse.models.reference.avsep.reference_config`. With converted weights the model
+reproduces the reference (measured against the reference code
 on 4 s inputs ``[2, 64000]`` + ``[2, 100, 512]``, eval mode: max deviation 7.8e-7 of the
 output's peak in float32, 1.5e-15 in float64; train mode with dropout 0, BatchNorm batch
 statistics included, agrees as well, gradients to 3e-12 relative in float64 on 1.5 s).
@@ -51,20 +51,19 @@ torch.Size([2, 16, 37])
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.models.io import state_dict_problems
-from avse.models.base import Separator, SeparatorOutput, align_visual, build_fusion
-from avse.models.separators.dprnn import _MASK_ACTS, DPRNNSeparator, GlobalNormLast
+from avse.models.base import (Separator, SeparatorOutput, align_visual, build_fusion,
+                              fusion_projection, mask_activation)
 from avse.models.registry import register
+from avse.models.separators.dual_path import (GlobalNormLast, check_chunk_size, overlap_add,
+                                              to_chunks)
 
 __all__ = ["AVSepformerSeparator", "TransformerLayer", "CrossTransformerLayer",
-           "DualPathTransformerBlock", "reference_config", "convert_reference_state_dict",
-           "convert_to_reference_state_dict"]
+           "DualPathTransformerBlock"]
 
 _ACTS = {"relu": F.relu, "gelu": F.gelu}
 
@@ -276,7 +275,8 @@ class AVSepformerSeparator(Separator):
     """AV-Sepformer separator: feats ``[B, N, L]`` + visual ``[B, Dv, Tv]`` -> mask ``[B, N, L]``.
 
     Defaults are the reference configuration (the SEANet repository's ``avsep()``, with the
-    conv encoder N=256, L=16 and the 512-d embedding V-TCN of :func:`reference_config`).
+    conv encoder N=256, L=16 and the 512-d embedding V-TCN of
+    :func:`avse.models.reference.avsep.reference_config`).
 
     Arguments
     ---------
@@ -324,18 +324,12 @@ class AVSepformerSeparator(Separator):
     fixes the split for D=256 whatever D is; the two agree at D=256).
     """
 
-    # the chunking of AV-DPRNN (they only read ``self.hop``)
-    _dp_segment = DPRNNSeparator._segment
-    _dp_overlap_add = DPRNNSeparator._overlap_add
-
     def __init__(self, in_dim: int, visual_dim: int, fusion=None, d_model: int = 256,
                  num_heads: int = 8, d_ffn: int = 1024, intra_layers: int = 5,
                  inter_layers: int = 6, num_blocks: int = 2, chunk_size: int = 160,
                  dropout: float = 0.0, pos_dropout: float = 0.1, activation: str = "relu",
                  max_len: int = 5000, visual_align: str = "pad", mask_act: str = "relu"):
         super().__init__()
-        if chunk_size < 2 or chunk_size % 2:
-            raise ValueError(f"chunk_size must be even and >= 2 (50 % overlap), got {chunk_size}")
         if d_model % 2 or d_model % num_heads:
             raise ValueError(f"d_model must be even and a multiple of num_heads, got "
                              f"{d_model} with {num_heads} heads")
@@ -346,13 +340,13 @@ class AVSepformerSeparator(Separator):
             raise ValueError(f"max_len ({max_len}) must be >= chunk_size ({chunk_size})")
         if activation not in _ACTS:
             raise ValueError(f"activation must be one of {sorted(_ACTS)}, got {activation!r}")
-        if mask_act not in _MASK_ACTS:
-            raise ValueError(f"mask_act must be one of {sorted(_MASK_ACTS)}, got {mask_act!r}")
+        mask_activation(mask_act)
         if visual_align not in ("pad", "nearest", "linear"):
             raise ValueError(f"visual_align must be 'pad', 'nearest' or 'linear', "
                              f"got {visual_align!r}")
         self.in_dim, self.d_model = int(in_dim), int(d_model)
-        self.chunk_size, self.hop = int(chunk_size), int(chunk_size) // 2
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.hop = self.chunk_size // 2
         self.visual_align, self.mask_act = visual_align, mask_act
         self.norm = nn.GroupNorm(1, in_dim, eps=1e-8)
         self.bottleneck = nn.Linear(in_dim, d_model, bias=False)
@@ -360,8 +354,7 @@ class AVSepformerSeparator(Separator):
             self.fusion, self.fusion_proj = None, None
         else:
             self.fusion = build_fusion(fusion, audio_dim=d_model, visual_dim=visual_dim)
-            self.fusion_proj = (nn.Linear(self.fusion.out_dim, d_model, bias=False)
-                                if self.fusion.out_dim != d_model else None)
+            self.fusion_proj = fusion_projection(self.fusion, d_model, layout="linear")
         self.visual_proj = nn.Linear(visual_dim, d_model)
         self.blocks = nn.ModuleList(
             DualPathTransformerBlock(d_model, num_heads, d_ffn, intra_layers, inter_layers,
@@ -378,11 +371,14 @@ class AVSepformerSeparator(Separator):
 
         As the reference: the end is zero-padded to the first odd multiple of K/2 above L
         (1 to K frames), then chunked as in AV-DPRNN (K/2 zeros before, K/2 after), so
-        ``S = (L + pad) / (K/2) + 1``.
+        ``S = (L + pad) / (K/2) + 1``
+        (:func:`~avse.models.separators.dual_path.to_chunks`, reference padding).
         """
-        length = x.shape[1]
-        gap = self.chunk_size - (self.hop + length % self.chunk_size) % self.chunk_size
-        return self._dp_segment(F.pad(x, (0, 0, 0, gap)))
+        return to_chunks(x, self.chunk_size)
+
+    def _dp_overlap_add(self, chunks: torch.Tensor, length: int) -> torch.Tensor:
+        """chunks ``[B, S, K, D]`` -> ``[B, L, D]``: each frame summed over its two chunks."""
+        return overlap_add(chunks, length, self.hop)
 
     def _visual_chunks(self, visual: torch.Tensor, chunks: int) -> torch.Tensor:
         """visual ``[B, Dv, Tv]`` -> ``[B, S, D]``, one vector per chunk."""
@@ -403,9 +399,7 @@ class AVSepformerSeparator(Separator):
         length = feats.shape[-1]
         x = self.bottleneck(self.norm(feats).transpose(1, 2))  # [B, L, D]
         if self.fusion is not None:
-            x = self.fusion(x.transpose(1, 2), visual).transpose(1, 2)
-            if self.fusion_proj is not None:
-                x = self.fusion_proj(x)
+            x = self.fusion_proj(self.fusion(x.transpose(1, 2), visual).transpose(1, 2))
         chunks = self._chunk(x)  # [B, S, K, D]
         v = self._visual_chunks(visual, chunks.shape[1])
         for block in self.blocks:
@@ -414,169 +408,4 @@ class AVSepformerSeparator(Separator):
         x = F.linear(x, self.mask_conv.weight, 2 * self.mask_conv.bias)  # both chunks' bias
         x = torch.tanh(self.output(x)) * torch.sigmoid(self.output_gate(x))
         mask = torch.matmul(self.end_conv.weight, x.transpose(1, 2))  # [B, N, L]
-        act = _MASK_ACTS[self.mask_act]
-        return SeparatorOutput([act(mask) if act is not None else mask])
-
-
-# ------------------------------------------------------------------ reference checkpoints
-
-def reference_config() -> dict:
-    """AVSEModel arguments of the reference AV-Sepformer (21.73 M parameters).
-
-    Conv encoder/decoder N=256, L=16 (8-sample hop); the 512-d lip-embedding front of five
-    MuSE-form V-TCN blocks (BatchNorm, no projection; the 512 -> 256 map is the separator's
-    ``visual_proj``); the separator's defaults; no extra fusion.
-    """
-    return {"audio_encoder": {"type": "conv", "out_channels": 256, "kernel_size": 16},
-            "visual_encoder": {"type": "embedding", "in_dim": 512, "out_dim": 512,
-                               "hidden": None, "num_blocks": 5, "norm": "bn"},
-            "separator": {"type": "avsep"},
-            "fusion": None}
-
-
-_LAYER_KEYS = {"norm1": "norm1", "norm2": "norm2", "ff1": "linear1", "ff2": "linear2",
-               "attn.out": "self_attn.out_proj"}
-_ATTN_IN = {"attn.qkv": None, "attn.q": "q", "attn.kv": "kv"}  # -> self_attn.in_proj_*
-
-
-def _layer_key(rest: str):
-    """Key inside one of our transformer layers -> (reference key inside the layer, part)."""
-    module, _, param = rest.rpartition(".")
-    if module in _ATTN_IN:
-        return f"self_attn.in_proj_{param}", _ATTN_IN[module]
-    if module in _LAYER_KEYS:
-        return f"{_LAYER_KEYS[module]}.{param}", None
-    raise KeyError(rest)
-
-
-_PLAIN = [  # (our key pattern, reference key template, reference shape: "+1"/"+2" trailing 1s)
-    (r"audio_encoder\.conv\.weight", "AudioEncoder.conv1d.weight", ""),
-    (r"decoder\.deconv\.weight", "AudioDecoder.weight", ""),
-    (r"visual_encoder\.vtcn\.blocks\.(\d+)\.net\.(\d+)\.(\w+)",
-     "Separator.visual_conv.{0}.net.{1}.{2}", ""),
-    (r"separator\.norm\.(weight|bias)", "Separator.norm.{0}", ""),
-    (r"separator\.bottleneck\.weight", "Separator.conv1d.weight", "+1"),
-    (r"separator\.blocks\.(\d+)\.inv_freq", "Separator.dual_mdl.{0}.pos2d.penc.inv_freq", ""),
-    (r"separator\.blocks\.(\d+)\.intra_pe", "Separator.dual_mdl.{0}.intra_mdl.pos_enc.pe", "pe"),
-    (r"separator\.blocks\.(\d+)\.(intra|inter)_norm\.(weight|bias)",
-     "Separator.dual_mdl.{0}.{1}_norm.{2}", ""),
-    (r"separator\.mask_prelu\.weight", "Separator.prelu.weight", ""),
-    (r"separator\.mask_conv\.weight", "Separator.conv2d.weight", "+2"),
-    (r"separator\.mask_conv\.bias", "Separator.conv2d.bias", ""),
-    (r"separator\.(output|output_gate)\.weight", "Separator.{0}.0.weight", "+1"),
-    (r"separator\.(output|output_gate)\.bias", "Separator.{0}.0.bias", ""),
-    (r"separator\.end_conv\.weight", "Separator.end_conv1x1.weight", "+1"),
-]
-_LAYERS = [  # (our layer prefix pattern, reference layer prefix template)
-    (r"separator\.blocks\.(\d+)\.intra\.(\d+)\.",
-     "Separator.dual_mdl.{0}.intra_mdl.mdl.layers.{1}."),
-    (r"separator\.blocks\.(\d+)\.cross\.",
-     "Separator.dual_mdl.{0}.inter_mdl.mdl.cross_attention_layer."),
-    (r"separator\.blocks\.(\d+)\.inter\.(\d+)\.",
-     "Separator.dual_mdl.{0}.inter_mdl.mdl.transformer_layers.{1}."),
-]
-
-
-def _reference_key(key: str, visual_blocks: int):
-    """Our key -> (reference key without ``model.``, part of a packed in_proj, shape rule)."""
-    if re.fullmatch(r"separator\.visual_proj\.(weight|bias)", key):
-        param = key.rpartition(".")[2]
-        return f"Separator.visual_conv.{visual_blocks}.{param}", None, \
-            "+1" if param == "weight" else ""
-    for pattern, template, rule in _PLAIN:
-        m = re.fullmatch(pattern, key)
-        if m:
-            return template.format(*m.groups()), None, rule
-    for pattern, template in _LAYERS:
-        m = re.match(pattern, key)
-        if m:
-            try:
-                inner, part = _layer_key(key[m.end():])
-            except KeyError:
-                break
-            return template.format(*m.groups()) + inner, part, ""
-    raise ValueError(f"{key}: no counterpart in the reference AV-Sepformer (a model built "
-                     "from avsep.reference_config() has none of these)")
-
-
-def _visual_blocks(keys) -> int:
-    found = [int(m.group(1)) for k in keys
-             if (m := re.match(r"visual_encoder\.vtcn\.blocks\.(\d+)\.", k))]
-    return max(found) + 1 if found else 0
-
-
-def _to_reference_shape(t: torch.Tensor, rule: str) -> torch.Tensor:
-    if rule == "pe":
-        return t.unsqueeze(1)
-    return t.reshape(tuple(t.shape) + (1,) * (int(rule[1:]) if rule else 0))
-
-
-def convert_to_reference_state_dict(state: dict, prefix: str = "model.") -> dict:
-    """Our AVSEModel state dict -> the reference trainer's (keys ``prefix + ...``).
-
-    The inverse of :func:`convert_reference_state_dict` (split query / key-value
-    projections of the cross-attention layers are packed back into ``in_proj``).
-    """
-    visual_blocks = _visual_blocks(state)
-    out, packed = {}, {}
-    for key, value in state.items():
-        ref, part, rule = _reference_key(key, visual_blocks)
-        if part is None:
-            out[prefix + ref] = _to_reference_shape(value, rule)
-        else:
-            packed.setdefault(prefix + ref, {})[part] = value
-    for ref, parts in packed.items():
-        if set(parts) != {"q", "kv"}:
-            raise ValueError(f"{ref}: needs both the q and kv projections, got {sorted(parts)}")
-        out[ref] = torch.cat((parts["q"], parts["kv"]), dim=0)
-    return out
-
-
-def _layout_model():
-    from avse.models.avse_model import AVSEModel
-
-    with torch.device("meta"):
-        return AVSEModel(**reference_config())
-
-
-def convert_reference_state_dict(state: dict, model: nn.Module | None = None) -> dict:
-    """Reference trainer ``state_dict()`` (``model.*`` keys) -> our AVSEModel state dict.
-
-    Arguments
-    ---------
-    state : dict
-        the reference checkpoint (``trainer.state_dict()``: keys ``model.AudioEncoder.*``,
-        ``model.Separator.*``, ...; the bare ``Cross_Sepformer`` keys without ``model.``
-        are accepted as well).
-    model : AVSEModel, optional
-        the target model whose keys and shapes are checked; default a model built from
-        :func:`reference_config`.
-
-    Raises ValueError naming every missing, unexpected or wrongly shaped reference key.
-    ``nn.MultiheadAttention``'s packed ``in_proj`` maps to ``attn.qkv`` (self-attention) or
-    is split into ``attn.q`` / ``attn.kv`` (the cross-attention layers).
-    """
-    if any(k.startswith("model.") for k in state):
-        bare = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-        stray = sorted(k for k in state if not k.startswith("model."))
-    else:
-        bare, stray = dict(state), []
-    layout = (model if model is not None else _layout_model()).state_dict()
-    expected = convert_to_reference_state_dict(layout, prefix="")
-    parts = state_dict_problems(expected, bare, limit=6)
-    if stray:
-        parts.insert(0, "unexpected keys: " + ", ".join(stray[:6]))
-    if parts:
-        raise ValueError("not a reference AV-Sepformer state dict for this model; "
-                         + "; ".join(parts))
-    visual_blocks = _visual_blocks(layout)
-    out = {}
-    for key, target in layout.items():
-        ref, part, _ = _reference_key(key, visual_blocks)
-        value = bare[ref]
-        if part == "q":
-            value = value[:target.shape[0]]
-        elif part == "kv":
-            value = value[value.shape[0] - target.shape[0]:]
-        out[key] = value.reshape(target.shape)
-    return out
+        return SeparatorOutput([mask_activation(self.mask_act)(mask)])

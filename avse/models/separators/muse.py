@@ -24,9 +24,10 @@ repeat is split into a speaker part (``speaker_projs``, applied once per utteran
 ``e``) and the fusion block (``fusion``, built with ``audio_dim = visual_dim = C``; the
 default ``concat`` is exactly the reference's ``[x; v]`` columns of ``W``).
 
-With the reference's weights (:func:`convert_reference_state_dict`) and the MuSE visual
-front (``embedding`` visual encoder with ``out_dim=512, hidden=None, norm="bn"``) the
-estimate equals the reference's (:func:`reference_model_config`; measured in eval mode on
+With the reference's weights (:func:`avse.models.reference.muse.convert_reference_state_dict`)
+and the MuSE visual front (``embedding`` visual encoder with ``out_dim=512, hidden=None,
+norm="bn"``) the estimate equals the reference's
+(:func:`avse.models.reference.muse.reference_config`; measured in eval mode on
 4 s inputs with 512-d embeddings: max deviation 8e-7 of the estimate's peak, the float32
 rounding level; in float64 1e-15, and the training loss and gradients to 1e-12). Changes
 that leave the estimate as it is: the time average of the embedding is taken before its
@@ -55,20 +56,15 @@ Example
 """
 from __future__ import annotations
 
-import re
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.models.io import state_dict_problems
-from avse.models.base import Separator, SeparatorOutput, build_fusion
-from avse.models.separators.tcn import ChannelNorm, TCNBlock
+from avse.models.base import Separator, SeparatorOutput, build_fusion, fusion_projection
 from avse.models.registry import register
+from avse.models.separators.tcn import ChannelNorm, TCNBlock
 
-__all__ = ["MuSESeparator", "SpeakerEmbedding", "upsample_visual", "reference_model_config",
-           "convert_reference_state_dict", "to_reference_state_dict"]
+__all__ = ["MuSESeparator", "SpeakerEmbedding", "upsample_visual"]
 
 
 def upsample_visual(visual: torch.Tensor, length: int, factor: int) -> torch.Tensor:
@@ -199,9 +195,7 @@ class MuSESeparator(Separator):
         self.speaker_projs = nn.ModuleList(nn.Conv1d(c, c, 1, bias=False) for _ in range(r))
         self.fusions = nn.ModuleList(build_fusion(fusion, audio_dim=c, visual_dim=c)
                                      for _ in range(r))
-        self.fusion_projs = nn.ModuleList(
-            nn.Conv1d(f.out_dim, c, 1, bias=False) if f.out_dim != c else nn.Identity()
-            for f in self.fusions)
+        self.fusion_projs = nn.ModuleList(fusion_projection(f, c) for f in self.fusions)
         self.repeats = nn.ModuleList(
             nn.ModuleList(TCNBlock(c, hidden, kernel_size, 2 ** x, norm)
                           for x in range(self.num_blocks))
@@ -238,183 +232,3 @@ class MuSESeparator(Separator):
             if return_intermediate:
                 aux["speaker_logits_intermediate"] = logits[:-1]
         return SeparatorOutput([F.relu(self.mask_conv(x))], aux=aux)
-
-
-# ----------------------------------------------------------------------------- reference
-
-def reference_model_config(num_speakers: int = 800) -> dict:
-    """``AVSEModel`` keyword arguments of the reference MuSE (conv encoder 256 x 40, MuSE's
-    visual front, the default separator, concat fusion)."""
-    return {"audio_encoder": {"type": "conv", "out_channels": 256, "kernel_size": 40},
-            "visual_encoder": {"type": "embedding", "out_dim": 512, "hidden": None,
-                               "norm": "bn"},
-            "separator": {"type": "muse", "num_speakers": num_speakers},
-            "fusion": "concat"}
-
-
-# Key rules: (reference template after "model.", our template, transform). Placeholders:
-# {r}, {b}, {j}, {k} integers, {p} a parameter name; "{j+1}" in a reference template is our
-# j plus one (the reference's tcn.r.0 is the repeat's input conv, its blocks are tcn.r.1..X).
-# Transforms: "same"; "vector" ([C] <-> [C, 1]); "gln" ([1, C, 1] <-> [C]); "basis"
-# (Linear(N, L) weight [L, N] <-> ConvTranspose1d(N, 1, L) weight [N, 1, L]).
-_BLOCK = "separator.tcn.{r}.{j+1}.net."
-_OURS = "separator.repeats.{r}.{j}."
-_KEY_RULES = [
-    ("encoder.conv1d_U.weight", "audio_encoder.conv.weight", "same"),
-    ("decoder.basis_signals.weight", "decoder.deconv.weight", "basis"),
-    ("separator.visual_conv.{b}.net.{k}.{p}", "visual_encoder.vtcn.blocks.{b}.net.{k}.{p}", "same"),
-    ("separator.layer_norm.{p}", "separator.in_norm.{p}", "vector"),
-    ("separator.bottleneck_conv1x1.weight", "separator.bottleneck.weight", "same"),
-    ("separator.mask_conv1x1.weight", "separator.mask_conv.weight", "same"),
-    ("separator.ve_conv1x1.{r}.weight", "separator.visual_projs.{r}.weight", "same"),
-    ("separator.ve_conv1x1_SE.{r}.weight", "separator.speaker_visual_projs.{r}.weight", "same"),
-    ("separator.audio_linear.{r}.{p}", "separator.classifiers.{r}.{p}", "same"),
-    ("separator.se_net.{r}.conv_proj.weight", "separator.speaker_nets.{r}.proj.weight", "same"),
-    ("separator.se_net.{r}.resnet.{j}.{k}.{p}", "separator.speaker_nets.{r}.blocks.{j}.{k}.{p}",
-     "same"),
-    ("separator.se_net.{r}.prelu.{j}.weight", "separator.speaker_nets.{r}.acts.{j}.weight", "same"),
-    ("separator.se_net.{r}.conv.{p}", "separator.speaker_nets.{r}.out.{p}", "same"),
-    (_BLOCK + "0.weight", _OURS + "conv_in.weight", "same"),
-    (_BLOCK + "1.weight", _OURS + "act_in.weight", "same"),
-    (_BLOCK + "2.gamma", _OURS + "norm_in.weight", "gln"),
-    (_BLOCK + "2.beta", _OURS + "norm_in.bias", "gln"),
-    (_BLOCK + "3.net.0.weight", _OURS + "depthwise.weight", "same"),
-    (_BLOCK + "3.net.1.weight", _OURS + "act_dw.weight", "same"),
-    (_BLOCK + "3.net.2.gamma", _OURS + "norm_dw.weight", "gln"),
-    (_BLOCK + "3.net.2.beta", _OURS + "norm_dw.bias", "gln"),
-    (_BLOCK + "3.net.3.weight", _OURS + "res_conv.weight", "same"),
-]
-# The reference's repeat input conv tcn.r.0 (3C -> C over [speaker; x; visual]) is split in
-# three (along its input channels, in that order).
-_INPUT_CONV = "separator.tcn.{r}.0.weight"
-_INPUT_PARTS = ("separator.speaker_projs.{r}.weight", "separator.fusions.{r}.audio_proj.weight",
-                "separator.fusions.{r}.visual_proj.weight")
-
-
-@lru_cache(maxsize=None)
-def _regex(template: str):
-    """Template -> compiled regex with a named group per placeholder."""
-    out, pos = "", 0
-    for m in re.finditer(r"\{(\w)(\+1)?\}", template):
-        out += re.escape(template[pos:m.start()])
-        name = m.group(1) + ("_plus" if m.group(2) else "")
-        out += rf"(?P<{name}>\w+)" if m.group(1) == "p" else rf"(?P<{name}>\d+)"
-        pos = m.end()
-    return re.compile(out + re.escape(template[pos:]) + "$")
-
-
-def _match(template: str, key: str):
-    """Placeholder values (``{j+1}`` given back as j) of ``key``, or None."""
-    m = _regex(template).match(key)
-    if m is None:
-        return None
-    values = {}
-    for name, value in m.groupdict().items():
-        if name.endswith("_plus"):
-            if int(value) < 1:
-                return None
-            values[name[0]] = str(int(value) - 1)
-        else:
-            values[name] = value
-    return values
-
-
-def _fill(template: str, values: dict) -> str:
-    return re.sub(r"\{(\w)(\+1)?\}",
-                  lambda m: str(int(values[m.group(1)]) + 1) if m.group(2) else values[m.group(1)],
-                  template)
-
-
-def _transform(kind: str, t: torch.Tensor, to_ours: bool) -> torch.Tensor:
-    if kind == "vector":
-        t = t.reshape(-1, 1) if to_ours else t.reshape(-1)
-    elif kind == "gln":
-        t = t.reshape(-1) if to_ours else t.reshape(1, -1, 1)
-    elif kind == "basis":
-        t = t.t().unsqueeze(1) if to_ours else t.squeeze(1).t()
-    return t.contiguous().clone()
-
-
-def _expected_state(model) -> dict:
-    """Our state dict (name -> tensor) to check a conversion against."""
-    if model is None:
-        from avse.models.avse_model import AVSEModel
-
-        with torch.device("meta"):
-            model = AVSEModel(**reference_model_config())
-    return model.state_dict() if isinstance(model, nn.Module) else dict(model)
-
-
-def _head(keys) -> str:
-    more = f", ... ({len(keys)} in all)" if len(keys) > 6 else ""
-    return ", ".join(keys[:6]) + more
-
-
-def _check(converted: dict, expected: dict, what: str) -> None:
-    parts = state_dict_problems(expected, converted, limit=6)
-    if parts:
-        raise ValueError(f"{what}: " + "; ".join(parts))
-
-
-def convert_reference_state_dict(state: dict, model=None) -> dict:
-    """Reference MuSE trainer ``state_dict()`` (keys ``model.*``) -> our AVSEModel keys.
-
-    The repeat input convs ``tcn.r.0`` are split into ``speaker_projs.r`` and the concat
-    fusion's ``audio_proj``/``visual_proj``; gLN/LayerNorm parameters and the decoder basis
-    are reshaped. ``model``: the AVSEModel (or its state dict) to check against; default the
-    reference configuration (:func:`reference_model_config`, built on the meta device).
-    Raises ValueError naming keys no rule maps, keys missing or left over against
-    ``model``, and wrong shapes.
-    """
-    out, unknown = {}, []
-    for key, value in state.items():
-        name = key[len("model."):] if key.startswith("model.") else key
-        values = _match(_INPUT_CONV, name)
-        if values is not None:
-            if value.dim() != 3 or value.shape[1] % 3:
-                raise ValueError(f"{key}: expected a [C, 3C, 1] conv weight, got "
-                                 f"{tuple(value.shape)}")
-            for part, chunk in zip(_INPUT_PARTS, value.chunk(3, dim=1)):
-                out[_fill(part, values)] = chunk.contiguous().clone()
-            continue
-        for ref, ours, kind in _KEY_RULES:
-            values = _match(ref, name)
-            if values is not None:
-                out[_fill(ours, values)] = _transform(kind, value, to_ours=True)
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError("reference MuSE state dict: unexpected keys (no rule maps them): "
-                         + _head(sorted(unknown)))
-    _check(out, _expected_state(model), "converted reference MuSE state dict")
-    return out
-
-
-def to_reference_state_dict(state: dict) -> dict:
-    """Our AVSEModel state dict -> reference trainer keys (``model.*``): the inverse of
-    :func:`convert_reference_state_dict` (needs the concat fusion). Raises ValueError naming
-    keys that have no reference counterpart."""
-    out, parts, unknown = {}, {}, []
-    for key, value in state.items():
-        for idx, part in enumerate(_INPUT_PARTS):
-            values = _match(part, key)
-            if values is not None:
-                parts.setdefault(values["r"], {})[idx] = value
-                break
-        else:
-            for ref, ours, kind in _KEY_RULES:
-                values = _match(ours, key)
-                if values is not None:
-                    out["model." + _fill(ref, values)] = _transform(kind, value, to_ours=False)
-                    break
-            else:
-                unknown.append(key)
-    for r, pieces in sorted(parts.items()):
-        if len(pieces) != 3:
-            unknown.extend(_fill(_INPUT_PARTS[i], {"r": r}) for i in pieces)
-            continue
-        out["model." + _fill(_INPUT_CONV, {"r": r})] = torch.cat([pieces[i] for i in range(3)], 1)
-    if unknown:
-        raise ValueError("no reference MuSE counterpart for: " + _head(sorted(unknown)))
-    return out

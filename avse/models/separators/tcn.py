@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.models.base import Separator, SeparatorOutput, build_fusion
+from avse.models.base import (Separator, SeparatorOutput, build_fusion, fusion_projection,
+                              mask_activation)
 from avse.models.registry import register
-
-_MASK_ACTS = {"relu": F.relu, "sigmoid": torch.sigmoid, "none": None}
 
 
 class ChannelNorm(nn.Module):
@@ -158,8 +157,7 @@ class TCNSeparator(Separator):
         super().__init__()
         if causal and norm == "gln":
             raise ValueError("causal=True needs a causal norm: norm='cln' or 'bn', not 'gln'")
-        if mask_act not in _MASK_ACTS:
-            raise ValueError(f"mask_act must be one of {sorted(_MASK_ACTS)}, got {mask_act!r}")
+        mask_activation(mask_act)
         self.num_repeats, self.num_blocks = int(num_repeats), int(num_blocks)
         self.intermediate_heads = bool(intermediate_heads)
         self.skip = bool(skip)
@@ -169,9 +167,7 @@ class TCNSeparator(Separator):
         n_fusions = self.num_repeats if fuse_each_repeat else 1
         self.fusions = nn.ModuleList(build_fusion(fusion, audio_dim=bottleneck, visual_dim=visual_dim)
                                      for _ in range(n_fusions))
-        self.fusion_projs = nn.ModuleList(
-            nn.Conv1d(f.out_dim, bottleneck, 1, bias=False) if f.out_dim != bottleneck
-            else nn.Identity() for f in self.fusions)
+        self.fusion_projs = nn.ModuleList(fusion_projection(f, bottleneck) for f in self.fusions)
         self.repeats = nn.ModuleList(
             nn.ModuleList(TCNBlock(bottleneck, hidden, kernel_size, 2 ** x, norm, causal, skip)
                           for x in range(self.num_blocks))
@@ -181,9 +177,7 @@ class TCNSeparator(Separator):
 
     def _mask(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[B, Cb, L]`` -> mask ``[B, N, L]``."""
-        mask = self.mask_conv(self.mask_prelu(x))
-        act = _MASK_ACTS[self.mask_act]
-        return act(mask) if act is not None else mask
+        return mask_activation(self.mask_act)(self.mask_conv(self.mask_prelu(x)))
 
     def forward(self, feats: torch.Tensor, visual: torch.Tensor,
                 return_intermediate: bool = False) -> SeparatorOutput:

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.models.base import Separator, SeparatorOutput, build_fusion
+from avse.models.base import Separator, SeparatorOutput, build_fusion, fusion_projection
 from avse.models.registry import register
 
 
@@ -247,9 +247,8 @@ class TFGridNetSeparator(Separator):
         n_fusions = self.num_blocks if fuse_each_block else 1
         self.fusions = nn.ModuleList(build_fusion(fusion, audio_dim=emb_dim, visual_dim=visual_dim)
                                      for _ in range(n_fusions))
-        self.fusion_projs = nn.ModuleList(
-            nn.Conv2d(f.out_dim, emb_dim, 1, bias=False) if f.out_dim != emb_dim
-            else nn.Identity() for f in self.fusions)
+        self.fusion_projs = nn.ModuleList(fusion_projection(f, emb_dim, layout="conv2d")
+                                          for f in self.fusions)
         self.blocks = nn.ModuleList(
             GridNetBlock(emb_dim, self.n_freq, hidden, kernel, stride, num_heads, qk_dim, eps)
             for _ in range(self.num_blocks))

@@ -1,0 +1,152 @@
+"""Dual-path building blocks shared by AV-DPRNN, SEANet and AV-Sepformer.
+
+A dual-path separator cuts its bottleneck features ``[M, L, D]`` (channels last) into 50 %
+overlapping chunks ``[M, S, K, D]`` of K frames (hop K/2), alternates processing within
+chunks (along K) and across chunks (along S), and overlap-adds the chunks back to L frames.
+
+Chunking (:func:`to_chunks`): chunk j covers the frames ``[(j - 1) K/2, (j + 1) K/2)``, so
+K/2 zero frames come first. ``padding="reference"`` is the SEANet repository's: ``gap + K/2``
+zero frames after the L frames, with ``gap = K - (K/2 + L mod K) mod K`` (1..K), so that
+``S = (L + gap + K/2) / (K/2)`` (66 chunks for 4 s with a 20-sample hop);
+``padding="minimal"`` pads only up to the next multiple of K/2, ``S = ceil(L / (K/2)) + 1``.
+Every frame lies in exactly two chunks, so ``overlap_add(to_chunks(x))`` is ``2 x``.
+
+Example
+-------
+>>> import torch
+>>> x = torch.randn(2, 37, 8)  # [M, L, D]
+>>> chunks = to_chunks(x, chunk_size=10)  # [M, S, K, D]
+>>> chunks.shape, num_chunks(37, 10)
+(torch.Size([2, 10, 10, 8]), 10)
+>>> torch.allclose(overlap_add(chunks, 37, hop=5), 2 * x)
+True
+>>> DualPathBlock(dim=8, hidden=4)(chunks).shape
+torch.Size([2, 10, 10, 8])
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PADDINGS", "check_chunk_size", "reference_gap", "reference_num_chunks",
+           "num_chunks", "segment", "to_chunks", "overlap_add", "GlobalNormLast",
+           "DualPathBlock"]
+
+PADDINGS = ("reference", "minimal")
+
+
+def check_chunk_size(chunk_size: int) -> int:
+    """``chunk_size`` as an int; ValueError unless it is even and >= 2 (chunks overlap by half)."""
+    if chunk_size < 2 or chunk_size % 2:
+        raise ValueError(f"chunk_size must be even and >= 2 (50 % overlap), got {chunk_size}")
+    return int(chunk_size)
+
+
+def reference_gap(length: int, chunk_size: int) -> int:
+    """Frames the reference appends before its K/2 end padding: ``K - (K/2 + L mod K) mod K``
+    (1..K), so that ``L + gap + K/2`` is a multiple of K."""
+    return chunk_size - (chunk_size // 2 + length % chunk_size) % chunk_size
+
+
+def reference_num_chunks(length: int, chunk_size: int) -> int:
+    """S of the reference chunking of L frames: ``(L + gap + K/2) / (K/2)``."""
+    hop = chunk_size // 2
+    return (length + reference_gap(length, chunk_size) + hop) // hop
+
+
+def num_chunks(length: int, chunk_size: int, padding: str = "reference") -> int:
+    """S, the number of chunks :func:`to_chunks` makes of L frames with ``padding``."""
+    if padding == "reference":
+        return reference_num_chunks(length, chunk_size)
+    if padding == "minimal":
+        return -(-length // (chunk_size // 2)) + 1
+    raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
+
+
+def segment(x: torch.Tensor, hop: int, num_chunks: int | None = None) -> torch.Tensor:
+    """x ``[M, L, D]`` -> chunks ``[M, S, 2 hop, D]`` overlapping by half; chunk j starts at
+    frame ``(j - 1) hop`` (``hop`` zero frames before, zeros after up to ``(S + 1) hop``).
+
+    ``num_chunks`` (S) defaults to the fewest that cover every frame twice,
+    ``ceil(L / hop) + 1``; the reference chunking passes :func:`reference_num_chunks`.
+    """
+    m, length, d = x.shape
+    s = -(-length // hop) + 1 if num_chunks is None else int(num_chunks)
+    x = F.pad(x, (0, 0, hop, (s + 1) * hop - hop - length))  # [M, (S+1) hop, D]
+    halves = x.view(m, s + 1, hop, d)
+    return torch.cat((halves[:, :-1], halves[:, 1:]), dim=2)
+
+
+def to_chunks(x: torch.Tensor, chunk_size: int, padding: str = "reference") -> torch.Tensor:
+    """x ``[M, L, D]`` -> chunks ``[M, S, K, D]`` (K = ``chunk_size``, hop K/2) with ``padding``
+    (see the module docstring); S is :func:`num_chunks`."""
+    return segment(x, chunk_size // 2, num_chunks(x.shape[1], chunk_size, padding))
+
+
+def overlap_add(chunks: torch.Tensor, length: int, hop: int) -> torch.Tensor:
+    """chunks ``[M, S, 2 hop, D]`` -> ``[M, L, D]``: each frame summed over its two chunks
+    (the inverse of :func:`segment` up to that sum)."""
+    m, s, _, d = chunks.shape
+    # half-chunk j of the padded sequence = first half of chunk j + second of chunk j-1;
+    # the padded first/last halves hold no real frame, so only the middle is summed
+    mid = (chunks[:, 1:, :hop] + chunks[:, :-1, hop:]).view(m, (s - 1) * hop, d)
+    return mid[:, :length]
+
+
+class GlobalNormLast(nn.Module):
+    """Global layer norm (gLN) of a channels-last tensor ``[M, ..., C]``.
+
+    Mean and variance over every axis but the batch one (as ``GroupNorm(1, C)`` on the
+    channels-first layout), then a per-channel affine map.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[M, ..., C]`` -> same shape."""
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[1:], eps=self.eps), self.weight)
+
+
+class DualPathBlock(nn.Module):
+    """One dual-path RNN block on chunks ``[M, S, K, D]``.
+
+    ``x = x + gLN(Linear(RNN_intra(x)))`` along the K frames of each chunk, then
+    ``x = x + gLN(Linear(RNN_inter(x)))`` along the S chunks for each frame position.
+
+    Arguments
+    ---------
+    dim : int
+        D, the feature size (bottleneck B).
+    hidden : int
+        H, the RNN hidden size per direction.
+    rnn_type : str
+        ``"LSTM"`` (reference), ``"GRU"`` or ``"RNN"``.
+    bidirectional : bool
+        the reference uses BLSTMs for both paths.
+    """
+
+    def __init__(self, dim: int, hidden: int, rnn_type: str = "LSTM", bidirectional: bool = True):
+        super().__init__()
+        rnn = getattr(nn, rnn_type)
+        out = hidden * (2 if bidirectional else 1)
+        self.intra_rnn = rnn(dim, hidden, batch_first=True, bidirectional=bidirectional)
+        self.intra_linear = nn.Linear(out, dim)
+        self.intra_norm = GlobalNormLast(dim)
+        self.inter_rnn = rnn(dim, hidden, batch_first=True, bidirectional=bidirectional)
+        self.inter_linear = nn.Linear(out, dim)
+        self.inter_norm = GlobalNormLast(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[M, S, K, D]`` (contiguous) -> ``[M, S, K, D]`` (contiguous)."""
+        m, s, k, d = x.shape
+        y, _ = self.intra_rnn(x.view(m * s, k, d))  # [M*S, K, 2H]
+        x = x + self.intra_norm(self.intra_linear(y).view(m, s, k, d))
+        xt = x.transpose(1, 2).reshape(m * k, s, d)  # [M*K, S, D], one copy
+        y, _ = self.inter_rnn(xt)  # [M*K, S, 2H]
+        y = self.inter_norm(self.inter_linear(y).view(m, k, s, d))
+        return (xt.view(m, k, s, d) + y).transpose(1, 2).contiguous()
