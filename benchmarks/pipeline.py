@@ -1,18 +1,25 @@
-"""Training-data throughput: dynamic mixing from shards vs. per-file wav + npy loading.
+"""Training-data throughput (local shards / HTTP shards / wav+npy files) and list-mode random access.
 
 Generates ``--utts`` random 6 s utterances (88x88 uint8 lips at 25 fps, 16 kHz audio) of
 ``--speakers`` speakers, writes them once as shards and once as ``<key>.wav`` +
 ``<key>.npy`` files, then prints mixed 4 s training examples per second for each
-``--workers`` count:
+``--workers`` count, side by side:
 
-- shards: :func:`avse.data.loaders.make_train_loader` (one read per utterance; the
-  interferers come from the shuffle buffer);
+- shards: :func:`avse.data.loaders.make_train_loader` on the local split folder (the
+  WebDataset pipeline; one read per utterance, interferers from the shuffle buffer);
+- http: the same split served by a local http server (:func:`avse.data.remote.serve_folder`,
+  a thread of this process, 127.0.0.1) and read through its URL prefix;
 - files: a map-style Dataset that, per example, reads the target's wav + npy and one
   interferer's wav of another speaker (as SEANet's loader does), then crops, mixes at
   a random SNR and peak-normalises the same way.
 
-The files were just written, so both read from the page cache: this compares decoding
-and mixing cost, not disk speed. Default run < 1 minute on 2 cores.
+Before each run the OS page cache is dropped (``sync; echo 3 > /proc/sys/vm/drop_caches``)
+when the machine allows it (root, writable /proc/sys); the output says whether it was.
+
+Then list mode's random access by key (reading a sample's flac + lips.npy bytes, keys in
+random order): :class:`avse.data.shards.ShardIndex` (a tar-header index) against ``wids``
+(``pip install wids``; not an AVSE dependency; mmap'ed shards indexed by integer, so a
+key -> (shard, index) map is built here), index build time and microseconds per access.
 
     python benchmarks/pipeline.py --utts 200 --speakers 20 --workers 1 2
 """
@@ -30,7 +37,9 @@ import torch
 from avse.data.align import SAMPLES_PER_FRAME
 from avse.data.mixing import MixtureConfig, fit_length, mix_sources, random_crop
 from avse.data.loaders import collate_examples, make_train_loader
-from avse.data.shards import write_split
+from avse.data.remote import serve_folder
+from avse.data.shards import (ShardIndex, read_meta, shard_urls, write_speakers_file,
+                              write_split)
 
 
 def make_data(work, n_utts, n_spk, seconds, seed=0):
@@ -51,6 +60,7 @@ def make_data(work, n_utts, n_spk, seconds, seed=0):
         sf.write(base + ".wav", wav, 16000, subtype="PCM_16")
         np.save(base + ".npy", lips)
     write_split(samples, os.path.join(work, "shards"), shard_size=25, multiple=2)
+    write_speakers_file(os.path.join(work, "shards"))
     return [(s["__key__"], s["json"]["spk"]) for s in samples]
 
 
@@ -96,6 +106,67 @@ def timed(loader, n_batches):
     return n / (t2 - t1), t1 - t0, len(first)
 
 
+def drop_page_cache() -> str:
+    """Drop the OS page cache; ``""`` when done, else why it could not be."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return ""
+    except OSError as err:
+        return f"page cache NOT dropped ({err.strerror}: needs root and a writable /proc/sys)"
+
+
+def shard_index_reader(split_dir, field):
+    """ShardIndex: ``key -> (flac bytes, field bytes)``."""
+    index = ShardIndex(split_dir)
+    return lambda key: (index.read(key, "flac"), index.read(key, field))
+
+
+def wids_reader(split_dir, field):
+    """wids over the same shards (read in place), with a key -> global index map."""
+    import wids
+
+    meta, urls = read_meta(split_dir), shard_urls(split_dir)
+    shards = [{"url": u, "nsamples": n} for u, n in zip(urls, meta["shard_counts"])]
+    ds = wids.ShardListDataset(shards, localname=lambda url: url, lru_size=len(urls),
+                               transformations=[])
+    where, start = {}, 0
+    for n in meta["shard_counts"]:
+        shard = ds.get_shard(start)[0]
+        names = list(shard.reader.names())
+        for j, files in enumerate(shard.samples):
+            where[names[files[0]].split(".", 1)[0]] = start + j
+        start += n
+
+    def read(key):
+        sample = ds[where[key]]
+        return sample[".flac"].getvalue(), sample["." + field].getvalue()  # BytesIO of mmap bytes
+    return read
+
+
+def random_access(split_dir, keys, field="lips.npy"):
+    """Per reader: page cache dropped, index built, ``keys`` read twice (cold, then warm)."""
+    try:
+        import wids  # noqa: F401
+        readers = {"ShardIndex": shard_index_reader, "wids": wids_reader}
+    except ImportError:
+        print("random access wids: not installed (pip install wids) - skipped")
+        readers = {"ShardIndex": shard_index_reader}
+    for name, make in readers.items():
+        cache = drop_page_cache() or "page cache dropped"
+        t0 = time.perf_counter()
+        read = make(split_dir, field)
+        times = [1000 * (time.perf_counter() - t0)]
+        for _ in range(2):
+            t0 = time.perf_counter()
+            n = sum(len(a) + len(b) for a, b in map(read, keys))
+            times.append(1e6 * (time.perf_counter() - t0) / len(keys))
+        print(f"random access {name:10s}: index {times[0]:7.1f} ms, per key {times[1]:6.1f} us "
+              f"cold / {times[2]:6.1f} us warm ({n / len(keys) / 1e6:.2f} MB flac + {field}; "
+              f"{cache})")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
@@ -106,6 +177,7 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=25, help="timed batches per run")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--shuffle_buffer", type=int, default=64)
+    parser.add_argument("--accesses", type=int, default=2000, help="random reads by key")
     parser.add_argument("--work_dir", help="default: a temporary folder (removed afterwards)")
     args = parser.parse_args(argv)
     work = args.work_dir or tempfile.mkdtemp(prefix="avse-bench-pipeline-")
@@ -116,21 +188,29 @@ def main(argv=None):
               f"as shards and wav+npy in {time.time() - t0:.1f} s", file=sys.stderr)
         config = MixtureConfig(crop_seconds=4.0)
         print(f"cpu cores: {os.cpu_count()}; torch threads: {torch.get_num_threads()}; "
-              f"batch {args.batch_size} x 4 s, 2-speaker mixtures")
-        for nw in args.workers:
-            loader = make_train_loader(os.path.join(work, "shards"), config, args.batch_size,
-                                       num_workers=nw, epoch_steps=args.batches,
-                                       shuffle_buffer=args.shuffle_buffer)
-            rate, startup, _ = timed(loader, args.batches)
-            print(f"shards   workers={nw}: {rate:6.1f} examples/s "
-                  f"(first batch after {startup:.2f} s, buffer {args.shuffle_buffer})")
-            files = torch.utils.data.DataLoader(
-                FileMixDataset(os.path.join(work, "files"), utts, config),
-                batch_size=args.batch_size, shuffle=True, num_workers=nw,
-                collate_fn=collate_examples, generator=torch.Generator().manual_seed(0))
-            rate, startup, _ = timed(files, min(args.batches, len(files)))
-            print(f"wav+npy  workers={nw}: {rate:6.1f} examples/s "
-                  f"(first batch after {startup:.2f} s)")
+              f"load average {os.getloadavg()[0]:.1f}; batch {args.batch_size} x 4 s, "
+              f"2-speaker mixtures; examples/s after the first batch")
+        with serve_folder(work) as url:
+            for nw in args.workers:
+                runs = {"shards": os.path.join(work, "shards"), "http": f"{url}/shards"}
+                for name, source in runs.items():
+                    cache = drop_page_cache() or "page cache dropped"
+                    loader = make_train_loader(source, config, args.batch_size, num_workers=nw,
+                                               epoch_steps=args.batches,
+                                               shuffle_buffer=args.shuffle_buffer)
+                    rate, startup, _ = timed(loader, args.batches)
+                    print(f"{name:8s} workers={nw}: {rate:6.1f} examples/s (first batch after "
+                          f"{startup:.2f} s, buffer {args.shuffle_buffer}; {cache})")
+                cache = drop_page_cache() or "page cache dropped"
+                files = torch.utils.data.DataLoader(
+                    FileMixDataset(os.path.join(work, "files"), utts, config),
+                    batch_size=args.batch_size, shuffle=True, num_workers=nw,
+                    collate_fn=collate_examples, generator=torch.Generator().manual_seed(0))
+                rate, startup, _ = timed(files, min(args.batches, len(files)))
+                print(f"wav+npy  workers={nw}: {rate:6.1f} examples/s "
+                      f"(first batch after {startup:.2f} s; {cache})")
+        keys = [utts[i][0] for i in np.random.default_rng(0).integers(len(utts), size=args.accesses)]
+        random_access(os.path.join(work, "shards"), keys)
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -38,6 +38,7 @@ import http.server
 import importlib
 import json
 import os
+import sys
 import threading
 import time
 import urllib.error
@@ -253,6 +254,14 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # a reader that stops mid-shard
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 @contextlib.contextmanager
 def serve_folder(root: str, host: str = "127.0.0.1", port: int = 0):
     """Serve ``root`` over http in a thread (tests, benchmarks): yields ``http://host:port``.
@@ -260,7 +269,7 @@ def serve_folder(root: str, host: str = "127.0.0.1", port: int = 0):
     ``port=0`` takes a free port; the server stops when the ``with`` block ends.
     """
     handler = functools.partial(_QuietHandler, directory=os.fspath(root))
-    server = http.server.ThreadingHTTPServer((host, port), handler)
+    server = _QuietServer((host, port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

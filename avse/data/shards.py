@@ -376,12 +376,13 @@ class ShardIndex:
     """Random access by key into uncompressed local shards: ``key -> {field: (offset, size)}``.
 
     Built from the tar headers only (no sample data is read); ``keys`` limits what is kept.
-    The first split holding a key wins.
+    The first split holding a key wins. Reads are one ``os.pread`` on a shard kept open
+    (at most ``max_open`` per process, reopened in a DataLoader worker: fork/spawn safe).
     """
 
-    def __init__(self, shard_dirs, keys=None):
+    def __init__(self, shard_dirs, keys=None, max_open: int = 64):
         wanted = None if keys is None else set(keys)
-        self.entries = {}
+        self.entries, self.max_open, self._fds, self._pid = {}, max_open, {}, None
         for split_dir in ([shard_dirs] if isinstance(shard_dirs, str) else shard_dirs):
             for url in shard_urls(split_dir):
                 with tarfile.open(url) as tar:
@@ -392,15 +393,32 @@ class ShardIndex:
                             if fields_["__url__"] == url:
                                 fields_[ext] = (m.offset_data, m.size)
 
+    def __getstate__(self):
+        return {**self.__dict__, "_fds": {}, "_pid": None}  # descriptors stay in their process
+
+    def __del__(self):
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+
+    def _fd(self, url: str) -> int:
+        if self._pid != os.getpid():  # a new process: inherited descriptors are not ours
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.pop(url, None)
+        if fd is None:
+            if len(self._fds) >= self.max_open:
+                os.close(self._fds.pop(next(iter(self._fds))))  # the least recently used
+            fd = os.open(url, os.O_RDONLY)
+        self._fds[url] = fd
+        return fd
+
     def read(self, key: str, field: str) -> bytes:
         """The raw bytes of ``field`` of sample ``key``."""
         entry = self.entries[key]
         if field not in entry:
             raise ShardError(f"{entry['__url__']}: utterance {key} has no {field}")
         offset, size = entry[field]
-        with open(entry["__url__"], "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+        return os.pread(self._fd(entry["__url__"]), size, offset)
 
     def load(self, key: str, visual_field: str | None = None):
         """``(wav [T] float32, visual [Tv, ...] or None)``, aligned when visual is read."""

@@ -72,3 +72,23 @@ def test_align_av_trims_pads_and_rejects():
     assert len(f) == 9 and len(wav) == 9 * 640
     with pytest.raises(AlignmentError, match="video frames"):
         align_av(np.ones(6400 + 2 * 640), frames)
+
+
+def test_shard_index_reads_members_with_few_open_files(tmp_path):
+    import pickle
+    import tarfile
+
+    shards.write_split(_samples(6, np.random.default_rng(2)), str(tmp_path), shard_size=2,
+                       n_samples=6)
+    index = shards.ShardIndex(str(tmp_path), max_open=1)
+    for url in shards.shard_urls(str(tmp_path)):
+        with tarfile.open(url) as tar:
+            for m in tar:
+                key, field = shards.member_key(m.name)
+                assert index.read(key, field) == tar.extractfile(m).read()
+                assert len(index._fds) == 1
+    again = pickle.loads(pickle.dumps(index))  # as a spawned DataLoader worker gets it
+    key = sorted(index.entries)[0]
+    assert again._fds == {} and again.read(key, "flac") == index.read(key, "flac")
+    with pytest.raises(shards.ShardError, match="has no emb.npy"):
+        index.read(key, "emb.npy")

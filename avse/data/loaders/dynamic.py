@@ -167,12 +167,22 @@ class DynamicMixDataset(IterableDataset):
                       partial(check_progress, read=read, every=len(mine), where=where)]
         return wds.DataPipeline(*shards, wds.tarfile_to_samples(handler=reraise_shard_error))
 
-    def pipeline(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
-        """The endless batches of one (rank, worker): :meth:`samples` -> decode -> mix -> batch."""
+    def examples(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
+        """The endless mixed examples (dicts, before batching) of one (rank, worker):
+        :meth:`samples` -> decode -> mix."""
         read = [0]
         return self.samples(rng, worker_id, num_workers, read).compose(
             wds.map(partial(self.decode, rng=rng, read=read)),
-            partial(self.mix, rng=rng, where=f"rank {self.rank} worker {worker_id}"),
+            partial(self.mix, rng=rng, where=f"rank {self.rank} worker {worker_id}"))
+
+    def _examples(self, urls, rng, where):  # the former name, used by tests/unit/test_sync.py
+        if list(urls) != self.urls:
+            raise ValueError("_examples reads self.urls only; use examples()")
+        return iter(self.examples(rng))
+
+    def pipeline(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
+        """The endless batches of one (rank, worker): :meth:`examples` -> ``wds.batched``."""
+        return self.examples(rng, worker_id, num_workers).compose(
             wds.batched(self.batch_size, collation_fn=collate_examples, partial=False))
 
     def __iter__(self):
