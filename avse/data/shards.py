@@ -29,6 +29,7 @@ import argparse
 import io
 import json
 import math
+import mmap
 import os
 import tarfile
 import time
@@ -376,13 +377,13 @@ class ShardIndex:
     """Random access by key into uncompressed local shards: ``key -> {field: (offset, size)}``.
 
     Built from the tar headers only (no sample data is read); ``keys`` limits what is kept.
-    The first split holding a key wins. Reads are one ``os.pread`` on a shard kept open
-    (at most ``max_open`` per process, reopened in a DataLoader worker: fork/spawn safe).
+    The first split holding a key wins. Reads are slices of shards mapped into memory
+    (``mmap``; at most ``max_open`` per process, remapped in each DataLoader worker).
     """
 
     def __init__(self, shard_dirs, keys=None, max_open: int = 64):
         wanted = None if keys is None else set(keys)
-        self.entries, self.max_open, self._fds, self._pid = {}, max_open, {}, None
+        self.entries, self.max_open, self._maps, self._pid = {}, max_open, {}, None
         for split_dir in ([shard_dirs] if isinstance(shard_dirs, str) else shard_dirs):
             for url in shard_urls(split_dir):
                 with tarfile.open(url) as tar:
@@ -394,23 +395,19 @@ class ShardIndex:
                                 fields_[ext] = (m.offset_data, m.size)
 
     def __getstate__(self):
-        return {**self.__dict__, "_fds": {}, "_pid": None}  # descriptors stay in their process
+        return {**self.__dict__, "_maps": {}, "_pid": None}  # mappings stay in their process
 
-    def __del__(self):
-        if getattr(self, "_pid", None) == os.getpid():
-            for fd in self._fds.values():
-                os.close(fd)
-
-    def _fd(self, url: str) -> int:
-        if self._pid != os.getpid():  # a new process: inherited descriptors are not ours
-            self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.pop(url, None)
-        if fd is None:
-            if len(self._fds) >= self.max_open:
-                os.close(self._fds.pop(next(iter(self._fds))))  # the least recently used
-            fd = os.open(url, os.O_RDONLY)
-        self._fds[url] = fd
-        return fd
+    def _map(self, url: str) -> mmap.mmap:
+        if self._pid != os.getpid():  # a new process: map the shards again
+            self._maps, self._pid = {}, os.getpid()
+        mapped = self._maps.pop(url, None)
+        if mapped is None:
+            if len(self._maps) >= self.max_open:
+                self._maps.pop(next(iter(self._maps))).close()  # the least recently used
+            with open(url, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._maps[url] = mapped
+        return mapped
 
     def read(self, key: str, field: str) -> bytes:
         """The raw bytes of ``field`` of sample ``key``."""
@@ -418,7 +415,7 @@ class ShardIndex:
         if field not in entry:
             raise ShardError(f"{entry['__url__']}: utterance {key} has no {field}")
         offset, size = entry[field]
-        return os.pread(self._fd(entry["__url__"]), size, offset)
+        return self._map(entry["__url__"])[offset:offset + size]
 
     def load(self, key: str, visual_field: str | None = None):
         """``(wav [T] float32, visual [Tv, ...] or None)``, aligned when visual is read."""

@@ -86,9 +86,9 @@ def test_shard_index_reads_members_with_few_open_files(tmp_path):
             for m in tar:
                 key, field = shards.member_key(m.name)
                 assert index.read(key, field) == tar.extractfile(m).read()
-                assert len(index._fds) == 1
+                assert len(index._maps) == 1
     again = pickle.loads(pickle.dumps(index))  # as a spawned DataLoader worker gets it
     key = sorted(index.entries)[0]
-    assert again._fds == {} and again.read(key, "flac") == index.read(key, "flac")
+    assert again._maps == {} and again.read(key, "flac") == index.read(key, "flac")
     with pytest.raises(shards.ShardError, match="has no emb.npy"):
         index.read(key, "emb.npy")
