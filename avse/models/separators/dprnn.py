@@ -10,7 +10,8 @@ supervision).
 
 Internally the chunked tensor is kept channels-last, ``[M, S, K, B]`` (M batch, S chunks,
 K frames per chunk), which is the layout the LSTMs and linears read without copies. The
-chunking, the blocks and the gLN are :mod:`~avse.models.separators.dual_path`'s.
+chunking, the blocks, the front and the mask head are
+:mod:`~avse.models.separators.dual_path`'s (:class:`~.dual_path.DualPathMasker`).
 
 The chunking is the reference's by default (``padding="reference"``: K/2 zero frames before
 the L frames, ``gap + K/2`` after, 66 chunks for 4 s with a 20-sample hop).
@@ -40,17 +41,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from avse.models.base import (Separator, SeparatorOutput, build_fusion, fusion_projection,
-                              mask_activation)
+from avse.models.base import SeparatorOutput
 from avse.models.registry import register
-from avse.models.separators.dual_path import (PADDINGS, DualPathBlock, check_chunk_size,
-                                              num_chunks, overlap_add, to_chunks)
+from avse.models.separators.dual_path import PADDINGS, DualPathBlock, DualPathMasker
 
 __all__ = ["DPRNNSeparator"]
 
 
 @register("separator", "dprnn")
-class DPRNNSeparator(Separator):
+class DPRNNSeparator(DualPathMasker):
     """AV-DPRNN separator: feats ``[B, N, L]`` + visual ``[B, Dv, Tv]`` -> masks ``[B, N, L]``.
 
     Arguments
@@ -89,51 +88,23 @@ class DPRNNSeparator(Separator):
                  mask_act: str = "relu", rnn_type: str = "LSTM", bidirectional: bool = True,
                  padding: str = "reference"):
         super().__init__()
-        mask_activation(mask_act)
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
         self.padding = padding
-        self.in_dim, self.bottleneck_dim = int(in_dim), int(bottleneck)
-        self.chunk_size = check_chunk_size(chunk_size)
-        self.hop = self.chunk_size // 2
-        self.num_layers = int(num_layers)
-        self.norm = nn.GroupNorm(1, in_dim, eps=1e-8)
-        self.bottleneck = nn.Conv1d(in_dim, bottleneck, 1, bias=False)
-        self.fusion = build_fusion(fusion, audio_dim=bottleneck, visual_dim=visual_dim)
-        self.fusion_proj = fusion_projection(self.fusion, bottleneck)
+        self._init_front(in_dim, visual_dim, fusion, bottleneck, chunk_size, num_layers,
+                         mask_act)
         self.blocks = nn.ModuleList(DualPathBlock(bottleneck, hidden, rnn_type, bidirectional)
                                     for _ in range(num_layers))
-        self.mask_prelu = nn.PReLU()
-        self.mask_conv = nn.Conv1d(bottleneck, in_dim, 1, bias=False)
-        self.mask_act = mask_act
-
-    def num_chunks(self, length: int) -> int:
-        """S, the number of chunks :meth:`_chunk` makes of L frames."""
-        return num_chunks(length, self.chunk_size, self.padding)
-
-    def _chunk(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[M, L, D]`` -> chunks ``[M, S, K, D]`` with the separator's ``padding``
-        (:func:`~avse.models.separators.dual_path.to_chunks`)."""
-        return to_chunks(x, self.chunk_size, self.padding)
-
-    def _overlap_add(self, chunks: torch.Tensor, length: int) -> torch.Tensor:
-        """chunks ``[M, S, K, D]`` -> ``[M, L, D]`` (inverse of :meth:`_chunk` up to the sum)."""
-        return overlap_add(chunks, length, self.hop)
-
-    def _mask(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[M, L, B]`` -> mask ``[M, N, L]``."""
-        mask = self.mask_conv(self.mask_prelu(x).transpose(1, 2))
-        return mask_activation(self.mask_act)(mask)
+        self._init_mask_head()
 
     def forward(self, feats: torch.Tensor, visual: torch.Tensor,
                 return_intermediate: bool = False) -> SeparatorOutput:
         """feats ``[B, N, L]``, visual ``[B, Dv, Tv]`` -> SeparatorOutput (masks ``[B, N, L]``)."""
         length = feats.shape[-1]
-        x = self.fusion_proj(self.fusion(self.bottleneck(self.norm(feats)), visual))  # [B, B, L]
-        chunks = self._chunk(x.transpose(1, 2))  # [B, S, K, B]
+        chunks = self._fused_chunks(feats, visual)  # [B, S, K, B]
         masks = []
         for i, block in enumerate(self.blocks):
             chunks = block(chunks)
             if return_intermediate or i == self.num_layers - 1:
-                masks.append(self._mask(self._overlap_add(chunks, length)))
+                masks.append(self._mask(chunks, length))
         return SeparatorOutput(masks)

@@ -1,5 +1,9 @@
 """Dual-path building blocks shared by AV-DPRNN, SEANet and AV-Sepformer.
 
+The chunking functions, the channels-last gLN (:class:`GlobalNormLast`) and the dual-path
+RNN block (:class:`DualPathBlock`); and :class:`DualPathMasker`, the front and mask head
+AV-DPRNN and SEANet share.
+
 A dual-path separator cuts its bottleneck features ``[M, L, D]`` (channels last) into 50 %
 overlapping chunks ``[M, S, K, D]`` of K frames (hop K/2), alternates processing within
 chunks (along K) and across chunks (along S), and overlap-adds the chunks back to L frames.
@@ -29,9 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avse.models.base import Separator, build_fusion, fusion_projection, mask_activation
+
 __all__ = ["PADDINGS", "check_chunk_size", "reference_gap", "reference_num_chunks",
            "num_chunks", "segment", "to_chunks", "overlap_add", "GlobalNormLast",
-           "DualPathBlock"]
+           "DualPathBlock", "DualPathMasker"]
 
 PADDINGS = ("reference", "minimal")
 
@@ -150,3 +156,56 @@ class DualPathBlock(nn.Module):
         y, _ = self.inter_rnn(xt)  # [M*K, S, 2H]
         y = self.inter_norm(self.inter_linear(y).view(m, k, s, d))
         return (xt.view(m, k, s, d) + y).transpose(1, 2).contiguous()
+
+
+class DualPathMasker(Separator):
+    """Base of the separators with AV-DPRNN's front and mask head (AV-DPRNN, SEANet).
+
+    Front (:meth:`_fused_chunks`): gLN over feats ``[B, N, L]``, 1x1 bottleneck ``N -> B``,
+    the fusion block (built with ``audio_dim=B``) and its map back to B
+    (:func:`~avse.models.base.fusion_projection`), then 50 % overlapping chunks
+    ``[B, S, K, B]`` with ``self.padding``. Mask head (:meth:`_mask`): overlap-add, PReLU,
+    1x1 conv ``B -> N``, ``mask_act``; one head for every estimate. A subclass calls
+    :meth:`_init_front` first, builds its blocks, then calls :meth:`_init_mask_head`.
+    """
+
+    padding = "reference"
+
+    def _init_front(self, in_dim: int, visual_dim: int, fusion, bottleneck: int,
+                    chunk_size: int, num_layers: int, mask_act: str) -> None:
+        mask_activation(mask_act)
+        self.in_dim, self.bottleneck_dim = int(in_dim), int(bottleneck)
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.hop = self.chunk_size // 2
+        self.num_layers = int(num_layers)
+        self.mask_act = mask_act
+        self.norm = nn.GroupNorm(1, in_dim, eps=1e-8)
+        self.bottleneck = nn.Conv1d(in_dim, bottleneck, 1, bias=False)
+        self.fusion = build_fusion(fusion, audio_dim=bottleneck, visual_dim=visual_dim)
+        self.fusion_proj = fusion_projection(self.fusion, bottleneck)
+
+    def _init_mask_head(self) -> None:
+        self.mask_prelu = nn.PReLU()
+        self.mask_conv = nn.Conv1d(self.bottleneck_dim, self.in_dim, 1, bias=False)
+
+    def num_chunks(self, length: int) -> int:
+        """S, the number of chunks :meth:`_chunk` makes of L frames."""
+        return num_chunks(length, self.chunk_size, self.padding)
+
+    def _chunk(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[M, L, D]`` -> chunks ``[M, S, K, D]`` with ``self.padding`` (:func:`to_chunks`)."""
+        return to_chunks(x, self.chunk_size, self.padding)
+
+    def _overlap_add(self, chunks: torch.Tensor, length: int) -> torch.Tensor:
+        """chunks ``[M, S, K, D]`` -> ``[M, L, D]`` (inverse of :meth:`_chunk` up to the sum)."""
+        return overlap_add(chunks, length, self.hop)
+
+    def _fused_chunks(self, feats: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """feats ``[B, N, L]``, visual ``[B, Dv, Tv]`` -> fused chunks ``[B, S, K, B]``."""
+        x = self.fusion_proj(self.fusion(self.bottleneck(self.norm(feats)), visual))
+        return self._chunk(x.transpose(1, 2))
+
+    def _mask(self, chunks: torch.Tensor, length: int) -> torch.Tensor:
+        """chunks ``[M, S, K, B]`` -> mask ``[M, N, L]``."""
+        x = self._overlap_add(chunks, length)
+        return mask_activation(self.mask_act)(self.mask_conv(self.mask_prelu(x).transpose(1, 2)))

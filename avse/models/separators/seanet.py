@@ -50,11 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.models.base import (Separator, SeparatorOutput, build_fusion, fusion_projection,
-                              mask_activation)
+from avse.models.base import SeparatorOutput
 from avse.models.registry import register
-from avse.models.separators.dual_path import (DualPathBlock, GlobalNormLast, check_chunk_size,
-                                              num_chunks, overlap_add, to_chunks)
+from avse.models.separators.dual_path import DualPathBlock, DualPathMasker, GlobalNormLast
 
 __all__ = ["SEANetSeparator", "CrossBlock", "ReverseAttention"]
 
@@ -161,7 +159,7 @@ class CrossBlock(nn.Module):
 
 
 @register("separator", "seanet")
-class SEANetSeparator(Separator):
+class SEANetSeparator(DualPathMasker):
     """SEANet separator: feats ``[B, N, L]`` + visual ``[B, Dv, Tv]`` -> speech and noise masks.
 
     Arguments
@@ -206,18 +204,11 @@ class SEANetSeparator(Separator):
                  num_heads: int = 4, attn_dim: int | None = None, mask_act: str = "relu",
                  rnn_type: str = "LSTM", bidirectional: bool = True, noise_output: bool = True):
         super().__init__()
-        mask_activation(mask_act)
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        self.in_dim, self.bottleneck_dim = int(in_dim), int(bottleneck)
-        self.chunk_size = check_chunk_size(chunk_size)
-        self.hop = self.chunk_size // 2
-        self.num_layers = int(num_layers)
+        self._init_front(in_dim, visual_dim, fusion, bottleneck, chunk_size, num_layers,
+                         mask_act)
         self.noise_output = bool(noise_output)
-        self.norm = nn.GroupNorm(1, in_dim, eps=1e-8)
-        self.bottleneck = nn.Conv1d(in_dim, bottleneck, 1, bias=False)
-        self.fusion = build_fusion(fusion, audio_dim=bottleneck, visual_dim=visual_dim)
-        self.fusion_proj = fusion_projection(self.fusion, bottleneck)
         self.speech_blocks = nn.ModuleList(DualPathBlock(bottleneck, hidden, rnn_type,
                                                          bidirectional)
                                            for _ in range(num_layers))
@@ -226,35 +217,17 @@ class SEANetSeparator(Separator):
                                           for _ in range(num_layers))
         self.cross = nn.ModuleList(CrossBlock(bottleneck, num_heads, attn_dim)
                                    for _ in range(num_layers - 1))
-        self.mask_prelu = nn.PReLU()
-        self.mask_conv = nn.Conv1d(bottleneck, in_dim, 1, bias=False)
-        self.mask_act = mask_act
+        self._init_mask_head()
 
-    def num_chunks(self, length: int) -> int:
-        """S for L frames: the reference pads to ``L + gap + K/2``, a multiple of K."""
-        return num_chunks(length, self.chunk_size)
-
-    def _segment(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[M, L, D]`` -> chunks ``[M, S, K, D]`` (chunk j starts at padded frame j K/2)."""
-        return to_chunks(x, self.chunk_size)
-
-    def _overlap_add(self, chunks: torch.Tensor, length: int) -> torch.Tensor:
-        """chunks ``[M, S, K, D]`` -> ``[M, L, D]``: each frame summed over its two chunks."""
-        return overlap_add(chunks, length, self.hop)
-
-    def _mask(self, chunks: torch.Tensor, length: int) -> torch.Tensor:
-        """chunks ``[M, S, K, B]`` -> mask ``[M, N, L]`` (the head shared by both branches)."""
-        x = self._overlap_add(chunks, length)
-        mask = self.mask_conv(self.mask_prelu(x).transpose(1, 2))
-        return mask_activation(self.mask_act)(mask)
+    # SEANet always chunks as the reference does (``padding = "reference"``)
+    _segment = DualPathMasker._chunk
 
     def forward(self, feats: torch.Tensor, visual: torch.Tensor,
                 return_intermediate: bool = False) -> SeparatorOutput:
         """feats ``[B, N, L]``, visual ``[B, Dv, Tv]`` -> SeparatorOutput (masks ``[B, N, L]``,
         ``aux_masks["noise"]``)."""
         length = feats.shape[-1]
-        x = self.fusion_proj(self.fusion(self.bottleneck(self.norm(feats)), visual))  # [B, B, L]
-        x = self._segment(x.transpose(1, 2))  # [B, S, K, B]
+        x = self._fused_chunks(feats, visual)  # [B, S, K, B]
         last = self.num_layers - 1
         want_noise = return_intermediate or self.noise_output
         speech_masks, noise_masks = [], []
