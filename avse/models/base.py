@@ -15,7 +15,9 @@ decoder        feats ``[B, N, L]`` -> wav ``[B, T]`` (same T as the input)
 
 Constructors receive their input dimensions as keyword arguments (``in_dim``,
 ``visual_dim``, ``audio_dim``) from :class:`~avse.models.avse_model.AVSEModel`, which
-wires them from ``out_dim``; yaml never repeats them by hand.
+wires them from ``out_dim``; yaml never repeats them by hand. Each base is declared to the
+registry (:mod:`avse.models.registry`, which checks that every plugin of the slot subclasses
+it); :func:`build_slot` builds a plugin from a spec.
 """
 from __future__ import annotations
 
@@ -108,8 +110,10 @@ class Separator(nn.Module):
 
     Constructed with ``in_dim`` (N), ``visual_dim`` (Dv) and ``fusion`` (a fusion spec: a
     short name, a dict ``{"type": name, **kwargs}``, a class, or a module); build the fusion
-    blocks with :func:`build_fusion`. ``output_type`` is ``"mask"`` (multiplied with the
-    encoder features) or ``"mapping"`` (the features themselves).
+    blocks with :func:`build_fusion`, each followed by :func:`fusion_projection` where the
+    architecture needs the fused features at a fixed width. ``output_type`` is ``"mask"``
+    (multiplied with the encoder features; a mask head ends with one of :data:`MASK_ACTS`,
+    chosen by ``mask_act``) or ``"mapping"`` (the features themselves).
     """
 
     output_type: str = "mask"

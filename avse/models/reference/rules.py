@@ -232,6 +232,10 @@ class Reference:
     check: str = "reference"
     extra: Callable | None = None
 
+    def __post_init__(self):
+        if self.check not in ("reference", "ours"):
+            raise ValueError(f"check must be 'reference' or 'ours', got {self.check!r}")
+
     def rules_for(self, keys) -> list:
         return self.rules(keys) if callable(self.rules) else self.rules
 
@@ -311,29 +315,40 @@ class Reference:
         unexpected or wrongly shaped key (see ``check``). Load the result with
         ``model.load_state_dict(..., strict=True)``."""
         ref, stray, given = self.strip(state)
-        what = f"cannot convert the reference {self.name} state dict; "
-        if self.check == "ours":
-            steps, bad = self.plan(ref, side="ref")
-            unmapped = stray + sorted(given + k for k in bad)
-            if unmapped:
-                raise ValueError(what + "unexpected keys (no rule maps them): "
-                                 + key_list(unmapped))
-            out = {}
-            for step in steps:
-                out.update(zip(step.ours, _move(step, [ref[k] for k in step.ref], False)))
-            problems = state_dict_problems(template, out)
-            if problems:
-                raise ValueError(what + "renamed to our keys: " + "; ".join(problems))
-            return out
-        expected = self.to_reference(template, prefix="")
+        try:
+            if self.check == "ours":
+                return self._by_reference_keys(ref, stray, given, template)
+            return self._by_our_keys(ref, stray, template)
+        except ValueError as err:
+            raise ValueError(f"cannot convert the reference {self.name} state dict; {err}") \
+                from None
+
+    def _by_our_keys(self, ref: dict, stray: list, template: dict) -> dict:
+        """Check ``ref`` against the reference state dict of ``template``, then fill every
+        key of ``template`` from it."""
+        expected = self.to_reference({k: v.to("meta") for k, v in template.items()}, prefix="")
         problems = state_dict_problems(expected, ref, prefix="" if self.bare_ok else self.prefix)
         if stray:
             problems.insert(0, "unexpected keys: " + key_list(stray))
         if problems:
-            raise ValueError(what + "; ".join(problems))
+            raise ValueError("; ".join(problems))
         out = {}
         for step in self.plan(template)[0]:
             sizes = [template[k].shape[JOINS[step.kind]] for k in step.ours] \
                 if len(step.ours) > 1 else None
             out.update(zip(step.ours, _move(step, [ref[k] for k in step.ref], False, sizes)))
+        return out
+
+    def _by_reference_keys(self, ref: dict, stray: list, given: str, template: dict) -> dict:
+        """Rename every key of ``ref`` by the rules, then check against ``template``."""
+        steps, bad = self.plan(ref, side="ref")
+        unmapped = stray + sorted(given + k for k in bad)
+        if unmapped:
+            raise ValueError("unexpected keys (no rule maps them): " + key_list(unmapped))
+        out = {}
+        for step in steps:
+            out.update(zip(step.ours, _move(step, [ref[k] for k in step.ref], False)))
+        problems = state_dict_problems(template, out)
+        if problems:
+            raise ValueError("renamed to our keys: " + "; ".join(problems))
         return out
