@@ -42,7 +42,7 @@ setup(
             "avse-eval-sync=avse.sync:main",
             "avse-inspect-shards=avse.data.shards:main",
             "avse-extract=avse.inference:main",
-            "avse-convert-seanet=avse.models.convert:main",
+            "avse-convert-seanet=avse.models.reference.cli:main",
         ],
     },
 )
