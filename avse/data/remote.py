@@ -33,18 +33,20 @@ Example
 from __future__ import annotations
 
 import contextlib
-import functools
 import http.server
 import importlib
 import json
 import os
+import re
 import sys
+import tarfile
 import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlparse
 
 import webdataset as wds
@@ -129,8 +131,8 @@ def read_url(url: str, missing_ok: bool = False) -> bytes | None:
             return None
         if isinstance(err, ShardError):
             raise
-        raise ShardError(f"{url}: cannot be read ({err}); check the URL or run the command "
-                         "in a shell") from err
+        raise ShardError(f"{url}: cannot be read ({_describe(err)}); check the URL or run the "
+                         "command in a shell") from err
 
 
 def _beside(url: str, name: str) -> str:
@@ -173,10 +175,53 @@ class ShardSplit:
 def scan_speakers_of(urls) -> list:
     """Sorted speaker ids from the ``json`` members of shards at any URLs WebDataset reads."""
     pipe = wds.DataPipeline(wds.SimpleShardList(list(urls)),
-                            wds.tarfile_to_samples(handler=reraise_shard_error,
-                                                   select_files=lambda n: n.endswith(".json")))
+                            partial(tar_samples, select=lambda name: name.endswith(".json")))
     return sorted({json.loads(s["json"]).get("spk") or s["__key__"].split("/")[0]
                    for s in pipe if "json" in s})
+
+
+def _members(shards, select=None):
+    """``{fname, data, __url__}`` of the regular members of opened shards, ``{}`` after each."""
+    for shard in shards:
+        stream, url = shard["stream"], shard["url"]
+        try:
+            seekable = getattr(stream, "seekable", lambda: False)()
+            # a file: random access (one read a member); a stream: 1 MB reads, not 10 kB
+            with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|",
+                              bufsize=1 << 20) as tar:
+                for member in tar:
+                    if member.isreg() and (select is None or select(member.name)):
+                        yield {"fname": member.name, "data": tar.extractfile(member).read(),
+                               "__url__": url}
+                    if not seekable:
+                        tar.members = []
+            stream.close()  # here a failed pipe: command is an error
+            yield {}
+        except Exception as exn:
+            exn.args = exn.args + (url,)
+            reraise_shard_error(exn)
+        finally:
+            with contextlib.suppress(Exception):  # the reader stopped mid-shard
+                stream.close()
+
+
+def tar_samples(src, select=None):
+    """Stage: ``{"url": ...}`` items -> raw samples (``__key__``, ``__url__``, bytes per field).
+
+    ``wds.tarfile_to_samples`` with WebDataset's URL opening and grouping, but a local
+    shard is read with one read a member and a stream in 1 MB reads (WebDataset 1.0.2
+    reads every stream in 10 kB records: 40 % of the training loader's time on 1 MB lips).
+    ``select(member name)``: which members to keep.
+    """
+    shards = wds.tariterators.url_opener(src, handler=reraise_shard_error)
+    return wds.tariterators.group_by_keys(_members(shards, select), handler=reraise_shard_error)
+
+
+def _describe(exn: Exception) -> str:
+    """An exception's first argument; a failed ``pipe:`` command as its exit status."""
+    first = str(exn.args[0]) if exn.args else repr(exn)
+    status = re.search(r"\)\: exit (-?\d+) \(read\)", first)  # webdataset.gopen.Pipe
+    return f"the command failed (exit status {status.group(1)})" if status else first
 
 
 def reraise_shard_error(exn: Exception):
@@ -184,8 +229,7 @@ def reraise_shard_error(exn: Exception):
     if isinstance(exn, ShardError):
         raise ShardError(exn.args[0]) from exn  # without the stream/URL WebDataset appends
     url = next((a for a in reversed(exn.args) if isinstance(a, str)), "?")
-    first = exn.args[0] if exn.args else repr(exn)
-    raise ShardError(f"reading shard {url}: {first}; check that it exists and is a tar "
+    raise ShardError(f"reading shard {url}: {_describe(exn)}; check that it exists and is a tar "
                      "written by the recipe's shard stage") from exn
 
 
@@ -268,7 +312,7 @@ def serve_folder(root: str, host: str = "127.0.0.1", port: int = 0):
 
     ``port=0`` takes a free port; the server stops when the ``with`` block ends.
     """
-    handler = functools.partial(_QuietHandler, directory=os.fspath(root))
+    handler = partial(_QuietHandler, directory=os.fspath(root))
     server = _QuietServer((host, port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

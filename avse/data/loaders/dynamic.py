@@ -7,7 +7,7 @@ Per DDP rank and DataLoader worker, a ``wds.DataPipeline`` of these stages::
       -> each pass over this reader's shards in a new random order, endlessly
          (resampled=True instead: wds.ResampledShards, shards drawn with replacement,
           no split, every reader draws from all shards)
-      -> wds.tarfile_to_samples: raw samples (bytes per field)
+      -> tar_samples: raw samples (bytes per field; wds url_opener + group_by_keys)
       -> map: decode a random aligned crop (crop_seconds, starting on a video frame)
       -> mix: shuffle buffer of ``shuffle_buffer`` utterances; target = a random buffer
          item; 1 or 2 interferers = buffer items of OTHER speakers, at SNRs relative to
@@ -58,7 +58,7 @@ from avse.data.loaders.batch import collate_examples, decode_utterance, finish_e
 from avse.data.mixing import MixtureConfig
 from avse.data.partition import (check_shard_split, dist_info, node_splitter, split_shards,
                                  worker_splitter)
-from avse.data.remote import reraise_shard_error, resolve_split
+from avse.data.remote import resolve_split, tar_samples
 from avse.data.shards import ShardError, resolve_visual_field
 
 
@@ -165,7 +165,7 @@ class DynamicMixDataset(IterableDataset):
             shards = [wds.SimpleShardList(self.urls), node_splitter(self.rank, self.world_size),
                       worker_splitter(worker_id, num_workers), partial(shuffled_passes, rng=rng),
                       partial(check_progress, read=read, every=len(mine), where=where)]
-        return wds.DataPipeline(*shards, wds.tarfile_to_samples(handler=reraise_shard_error))
+        return wds.DataPipeline(*shards, tar_samples)
 
     def examples(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
         """The endless mixed examples (dicts, before batching) of one (rank, worker):
