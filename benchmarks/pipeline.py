@@ -177,6 +177,7 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=25, help="timed batches per run")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--shuffle_buffer", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per loader (best, median)")
     parser.add_argument("--accesses", type=int, default=2000, help="random reads by key")
     parser.add_argument("--work_dir", help="default: a temporary folder (removed afterwards)")
     args = parser.parse_args(argv)
@@ -189,26 +190,29 @@ def main(argv=None):
         config = MixtureConfig(crop_seconds=4.0)
         print(f"cpu cores: {os.cpu_count()}; torch threads: {torch.get_num_threads()}; "
               f"load average {os.getloadavg()[0]:.1f}; batch {args.batch_size} x 4 s, "
-              f"2-speaker mixtures; examples/s after the first batch")
+              f"2-speaker mixtures; examples/s after the first batch; shuffle buffer "
+              f"{args.shuffle_buffer}")
         with serve_folder(work) as url:
             for nw in args.workers:
-                runs = {"shards": os.path.join(work, "shards"), "http": f"{url}/shards"}
-                for name, source in runs.items():
-                    cache = drop_page_cache() or "page cache dropped"
-                    loader = make_train_loader(source, config, args.batch_size, num_workers=nw,
-                                               epoch_steps=args.batches,
-                                               shuffle_buffer=args.shuffle_buffer)
-                    rate, startup, _ = timed(loader, args.batches)
-                    print(f"{name:8s} workers={nw}: {rate:6.1f} examples/s (first batch after "
-                          f"{startup:.2f} s, buffer {args.shuffle_buffer}; {cache})")
-                cache = drop_page_cache() or "page cache dropped"
-                files = torch.utils.data.DataLoader(
-                    FileMixDataset(os.path.join(work, "files"), utts, config),
-                    batch_size=args.batch_size, shuffle=True, num_workers=nw,
-                    collate_fn=collate_examples, generator=torch.Generator().manual_seed(0))
-                rate, startup, _ = timed(files, min(args.batches, len(files)))
-                print(f"wav+npy  workers={nw}: {rate:6.1f} examples/s "
-                      f"(first batch after {startup:.2f} s; {cache})")
+                makers = {
+                    "shards": lambda: make_train_loader(  # noqa: E731
+                        os.path.join(work, "shards"), config, args.batch_size, num_workers=nw,
+                        epoch_steps=args.batches, shuffle_buffer=args.shuffle_buffer),
+                    "http": lambda: make_train_loader(  # noqa: E731
+                        f"{url}/shards", config, args.batch_size, num_workers=nw,
+                        epoch_steps=args.batches, shuffle_buffer=args.shuffle_buffer),
+                    "wav+npy": lambda: torch.utils.data.DataLoader(  # noqa: E731
+                        FileMixDataset(os.path.join(work, "files"), utts, config),
+                        batch_size=args.batch_size, shuffle=True, num_workers=nw,
+                        collate_fn=collate_examples, generator=torch.Generator().manual_seed(0))}
+                for name, make in makers.items():
+                    rates, caches = [], set()
+                    for _ in range(args.repeats):
+                        caches.add(drop_page_cache() or "page cache dropped")
+                        loader = make()
+                        rates.append(timed(loader, min(args.batches, len(loader)))[0])
+                    print(f"{name:8s} workers={nw}: {max(rates):6.1f} examples/s best of "
+                          f"{len(rates)} (median {np.median(rates):6.1f}; {'; '.join(caches)})")
         keys = [utts[i][0] for i in np.random.default_rng(0).integers(len(utts), size=args.accesses)]
         random_access(os.path.join(work, "shards"), keys)
     finally:

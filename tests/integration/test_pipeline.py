@@ -1,4 +1,4 @@
-"""Data pipeline on tiny generated shards: dynamic mixing, epochs, rank/worker splits, lists.
+"""Data pipeline on tiny generated shards: dynamic mixing, epochs, rank/worker splits, URL specs, lists.
 
 Each utterance carries a frame marker: lips frame k of utterance u hold the value
 ``m = (k + 37 u) % 256`` and the audio of frame k is a sine (whole periods per frame) of
@@ -290,3 +290,33 @@ def test_missing_keys_are_named_or_skipped(shards):
         loader = loaders.make_list_loader(str(root / "train"), rows + [ghost], stage="test",
                                            skip_missing=True)
     assert len(list(loader)) == 3
+
+
+def test_url_specs_of_a_local_split_give_the_same_batches(shards):
+    root, _ = shards
+    folder = str(root / "train")
+    make = lambda source, **kw: [b.keys for b in loaders.make_train_loader(  # noqa: E731
+        source, CFG, batch_size=2, epoch_steps=3, shuffle_buffer=4, seed=5, **kw)]
+    expected = make(folder)
+    assert make(folder + "/shard-{000000..000003}.tar") == expected
+    urls = [f"{folder}/shard-{i:06d}.tar" for i in range(4)]
+    assert make(urls, meta=folder + "/meta.json") == expected
+
+
+def test_one_speaker_per_shard_and_empty_shards_are_clear_errors(tmp_path):
+    import tarfile
+
+    by_speaker = [_utterance(s, u) for s in range(2) for u in range(N_UTT)]  # not shuffled
+    write_split(by_speaker, str(tmp_path / "sorted"), shard_size=N_UTT)
+    loader = loaders.make_train_loader(str(tmp_path / "sorted"), CFG, batch_size=2, rank=0,
+                                        world_size=2, epoch_steps=2, shuffle_buffer=2)
+    with pytest.raises(ShardError, match="one speaker each; write shards in shuffled order"):
+        list(loader)
+    empty = [str(tmp_path / f"empty{i}.tar") for i in range(2)]
+    for path in empty:
+        tarfile.open(path, "w").close()
+    loader = loaders.make_train_loader(empty, CFG, batch_size=2, epoch_steps=1,
+                                        meta=str(tmp_path / "sorted" / "meta.json"),
+                                        speakers=["a", "b"])
+    with pytest.raises(ShardError, match="2 shard.s. read and no sample"):
+        list(loader)
