@@ -70,8 +70,16 @@ def shuffled_passes(src, rng):
             yield dict(shards[i])
 
 
+def count(src, read: list):
+    """Stage: pass items on, counting them in ``read[0]``."""
+    for item in src:
+        read[0] += 1
+        yield item
+
+
 def check_progress(src, read: list, every: int, where: str):
-    """Stage: pass shards on; raise when ``every`` of them gave no sample (``read[0]`` stays)."""
+    """Stage: pass shards on; raise when ``every`` of them gave no sample (``read[0]``, counted
+    after reading, stays)."""
     last, n = read[0], 0
     for shard in src:
         yield shard
@@ -104,7 +112,7 @@ class DynamicMixDataset(IterableDataset):
     def __len__(self):
         return self.epoch_steps
 
-    def decode(self, raw, rng, read):
+    def decode(self, raw, rng):
         """Map stage: a raw sample -> ``{key, spk, wav [640 n], visual [n, ...]}``, a random crop."""
         key = raw["__key__"]
         if "flac" not in raw or self.visual_field not in raw:
@@ -112,7 +120,6 @@ class DynamicMixDataset(IterableDataset):
         wav, vis = decode_utterance(key, raw["flac"], raw[self.visual_field],
                                     self.config.crop_frames, rng)
         spk = json.loads(raw["json"]).get("spk") if "json" in raw else None
-        read[0] += 1
         return {"key": key, "spk": spk or key.split("/")[0], "wav": wav, "visual": vis}
 
     @staticmethod
@@ -149,11 +156,10 @@ class DynamicMixDataset(IterableDataset):
                 [u["wav"] for u in chosen], cfg.sample_snrs(len(chosen), rng), rng,
                 [u["key"] for u in chosen], tgt["key"], crop=True, noise=noise)
 
-    def samples(self, rng, worker_id: int = 0, num_workers: int = 1, read=None):
+    def samples(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
         """The endless raw samples (``__key__``, ``__url__``, bytes per field) that one
-        (rank, worker) reads: a ``wds.DataPipeline`` of the shard stages + tar reading.
-        ``read``: a one-item list the decode stage counts samples in (checked for progress)."""
-        where, read = f"rank {self.rank} worker {worker_id}", [0] if read is None else read
+        (rank, worker) reads: a ``wds.DataPipeline`` of the shard stages + tar reading."""
+        where, read = f"rank {self.rank} worker {worker_id}", [0]
         if self.resampled:
             shards = [wds.ResampledShards(self.urls, seed=int(rng.integers(2 ** 31)),
                                           worker_seed=lambda: 0, deterministic=True),
@@ -165,14 +171,13 @@ class DynamicMixDataset(IterableDataset):
             shards = [wds.SimpleShardList(self.urls), node_splitter(self.rank, self.world_size),
                       worker_splitter(worker_id, num_workers), partial(shuffled_passes, rng=rng),
                       partial(check_progress, read=read, every=len(mine), where=where)]
-        return wds.DataPipeline(*shards, tar_samples)
+        return wds.DataPipeline(*shards, tar_samples, partial(count, read=read))
 
     def examples(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
         """The endless mixed examples (dicts, before batching) of one (rank, worker):
         :meth:`samples` -> decode -> mix."""
-        read = [0]
-        return self.samples(rng, worker_id, num_workers, read).compose(
-            wds.map(partial(self.decode, rng=rng, read=read)),
+        return self.samples(rng, worker_id, num_workers).compose(
+            wds.map(partial(self.decode, rng=rng)),
             partial(self.mix, rng=rng, where=f"rank {self.rank} worker {worker_id}"))
 
     def _examples(self, urls, rng, where):  # the former name, used by tests/unit/test_sync.py
