@@ -322,3 +322,12 @@ def serve_folder(root: str, host: str = "127.0.0.1", port: int = 0):
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def num_speakers(source, meta: str | None = None) -> int:
+    """:func:`avse.data.shards.num_speakers` for any split :func:`resolve_split` takes, e.g.
+    ``num_speakers: !apply:avse.data.remote.num_speakers [<train_shards>, <train_shards_meta>]``."""
+    count = resolve_split(source, meta).meta.get("speakers")
+    if not count:
+        raise ShardError(f"{source}: its meta.json has no speaker count; set num_speakers by hand")
+    return int(count)

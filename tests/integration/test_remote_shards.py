@@ -59,6 +59,7 @@ def test_two_training_steps_from_an_http_server(server, monkeypatch, tmp_path):
     loader = make_train_loader(f"{server}/train", CFG, batch_size=2, epoch_steps=2,
                                shuffle_buffer=4, seed=0)
     assert len(loader.dataset.urls) == 8 and loader.dataset.urls[0].startswith(server)
+    assert remote.num_speakers(f"{server}/train") == N_SPK
     torch.manual_seed(0)
     model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 16},
                       {"type": "embedding", "out_dim": 16, "hidden": 16, "num_blocks": 1},
