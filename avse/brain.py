@@ -18,8 +18,14 @@ Hyperparameters read from the yaml (``self.hparams``):
   n epochs, the seed's x0.97 every 3) or ``ReduceLROnPlateau`` (on validation loss).
 - ``valid_every_n_epochs`` (1), ``keep_checkpoints`` (1 best by validation SI-SDR, plus
   the most recent), ``train_logger``, ``tensorboard_logger``, ``eval_metrics`` (metrics of the
-  TEST stage), ``trace_dir`` (debugging: per-rank json of the keys trained on, step count
-  and a parameter checksum after each epoch).
+  TEST stage, default :data:`avse.evaluation.DEFAULT_METRICS`), ``trace_dir`` (debugging:
+  per-rank json of the keys trained on, step count and a parameter checksum after each epoch).
+
+The TEST stage scores with :class:`avse.evaluation.Scorer` (the scoring of the condition
+evaluation and the sync sweep too). Of SpeechBrain's internals only ``_wrap_distributed`` is
+overridden (CPU DDP); tests/unit/test_speechbrain_contract.py checks it and the behaviour of
+``Brain.fit`` the hooks here rely on (hook order, loaders used as given, ``self.step`` after
+an intra-epoch resume, an empty validation pass).
 """
 from __future__ import annotations
 
@@ -31,37 +37,29 @@ import speechbrain as sb
 import torch
 
 from avse import losses
-from avse.metrics import MetricTracker, compute_metrics, si_sdr
+from avse.evaluation import DEFAULT_METRICS, MetricTracker, Scorer, batch_field, batch_to
+from avse.metrics import si_sdr
 
 logger = logging.getLogger(__name__)
-
-
-def batch_field(batch, name):
-    """``batch.name`` or ``batch[name]`` (pipelines may yield objects or dicts)."""
-    return batch[name] if isinstance(batch, dict) else getattr(batch, name)
-
-
-def batch_to(batch, device):
-    """Move every tensor of a batch (dict or object with ``to``) to ``device``."""
-    if hasattr(batch, "to") and not isinstance(batch, dict):
-        return batch.to(device)
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 class AVSEBrain(sb.core.Brain):
     """Train and evaluate an :class:`~avse.models.AVSEModel` held in ``modules["model"]``."""
 
     def fit(self, epoch_counter, train_set, valid_set=None, **kwargs):
-        """SpeechBrain's ``fit``; a loader with ``set_epoch`` is told each epoch (reseeding
-        dynamic mixing) and, after an intra-epoch resume, to skip the batches already done."""
-        if hasattr(train_set, "set_epoch"):
-            self.train_sampler = train_set
+        """SpeechBrain's ``fit``, keeping the loaders for the stage hooks: at the start of each
+        epoch a training loader with ``set_epoch`` is told the epoch (reseeding dynamic mixing)
+        and, after an intra-epoch resume, to skip the batches already done."""
         self.train_loader, self.valid_loader = train_set, valid_set
         return super().fit(epoch_counter, train_set, valid_set, **kwargs)
 
     def _wrap_distributed(self):
         """SpeechBrain converts BatchNorm to SyncBatchNorm before wrapping in DDP, which only
-        works on GPUs; on CPU (gloo) wrap without it (each rank keeps its BN statistics)."""
+        works on GPUs; on CPU (gloo) wrap without it (each rank keeps its BN statistics).
+
+        A private SpeechBrain method (called by ``Brain.on_fit_start`` between ``_compile``
+        and ``init_optimizers``; no public hook sits there): guarded by
+        tests/unit/test_speechbrain_contract.py."""
         if self.distributed_launch and self.device_type == "cpu":
             from torch.nn.parallel import DistributedDataParallel
 
@@ -118,35 +116,22 @@ class AVSEBrain(sb.core.Brain):
 
     # ------------------------------------------------------------------ metrics
     def _track(self, estimate, batch, stage):
-        target = batch_field(batch, "target")
-        mixture = batch_field(batch, "mixture")
-        keys = list(batch_field(batch, "keys"))
-        if stage == sb.Stage.VALID:
-            sdr = si_sdr(estimate.float(), target.float())
-            sdr_mix = si_sdr(mixture.float(), target.float())
-            self.valid_stats.extend(zip(sdr.tolist(), (sdr - sdr_mix).tolist()))
+        if stage == sb.Stage.TEST:  # per utterance, full length: the evaluation's scorer
+            self.scorer.score_batch(estimate, batch, self.test_tracker,
+                                    batch_columns=("interferers", "lips_of"))
             return
-        metrics = tuple(getattr(self.hparams, "eval_metrics", None)
-                        or ("si_sdr", "si_sdri", "sdr", "sdri", "pesq", "stoi"))
-        lengths = batch_field(batch, "lengths") if _has(batch, "lengths") else None
-        interferers = batch_field(batch, "interferer_keys") if _has(batch, "interferer_keys") else None
-        visual_keys = batch_field(batch, "visual_keys") if _has(batch, "visual_keys") else None
-        for i, key in enumerate(keys):
-            n = estimate.shape[-1] if lengths is None else int(round(float(lengths[i]) * estimate.shape[-1]))
-            row = compute_metrics(estimate[i, :n].cpu().numpy(), target[i, :n].cpu().numpy(),
-                                  mixture[i, :n].cpu().numpy(), metrics=metrics)
-            extra = {}
-            if interferers is not None:
-                extra["interferers"] = ";".join(interferers[i])
-            if visual_keys is not None:
-                extra["lips_of"] = visual_keys[i]
-            self.test_tracker.add(key, row, **extra)
+        target = batch_field(batch, "target").float()
+        sdr = si_sdr(estimate.float(), target)
+        sdr_mix = si_sdr(batch_field(batch, "mixture").float(), target)
+        self.valid_stats.extend(zip(sdr.tolist(), (sdr - sdr_mix).tolist()))
 
     # ------------------------------------------------------------------ stage hooks
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
             self._trace = {}
             loader = getattr(self, "train_loader", None)
+            if hasattr(loader, "set_epoch") and epoch is not None:
+                loader.set_epoch(epoch)
             if hasattr(loader, "skip_batches"):
                 loader.skip_batches(self.step)  # > 0 only right after an intra-epoch resume
         elif stage == sb.Stage.VALID:
@@ -154,7 +139,9 @@ class AVSEBrain(sb.core.Brain):
             if not self._validates(epoch) and hasattr(self.valid_loader, "skip_batches"):
                 self.valid_loader.skip_batches(len(self.valid_loader))  # an empty pass
         elif stage == sb.Stage.TEST:
-            self.test_tracker = MetricTracker()
+            if getattr(self, "scorer", None) is None:  # one per Brain: one missing-package line
+                self.scorer = Scorer(getattr(self.hparams, "eval_metrics", None) or DEFAULT_METRICS)
+            self.test_tracker = MetricTracker(metrics=self.scorer.metrics)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
@@ -185,13 +172,7 @@ class AVSEBrain(sb.core.Brain):
             self.last_valid_stats = stats
             return
         # TEST: gather every rank's rows, rank 0 writes
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, self.test_tracker.rows)
-            merged = MetricTracker(metrics=self.test_tracker.metrics)
-            merged.extra_columns = list(self.test_tracker.extra_columns)
-            merged.rows = [row for part in parts for row in part]
-            self.test_tracker = merged
+        self.test_tracker = self.test_tracker.gathered()
         self.test_summary = self.test_tracker.summary()
         out_dir = getattr(self, "eval_dir", None)
         if out_dir and sb.utils.distributed.if_main_process():
@@ -256,11 +237,6 @@ class AVSEBrain(sb.core.Brain):
                 log.log_stats(stats_meta=stats_meta, train_stats=train_stats,
                               valid_stats=valid_stats)
 
-    def init_optimizers(self):
-        super().init_optimizers()
-        if getattr(self, "optimizer", None) is None and self.optimizers_dict:
-            self.optimizer = next(iter(self.optimizers_dict.values()))
-
     # ------------------------------------------------------------------ evaluation
     def evaluate_to(self, test_set, out_dir: str, name: str = "test", max_key="si_sdr"):
         """Evaluate the best checkpoint (by ``max_key``) on ``test_set``.
@@ -271,10 +247,6 @@ class AVSEBrain(sb.core.Brain):
         self.eval_dir, self.eval_name = out_dir, name
         self.evaluate(test_set, max_key=max_key if self.checkpointer is not None else None)
         return self.test_summary
-
-
-def _has(batch, name) -> bool:
-    return name in batch if isinstance(batch, dict) else hasattr(batch, name)
 
 
 def _ckpt_si_sdr(ckpt) -> float:

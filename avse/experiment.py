@@ -9,13 +9,13 @@
   ``mixture_config`` (an ``avse.data.mixing.MixtureConfig``), ``batch_size``,
   ``num_workers``, ``epoch_steps`` (nominal epoch length, same on every rank);
 - ``test_sets: {name: {shards: [...], list: csv, visual_from: target|mismatched}}``
-  evaluated with the best checkpoint into ``<output_folder>/eval/<name>.{csv,json}``;
+  evaluated with the best checkpoint into ``<output_folder>/eval/<name>.{csv,json}``, then
+  ``eval/summary.json`` and one table of means over the sets, ``eval/table.{txt,csv}``;
 - lists with noise tuples (recipes/MUSAN/README.md) read their noise from
   ``train_noise_shards`` / ``valid_noise_shards`` / a test set's ``noise_shards``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -25,8 +25,8 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from avse.brain import AVSEBrain
-from avse.conditions import TABLE_METRICS, write_condition_table
 from avse.data.loaders import make_list_loader, make_train_loader
+from avse.evaluation import means_rows, write_json, write_table
 from avse.models.io import save_config
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,9 @@ def run_tests(brain, hparams) -> dict:
                                   noise_dirs=spec.get("noise_shards"))
         results[name] = brain.evaluate_to(loader, out_dir, name)
     if results and sb.utils.distributed.if_main_process():
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(results, os.path.join(out_dir, "summary.json"))
         # one table over all test sets (e.g. the named conditions): eval/table.{txt,csv}
-        metrics = [m for m in TABLE_METRICS
-                   if any(m in summary for summary in results.values())]
-        table = write_condition_table(results, out_dir, "table", metrics)
+        table = write_table(means_rows(results), out_dir, "table")
         logger.info("test sets (means):\n%s", table)
         print(table)
     return results

@@ -9,11 +9,11 @@
   normal-equation solve), no fast_bss_eval needed at run time.
 * :func:`si_sdri` / :func:`sdri` -- improvement over the unprocessed mixture.
 * :func:`pesq_wb` (ITU-T P.862.2 wide band, ``pesq`` package) and :func:`stoi`
-  (``pystoi``): NaN with a warning instead of an exception when they cannot score.
-* :func:`compute_metrics` -- every metric for one utterance; :func:`evaluate_many` --
-  the same over a list of utterances, PESQ/STOI in a process pool (``n_jobs``).
-* :class:`MetricTracker` -- per-utterance rows -> csv / json / text table, NaN-aware
-  summaries, optionally grouped by a column (e.g. ``condition``).
+  (``pystoi``): NaN with a warning instead of an exception when they cannot score; both
+  packages come with ``pip install 'avse[eval]'``.
+
+The metric functions only: which metrics exist, scoring utterances and batches, trackers and
+tables are :mod:`avse.evaluation`.
 
 Like the reference AV-TSE evaluation (SEANet), SI-SDR is computed on zero-mean signals
 and SDR on the raw signals (no mean removal); SI-SDRi / SDRi subtract the metric of the
@@ -29,21 +29,16 @@ Example
 """
 from __future__ import annotations
 
-import csv
-import json
-import math
-import os
+import importlib
 import warnings
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from scipy.fft import next_fast_len
 
-__all__ = ["si_sdr", "sdr", "si_sdri", "sdri", "pesq_wb", "stoi", "compute_metrics",
-           "evaluate_many", "MetricTracker", "ALL_METRICS"]
+__all__ = ["si_sdr", "sdr", "si_sdri", "sdri", "pesq_wb", "stoi", "as_1d", "INSTALL_EVAL"]
 
-ALL_METRICS = ("si_sdr", "si_sdri", "sdr", "sdri", "pesq", "stoi")
+INSTALL_EVAL = "pip install 'avse[eval]'"  # the extra that brings pesq and pystoi
 
 
 def _as_tensor(x) -> tuple[torch.Tensor, bool]:
@@ -224,7 +219,15 @@ def sdri(estimate, reference, mixture, **kwargs):
     return sdr(estimate, reference, **kwargs) - sdr(mixture, reference, **kwargs)
 
 
-def _np1d(x) -> np.ndarray:
+def as_1d(x) -> np.ndarray:
+    """A 1-D float64 numpy signal ``[T]`` from numpy / torch / a list (size-1 axes squeezed).
+
+    Example
+    -------
+    >>> import torch
+    >>> as_1d(torch.ones(1, 3)).tolist()
+    [1.0, 1.0, 1.0]
+    """
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x, dtype=np.float64)
@@ -235,12 +238,21 @@ def _np1d(x) -> np.ndarray:
     return x
 
 
+def _import_optional(module: str, attr: str):
+    """``module.attr`` of an optional evaluation package; ImportError saying how to install it."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError as err:
+        raise ImportError(f"{module} is not installed ({err}): {INSTALL_EVAL}") from err
+
+
 def pesq_wb(estimate, reference, sr: int = 16000) -> float:
     """Wide-band PESQ (P.862.2, MOS-LQO about 1.04 .. 4.64) via the ``pesq`` package.
 
     ``estimate`` / ``reference``: 1-D ``[T] @16 kHz`` (numpy or torch). Returns NaN with
     a :class:`RuntimeWarning` when PESQ cannot score (no utterance found, too short,
-    silent, unsupported ``sr``), so a long evaluation never dies on one item.
+    silent, unsupported ``sr``), so a long evaluation never dies on one item; ImportError
+    (naming :data:`INSTALL_EVAL`) when ``pesq`` is not installed.
 
     Example
     -------
@@ -250,9 +262,8 @@ def pesq_wb(estimate, reference, sr: int = 16000) -> float:
     ...     bool(np.isnan(pesq_wb(np.zeros(16000), np.zeros(16000))))
     True
     """
-    from pesq import pesq
-
-    est, ref = _np1d(estimate), _np1d(reference)
+    pesq = _import_optional("pesq", "pesq")
+    est, ref = as_1d(estimate), as_1d(reference)
     if sr != 16000:
         warnings.warn(f"PESQ wide band needs sr=16000, got {sr}; returning NaN",
                       RuntimeWarning, stacklevel=2)
@@ -274,7 +285,8 @@ def pesq_wb(estimate, reference, sr: int = 16000) -> float:
 def stoi(estimate, reference, sr: int = 16000, extended: bool = False) -> float:
     """STOI (0..1, Taal et al. 2011) via ``pystoi``; ``extended=True`` gives ESTOI.
 
-    1-D ``[T]`` inputs at ``sr``; NaN with a warning if pystoi raises.
+    1-D ``[T]`` inputs at ``sr``; NaN with a warning if pystoi raises; ImportError (naming
+    :data:`INSTALL_EVAL`) when ``pystoi`` is not installed.
 
     Example
     -------
@@ -283,270 +295,11 @@ def stoi(estimate, reference, sr: int = 16000, extended: bool = False) -> float:
     >>> round(stoi(x, x), 3)
     1.0
     """
-    from pystoi import stoi as _stoi
-
-    est, ref = _np1d(estimate), _np1d(reference)
+    _stoi = _import_optional("pystoi", "stoi")
+    est, ref = as_1d(estimate), as_1d(reference)
     try:
         return float(_stoi(ref, est, sr, extended=extended))
     except Exception as err:
         warnings.warn(f"STOI failed ({type(err).__name__}: {err}); returning NaN",
                       RuntimeWarning, stacklevel=2)
         return float("nan")
-
-
-def _check_metrics(metrics: Iterable[str]) -> tuple:
-    metrics = tuple(metrics)
-    unknown = [m for m in metrics if m not in ALL_METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(ALL_METRICS)}")
-    return metrics
-
-
-def _fast_metrics(est: torch.Tensor, ref: torch.Tensor, mix, metrics) -> dict:
-    out = {}
-    for name, fn in (("si_sdr", si_sdr), ("sdr", sdr)):
-        if name in metrics or name + "i" in metrics:
-            out[name] = float(fn(est, ref))
-            if name + "i" in metrics:
-                out[name + "i"] = out[name] - float(fn(mix, ref))
-    return out
-
-
-def _slow_metrics(est: np.ndarray, ref: np.ndarray, sr: int, metrics) -> dict:
-    out = {}
-    if "pesq" in metrics:
-        out["pesq"] = pesq_wb(est, ref, sr)
-    if "stoi" in metrics:
-        out["stoi"] = stoi(est, ref, sr)
-    return out
-
-
-def _prepare(estimate, reference, mixture, metrics):
-    need_mix = "si_sdri" in metrics or "sdri" in metrics
-    if need_mix and mixture is None:
-        raise ValueError("si_sdri / sdri need the mixture")
-    sigs = [torch.as_tensor(_np1d(x)) for x in (estimate, reference, mixture if need_mix else ())
-            if not isinstance(x, tuple)]
-    if len({x.shape for x in sigs}) > 1:
-        raise ValueError(f"estimate / reference / mixture differ in length: "
-                         f"{[tuple(x.shape) for x in sigs]}")
-    return sigs[0], sigs[1], (sigs[2] if need_mix else None)
-
-
-def compute_metrics(estimate, reference, mixture=None, sr: int = 16000,
-                    metrics: Sequence[str] = ALL_METRICS) -> dict:
-    """All requested metrics of one utterance as ``{name: float}`` (in ``metrics`` order).
-
-    Parameters
-    ----------
-    estimate, reference, mixture : 1-D ``[T] @sr`` numpy or torch (same length);
-        ``mixture`` is only needed for ``si_sdri`` / ``sdri``.
-    metrics : names out of :data:`ALL_METRICS`.
-
-    Example
-    -------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> ref = rng.standard_normal(8000)
-    >>> mix = ref + rng.standard_normal(8000)
-    >>> m = compute_metrics(ref + 0.1 * (mix - ref), ref, mix, metrics=("si_sdr", "si_sdri"))
-    >>> {k: round(v) for k, v in m.items()}
-    {'si_sdr': 20, 'si_sdri': 20}
-    """
-    metrics = _check_metrics(metrics)
-    est, ref, mix = _prepare(estimate, reference, mixture, metrics)
-    out = _fast_metrics(est, ref, mix, metrics)
-    out.update(_slow_metrics(est.numpy(), ref.numpy(), sr, metrics))
-    return {m: out[m] for m in metrics}
-
-
-def _slow_job(args):
-    return _slow_metrics(*args)
-
-
-def evaluate_many(estimates, references, mixtures=None, sr: int = 16000,
-                  metrics: Sequence[str] = ALL_METRICS, n_jobs: int = 1,
-                  mp_context: str = "spawn") -> list[dict]:
-    """:func:`compute_metrics` over a list of utterances; PESQ/STOI (the slow part, pure
-    numpy/C) in a pool of ``n_jobs`` processes, SI-SDR/SDR in this process.
-
-    ``estimates`` / ``references`` / ``mixtures``: sequences of 1-D ``[T_i]`` signals.
-    Returns one dict per utterance, in order. The default ``"spawn"`` pool re-imports the
-    calling script in each worker: call it under ``if __name__ == "__main__":``.
-
-    Example
-    -------
-    >>> import numpy as np
-    >>> x = [np.random.default_rng(i).standard_normal(4000) for i in range(2)]
-    >>> [m["si_sdr"] > 100 for m in evaluate_many(x, x, metrics=("si_sdr",))]
-    [True, True]
-    """
-    metrics = _check_metrics(metrics)
-    if mixtures is None:
-        mixtures = [None] * len(references)
-    if not len(estimates) == len(references) == len(mixtures):
-        raise ValueError("estimates, references and mixtures differ in number")
-    prepared = [_prepare(e, r, m, metrics) for e, r, m in zip(estimates, references, mixtures)]
-    rows = [_fast_metrics(e, r, m, metrics) for e, r, m in prepared]
-    jobs = [(e.numpy(), r.numpy(), sr, metrics) for e, r, _ in prepared]
-    if any(m in metrics for m in ("pesq", "stoi")):
-        if n_jobs > 1 and len(jobs) > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            ctx = multiprocessing.get_context(mp_context)
-            with ProcessPoolExecutor(min(n_jobs, len(jobs)), mp_context=ctx) as pool:
-                slow = list(pool.map(_slow_job, jobs, chunksize=max(1, len(jobs) // (4 * n_jobs))))
-        else:
-            slow = [_slow_job(j) for j in jobs]
-        for row, extra in zip(rows, slow):
-            row.update(extra)
-    return [{m: row[m] for m in metrics} for row in rows]
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4f}"
-    return str(v)
-
-
-class MetricTracker:
-    """Per-utterance metric rows and their summaries.
-
-    A row is ``{"id": ..., <metric>: float, ..., <extra column>: value}``; metric columns
-    are the float-valued keys given to :meth:`add` (``metrics`` fixes them and their
-    order up front), extra columns (e.g. ``condition``, ``snr``) are passed as keywords.
-
-    Example
-    -------
-    >>> t = MetricTracker()
-    >>> t.add("a", {"si_sdr": 10.0, "pesq": float("nan")}, condition="2mix")
-    >>> t.add("b", {"si_sdr": 12.0, "pesq": 3.0}, condition="3mix")
-    >>> t.summary()["si_sdr"]
-    {'mean': 11.0, 'std': 1.0, 'count': 2}
-    >>> t.summary()["pesq"]["count"]
-    1
-    >>> t.summary(by="condition")["3mix"]["si_sdr"]["mean"]
-    12.0
-    >>> print(t.table())
-    metric     mean     std  count
-    si_sdr  11.0000  1.0000      2
-    pesq     3.0000  0.0000      1
-    """
-
-    def __init__(self, metrics: Sequence[str] | None = None):
-        self.metrics: list[str] = list(metrics) if metrics is not None else []
-        self.extra_columns: list[str] = []
-        self.rows: list[dict] = []
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def add(self, utt_id, values: dict, **extra) -> None:
-        """Add one utterance: ``values`` ``{metric: number}``, ``extra`` other columns."""
-        row = {"id": str(utt_id)}
-        for k, v in values.items():
-            if k not in self.metrics:
-                self.metrics.append(k)
-            row[k] = float(v) if v is not None else float("nan")
-        for k, v in extra.items():
-            if k in ("id",) or k in self.metrics:
-                raise ValueError(f"extra column {k!r} clashes with id / a metric")
-            if k not in self.extra_columns:
-                self.extra_columns.append(k)
-            row[k] = v
-        self.rows.append(row)
-
-    def append(self, utt_id, **columns) -> None:
-        """Keyword form of :meth:`add`: names in :data:`ALL_METRICS` or already tracked as
-        metrics, and other real numbers, are metrics; anything else (str ...) is an extra
-        column. ``t.append("u1", si_sdr=9.5, condition="2mix")``."""
-        values, extra = {}, {}
-        for k, v in columns.items():
-            numeric = (isinstance(v, (float, int, np.floating, np.integer))
-                       and not isinstance(v, bool))
-            if k not in self.extra_columns and (k in ALL_METRICS or k in self.metrics or numeric):
-                values[k] = v
-            else:
-                extra[k] = v
-        self.add(utt_id, values, **extra)
-
-    @property
-    def columns(self) -> list[str]:
-        return ["id", *self.extra_columns, *self.metrics]
-
-    @staticmethod
-    def _stats(values) -> dict:
-        a = np.asarray([v for v in values if v is not None], dtype=np.float64)
-        a = a[~np.isnan(a)]
-        if a.size == 0:
-            return {"mean": float("nan"), "std": float("nan"), "count": 0}
-        return {"mean": float(a.mean()), "std": float(a.std()), "count": int(a.size)}
-
-    def summary(self, by: str | None = None) -> dict:
-        """``{metric: {"mean", "std", "count"}}`` over rows, NaN ignored (``count`` =
-        non-NaN values; ``std`` is the population std). With ``by="condition"``:
-        ``{condition value: {metric: {...}}}`` (groups in first-seen order)."""
-        if by is None:
-            return {m: self._stats(r.get(m, float("nan")) for r in self.rows)
-                    for m in self.metrics}
-        if by not in self.extra_columns and by != "id":
-            raise KeyError(f"no column {by!r}; columns: {', '.join(self.columns)}")
-        groups: dict = {}
-        for r in self.rows:
-            groups.setdefault(r.get(by), []).append(r)
-        out = {}
-        for key, rows in groups.items():
-            sub = MetricTracker(self.metrics)
-            sub.rows = rows
-            out[key] = sub.summary()
-        return out
-
-    def write_csv(self, path) -> None:
-        """One row per utterance: ``id, <extra columns>, <metrics>`` (NaN written as
-        ``nan``, floats with full precision)."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(self.columns)
-            for r in self.rows:
-                w.writerow([r.get(c, "") if c not in self.metrics
-                            else repr(float(r.get(c, float("nan")))) for c in self.columns])
-
-    def write_json(self, path, by: str | None = None) -> None:
-        """``{"n": rows, "summary": {...}}`` (plus ``"by_<column>"`` when ``by``); NaN
-        means become ``null``."""
-        def clean(d):
-            if isinstance(d, dict):
-                return {str(k): clean(v) for k, v in d.items()}
-            if isinstance(d, float) and math.isnan(d):
-                return None
-            return d
-
-        out = {"n": len(self.rows), "summary": clean(self.summary())}
-        if by is not None:
-            out[f"by_{by}"] = clean(self.summary(by=by))
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
-
-    def table(self, by: str | None = None) -> str:
-        """Aligned text table ``metric | mean | std | count`` (one block per group with
-        ``by``, headed by ``[<by>=<value>]``)."""
-        if by is not None:
-            blocks = []
-            for key, summ in self.summary(by=by).items():
-                blocks.append(f"[{by}={key}]\n" + self._table(summ))
-            return "\n\n".join(blocks)
-        return self._table(self.summary())
-
-    @staticmethod
-    def _table(summ: dict) -> str:
-        body = [[m, _fmt(s["mean"]), _fmt(s["std"]), str(s["count"])] for m, s in summ.items()]
-        rows = [["metric", "mean", "std", "count"], *body]
-        w = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = []
-        for r in rows:
-            lines.append("  ".join([r[0].ljust(w[0])] + [r[i].rjust(w[i]) for i in (1, 2, 3)]))
-        return "\n".join(line.rstrip() for line in lines)

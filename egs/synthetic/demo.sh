@@ -25,9 +25,9 @@ python "$here/report.py" --exp_dir "$exp_dir/train" --data_folder "$data_dir/pre
   touch "$data_dir/musan_corpus/.complete"; }
 bash "$here/../../recipes/MUSAN/run.sh" --corpus_dir "$data_dir/musan_corpus" --out_dir "$data_dir/musan" \
   --nj "$nj" --val_fraction 0.2 --test_fraction 0.4 --seed "$seed"
-python -m avse.conditions lists --shards "$data_dir/prepared/shards/test" --num 150 --seed "$seed" \
-  --noise_shards "$data_dir/musan/shards/test" --out_dir "$data_dir/prepared/lists"
-python -m avse.conditions evaluate --model "$exp_dir/train" --shards "$data_dir/prepared/shards/test" \
-  --noise_shards "$data_dir/musan/shards/test" --lists_dir "$data_dir/prepared/lists" \
-  --metrics si_sdr,si_sdri,sdr,sdri --out_dir "$exp_dir/conditions"
+python -m avse.evaluation.conditions lists --shards "$data_dir/prepared/shards/test" \
+  --num 150 --seed "$seed" --noise_shards "$data_dir/musan/shards/test" --out_dir "$data_dir/prepared/lists"
+python -m avse.evaluation.conditions evaluate --model "$exp_dir/train" \
+  --shards "$data_dir/prepared/shards/test" --noise_shards "$data_dir/musan/shards/test" \
+  --lists_dir "$data_dir/prepared/lists" --metrics si_sdr,si_sdri,sdr,sdri --out_dir "$exp_dir/conditions"
 python "$here/../../tools/eval_sync.py" --model "$exp_dir/train" --out_dir "$exp_dir/sync" --noprogressbar

@@ -12,12 +12,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from avse.data.mixing import MixtureConfig
 from avse.data.loaders import make_list_loader
+from avse.data.mixing import MixtureConfig
+from avse.evaluation import DEFAULT_METRICS, format_table
 from avse.models.io import load_model
 
 TARGETS = {"si_sdri": 8.0, "gap_to_mismatched_lips": 8.0}
-KEYS = ("si_sdr", "si_sdri", "sdr", "sdri", "pesq", "stoi")
 
 
 def lip_opening(lips: np.ndarray) -> np.ndarray:
@@ -65,9 +65,10 @@ def main(argv=None):
         if not os.path.isfile(path):
             sys.exit(f"{path} not found: run the training (it evaluates at the end) first")
         summaries[name] = json.load(open(path))["summary"]
-    results = {k: summaries["test"][k]["mean"] for k in KEYS if k in summaries["test"]}
+    results = {k: summaries["test"][k]["mean"]
+               for k in DEFAULT_METRICS if k in summaries["test"]}
     results.update({f"{k}_mismatched_lips": summaries["test_mismatched_lips"][k]["mean"]
-                    for k in KEYS if k in summaries["test_mismatched_lips"]})
+                    for k in DEFAULT_METRICS if k in summaries["test_mismatched_lips"]})
     results["num_test_mixtures"] = summaries["test"]["si_sdr"]["count"]
     gap = results["si_sdri"] - results["si_sdri_mismatched_lips"]
     results["targets"] = TARGETS
@@ -77,10 +78,9 @@ def main(argv=None):
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
 
-    print(f"{'metric':<10}{'true lips':>12}{'mismatched lips':>18}")
-    for k in KEYS:
-        if k in results:
-            print(f"{k:<10}{results[k]:>12.2f}{results.get(k + '_mismatched_lips', float('nan')):>18.2f}")
+    print(format_table([{"metric": k, "true lips": results[k],
+                         "mismatched lips": results.get(k + "_mismatched_lips", float("nan"))}
+                        for k in DEFAULT_METRICS if k in results]))
     print(f"SI-SDRi gap (true - mismatched lips): {gap:.2f} dB; targets met: {results['meets_targets']}")
 
     model = load_model(args.exp_dir)

@@ -17,6 +17,8 @@ from avse.data.lists import make_condition_lists
 from avse.data import lists
 from tests.conftest import run_cmd
 
+CLI = ["python", "-m", "avse.evaluation.conditions"]
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -67,7 +69,7 @@ def test_condition_lists_share_rows_and_hold_what_the_condition_says(corpus):
 
 def test_condition_table_over_all_conditions(corpus):
     out = corpus["root"] / "eval"
-    proc = run_cmd(["python", "-m", "avse.conditions", "evaluate", "--model", corpus["model"],
+    proc = run_cmd([*CLI, "evaluate", "--model", corpus["model"],
                     "--shards", corpus["speech"], "--noise_shards", corpus["noise"],
                     "--lists_dir", os.path.dirname(corpus["lists"]["2mix"]),
                     "--out_dir", str(out)])
@@ -91,19 +93,19 @@ def test_condition_table_over_all_conditions(corpus):
 
 
 def test_condition_cli_errors_are_clear(corpus, tmp_path):
-    proc = run_cmd(["python", "-m", "avse.conditions", "lists", "--shards", corpus["speech"],
+    proc = run_cmd([*CLI, "lists", "--shards", corpus["speech"],
                     "--out_dir", str(tmp_path), "--num", "2"], check=False)
     assert proc.returncode == 2 and "--noise_shards" in proc.stderr
-    proc = run_cmd(["python", "-m", "avse.conditions", "lists", "--shards", corpus["speech"],
+    proc = run_cmd([*CLI, "lists", "--shards", corpus["speech"],
                     "--out_dir", str(tmp_path), "--conditions", "2mix,quiet"], check=False)
     assert proc.returncode == 2 and "unknown condition 'quiet'" in proc.stderr
-    proc = run_cmd(["python", "-m", "avse.conditions", "evaluate", "--model", corpus["model"],
+    proc = run_cmd([*CLI, "evaluate", "--model", corpus["model"],
                     "--shards", corpus["speech"], "--lists_dir", str(tmp_path)], check=False)
     assert proc.returncode == 2 and "missing condition list" in proc.stderr
-    proc = run_cmd(["python", "-m", "avse.conditions", "evaluate", "--model", str(tmp_path),
+    proc = run_cmd([*CLI, "evaluate", "--model", str(tmp_path),
                     "--shards", corpus["speech"], "--noise_shards", corpus["noise"],
                     "--lists_dir", os.path.dirname(corpus["lists"]["2mix"])], check=False)
-    assert proc.returncode == 2 and "avse.conditions: error:" in proc.stderr
+    assert proc.returncode == 2 and "python -m avse.evaluation.conditions: error:" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from avse import sync
+from avse.evaluation import sync_sweep as sync
 from tests.conftest import REPO, run_cmd
 from tests.integration.test_training import DEMO_YAML, TINY, tiny_data  # noqa: F401 (fixture)
 

@@ -1,7 +1,10 @@
 """Metrics (SI-SDR, BSS-eval SDR vs fast_bss_eval, PESQ, STOI), the tracker and losses."""
 import csv
 import json
+import logging
 import math
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -9,9 +12,10 @@ import torch
 from scipy.signal import lfilter
 
 from avse import losses, metrics
+from avse.evaluation import (DEFAULT_METRICS, MetricTracker, Scorer, compute_metrics,
+                             evaluate_many)
 from avse.losses import aux_loss, neg_si_sdr, si_sdr_loss_with_intermediate
-from avse.metrics import (MetricTracker, compute_metrics, evaluate_many, pesq_wb, sdr,
-                          sdri, si_sdr, si_sdri, stoi)
+from avse.metrics import pesq_wb, sdr, sdri, si_sdr, si_sdri, stoi
 
 SR = 16000
 
@@ -247,7 +251,7 @@ def test_compute_metrics(speech):
     clean, est = speech["clean"], speech["snr30"]
     mix = clean + 0.5 * speechlike(9)
     m = compute_metrics(est, clean, mix)
-    assert list(m) == list(metrics.ALL_METRICS)
+    assert list(m) == list(DEFAULT_METRICS)
     assert all(isinstance(v, float) for v in m.values())
     assert m["si_sdr"] == pytest.approx(si_sdr(est, clean))
     assert m["sdri"] == pytest.approx(sdr(est, clean) - sdr(mix, clean))
@@ -272,6 +276,35 @@ def test_evaluate_many_parallel_equals_serial():
     parallel = evaluate_many(ests, refs, mixes, n_jobs=2)
     assert serial == parallel
     assert serial[1] == compute_metrics(ests[1], refs[1], mixes[1])
+
+
+def test_missing_eval_packages_one_line_other_metrics_computed(monkeypatch, caplog, speech):
+    """Without pesq / pystoi (the ``eval`` extra): one warning line for the whole run, NaN
+    columns, every other metric computed."""
+    monkeypatch.setitem(sys.modules, "pesq", None)  # ``import pesq`` raises ImportError
+    monkeypatch.setitem(sys.modules, "pystoi", None)
+    clean = torch.tensor(speech["clean"][:2 * SR], dtype=torch.float32).reshape(2, SR)
+    noise = torch.tensor(speechlike(5, dur=2.0), dtype=torch.float32).reshape(2, SR)
+    batch = {"target": clean, "mixture": clean + noise, "keys": ["a", "b"],
+             "lengths": torch.tensor([1.0, 0.5]), "visual_keys": ["a", "x"]}
+    tracker = MetricTracker()
+    with caplog.at_level(logging.WARNING):
+        scorer = Scorer()
+        for _ in range(3):
+            scorer.score_batch(clean + 0.1 * noise, batch, tracker, batch_columns=("lips_of",))
+    lines = [r.getMessage() for r in caplog.records if "avse[eval]" in r.getMessage()]
+    assert len(lines) == 1 and "pesq" in lines[0] and "pystoi" in lines[0], caplog.text
+    assert scorer.missing == {"pesq": "pesq", "stoi": "pystoi"}
+    assert tracker.columns == ["id", "lips_of", *DEFAULT_METRICS] and len(tracker) == 6
+    for row in tracker.rows:
+        assert math.isnan(row["pesq"]) and math.isnan(row["stoi"])
+        assert all(np.isfinite(row[m]) for m in ("si_sdr", "si_sdri", "sdr", "sdri"))
+    assert tracker.rows[1]["si_sdr"] == pytest.approx(
+        si_sdr(clean[1, :SR // 2] + 0.1 * noise[1, :SR // 2], clean[1, :SR // 2]).item(), abs=1e-4)
+    many = evaluate_many([speech["snr30"]], [speech["clean"]], [speech["snr10"]])
+    assert math.isnan(many[0]["stoi"]) and np.isfinite(many[0]["sdri"])
+    with pytest.raises(ImportError, match=re.escape("pip install 'avse[eval]'")):
+        pesq_wb(speech["clean"], speech["clean"])
 
 
 # ----------------------------------------------------------------------------- tracker

@@ -1,4 +1,6 @@
 """AV synchronisation: shift_visual, the training augmentation (av_shift_frames), offset parsing."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +9,8 @@ from avse.data import lists
 from avse.data.mixing import MixtureConfig, shift_visual
 from avse.data.loaders import make_list_loader, make_train_loader
 from avse.data.shards import write_split
-from avse.metrics import MetricTracker
-from avse.sync import parse_offsets, shift_batch_visual, summarise
+from avse.evaluation import MetricTracker
+from avse.evaluation.sync_sweep import parse_offsets, shift_batch_visual, summarise
 
 # ------------------------------------------------------------------ shift_visual
 
@@ -118,6 +120,13 @@ def test_list_mode_valid_and_test_stay_synchronised(shards, stage):
         np.testing.assert_array_equal(p["visual"], s["visual"])
 
 
+def _first_mixed_example(ds, seed):
+    """The first example (a dict, before batching) of the dataset's decode -> mix stages."""
+    rng, read = np.random.default_rng(seed), [0]
+    decoded = map(functools.partial(ds.decode, rng=rng, read=read), ds.samples(rng, read=read))
+    return next(ds.mix(decoded, rng, "test"))
+
+
 def test_dynamic_mixing_shifts_the_lips(shards):
     d, _ = shards
     found = []
@@ -126,8 +135,7 @@ def test_dynamic_mixing_shifts_the_lips(shards):
         for k in (0, 2):
             loader = make_train_loader(d, MixtureConfig(crop_seconds=0.8, av_shift_frames=k),
                                        batch_size=1, shuffle_buffer=4, epoch_steps=1)
-            ds = loader.dataset
-            firsts.append(next(ds._examples(ds.urls, np.random.default_rng(seed), "test")))
+            firsts.append(_first_mixed_example(loader.dataset, seed))
         plain, shifted = firsts
         np.testing.assert_array_equal(plain["mixture"], shifted["mixture"])
         np.testing.assert_array_equal(shifted["visual"],

@@ -5,10 +5,11 @@ list is extracted with the target's visual stream moved by
 :func:`avse.data.mixing.shift_visual` (positive = the video lags the audio, negative = it
 leads; edge-padded, so lengths do not change), and SI-SDR / SI-SDRi are averaged per
 offset. Batches come from :func:`avse.data.loaders.make_list_loader` (stage ``test``)
-and the model is called as :class:`avse.brain.AVSEBrain` does in its test stage, so
-offset 0 reproduces the experiment's own evaluation of the same list::
+and are scored by :func:`avse.evaluation.scoring.score_loader` (the scorer of the Brain's
+test stage), so offset 0 reproduces the experiment's own evaluation of the same list::
 
-    python tools/eval_sync.py --model exp/demo/train                    # its test list
+    python -m avse.evaluation.sync_sweep --model exp/demo/train         # its test list
+    python tools/eval_sync.py --model exp/demo/train                    # the same
     python tools/eval_sync.py --model MODEL_DIR --shards DIR/shards/test \\
         --list DIR/lists/voxmix_2mix.csv --offsets -5:5 --max_mixtures 200
 
@@ -20,7 +21,7 @@ made with ``MixtureConfig(crop_seconds=None)`` and the experiment's ``normalise`
 rows as they are (a noise *source* in ``eval_mixture_config`` is not rebuilt).
 Writes into ``--out_dir`` (default ``<model>/eval``): ``sync_sweep.csv`` (one row per
 offset), ``sync_sweep.json``, ``sync_sweep_utts.csv`` (per mixture and offset) and
-``sync_sweep.png`` (skipped, with a note, when matplotlib is missing); prints the table.
+``sync_sweep.png`` (not with ``--no_plot``); prints the table.
 
 Example
 -------
@@ -30,23 +31,21 @@ Example
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import functools
 import logging
 import os
 import sys
 
-import numpy as np
 import torch
 import yaml
 
-from avse.data.align import FPS
 from avse.data.mixing import pad_to, shift_visual
-from avse.metrics import ALL_METRICS, MetricTracker, compute_metrics
+from avse.evaluation.registry import METRICS, check_metrics
+from avse.evaluation.report import FRAME_MS, MetricTracker, format_table, plot_sweep, write_table
+from avse.evaluation.scoring import score_loader
 
 logger = logging.getLogger(__name__)
 
-FRAME_MS = 1000.0 / FPS  # 40 ms
 SIGN = "positive offset = video lags audio (lips shown late); negative = video leads"
 OUTPUT_NAME = "sync_sweep"
 
@@ -99,35 +98,19 @@ def shift_batch_visual(visual: torch.Tensor, lengths, offset: int) -> torch.Tens
     return torch.stack(out).to(visual.device)
 
 
-@torch.no_grad()
 def sync_sweep(model, loader, offsets, metrics=("si_sdr", "si_sdri"), device: str = "cpu",
                progress: bool = False) -> MetricTracker:
-    """Per-mixture metrics for every offset: a :class:`~avse.metrics.MetricTracker` whose rows
-    carry an ``offset`` column (``tracker.summary(by="offset")`` gives the means).
+    """Per-mixture metrics for every offset: a :class:`~avse.evaluation.report.MetricTracker`
+    whose rows carry an ``offset`` column (``tracker.summary(by="offset")`` gives the means).
 
-    ``model``: an :class:`~avse.models.AVSEModel` (called as ``model(mixture, visual)``, as in
-    the Brain's test stage); ``loader``: a list loader yielding
-    :class:`~avse.data.loaders.AVBatch`. Each batch is read once and run at every offset.
+    ``model``: an :class:`~avse.models.AVSEModel`; ``loader``: a list loader yielding
+    :class:`~avse.data.loaders.AVBatch`; ``metrics``: names or a
+    :class:`~avse.evaluation.scoring.Scorer`. Each batch is read once and run at every offset
+    (:func:`~avse.evaluation.scoring.score_loader` with one visual variant per offset).
     """
-    model = model.to(device).eval()
-    tracker = MetricTracker(metrics=list(metrics))
-    batches = loader
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(loader, desc="sync sweep", unit="batch")
-    for batch in batches:
-        batch = batch.to(device)
-        for offset in offsets:
-            visual = shift_batch_visual(batch.visual, batch.lengths, offset)
-            estimate = model(batch.mixture, visual).estimate.detach().float()
-            for i, key in enumerate(batch.keys):
-                n = int(round(float(batch.lengths[i]) * estimate.shape[-1]))
-                row = compute_metrics(estimate[i, :n].cpu().numpy(),
-                                      batch.target[i, :n].cpu().numpy(),
-                                      batch.mixture[i, :n].cpu().numpy(), metrics=metrics)
-                tracker.add(key, row, offset=int(offset))
-    return tracker
+    variants = [({"offset": int(k)}, functools.partial(shift_batch_visual, offset=int(k)))
+                for k in offsets]
+    return score_loader(model, loader, metrics, variants, device, progress, desc="sync sweep")
 
 
 def summarise(tracker: MetricTracker, offsets) -> list:
@@ -150,75 +133,31 @@ def summarise(tracker: MetricTracker, offsets) -> list:
     return rows
 
 
-def format_table(rows) -> str:
+def sweep_table(rows) -> str:
     """Aligned text table of :func:`summarise` rows (means only)."""
     if not rows:
         return "(no offsets)"
-    cols = [c for c in rows[0] if not c.endswith("_std")]
-    text = [[c for c in cols]]
-    for r in rows:
-        text.append([f"{r[c]:+d}" if c == "offset" else f"{r[c]:+.0f}" if c == "offset_ms"
-                     else str(r[c]) if c == "count" else f"{r[c]:.3f}" for c in cols])
-    w = [max(len(line[i]) for line in text) for i in range(len(cols))]
-    return "\n".join("  ".join(v.rjust(w[i]) for i, v in enumerate(line)) for line in text)
-
-
-def plot_sweep(rows, path: str, title: str = "") -> bool:
-    """SI-SDRi against the offset into ``path`` (png): means and a +-1 standard-error band
-    (SI-SDR when the sweep has no SI-SDRi). False when matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric = "si_sdri" if "si_sdri" in rows[0] else "si_sdr"
-    x = np.array([r["offset"] for r in rows])
-    mean = np.array([r[metric] for r in rows], np.float64)
-    sem = np.array([r[metric + "_std"] / np.sqrt(max(r["count"], 1)) for r in rows], np.float64)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.fill_between(x, mean - sem, mean + sem, alpha=0.2, label="+-1 standard error")
-    ax.plot(x, mean, "o-", label=metric.replace("si_sdr", "SI-SDR"))
-    ax.axvline(0, color="gray", lw=0.8)
-    ax.set_xticks(x)
-    ax.set_xlabel("visual offset (video frames of 40 ms; + = video lags audio)")
-    ax.set_ylabel(metric.replace("si_sdr", "SI-SDR") + " (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    top = ax.secondary_xaxis("top", functions=(lambda f: f * FRAME_MS, lambda ms: ms / FRAME_MS))
-    top.set_xlabel("ms")
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return format_table(rows, [c for c in rows[0] if not c.endswith("_std")],
+                        {"offset": "{:+d}", "offset_ms": "{:+.0f}"}, digits=3)
 
 
 def write_outputs(rows, tracker: MetricTracker, out_dir: str, info: dict,
                   plot: bool = True) -> dict:
     """Write ``sync_sweep.{csv,json,png}`` and ``sync_sweep_utts.csv``; returns their paths
-    (``png`` None when the plot was skipped)."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {ext: os.path.join(out_dir, f"{OUTPUT_NAME}.{ext}") for ext in ("csv", "json", "png")}
-    paths["utts"] = os.path.join(out_dir, f"{OUTPUT_NAME}_utts.csv")
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows([{k: repr(float(v)) if isinstance(v, float) else v for k, v in r.items()}
-                          for r in rows])
-    tracker.write_csv(paths["utts"])
+    (``png`` None without ``plot``)."""
+    stem = os.path.join(out_dir, OUTPUT_NAME)
+    paths = {ext: f"{stem}.{ext}" for ext in ("csv", "json", "png")}
+    paths["utts"] = f"{stem}_utts.csv"
     n = info.get("n_mixtures", "?")
-    if not (plot and plot_sweep(rows, paths["png"], f"AV sync sweep, {n} mixtures")):
+    if plot:
+        os.makedirs(out_dir, exist_ok=True)
+        plot_sweep(rows, paths["png"], f"AV sync sweep, {n} mixtures")
+    else:
         paths["png"] = None
-    clean = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-             for r in rows]
-    with open(paths["json"], "w") as f:
-        json.dump({**info, "frame_ms": FRAME_MS, "sign": SIGN, "metrics": tracker.metrics,
-                   "sweep": clean, "plot": paths["png"] and os.path.basename(paths["png"])},
-                  f, indent=2)
-        f.write("\n")
+    report = {**info, "frame_ms": FRAME_MS, "sign": SIGN, "metrics": tracker.metrics,
+              "sweep": rows, "plot": paths["png"] and os.path.basename(paths["png"])}
+    write_table(rows, out_dir, OUTPUT_NAME, ("csv", "json"), data=report)
+    tracker.write_csv(paths["utts"])
     return paths
 
 
@@ -274,11 +213,12 @@ def _offsets_arg(text):
 
 def _metrics_arg(text):
     metrics = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in metrics if m not in ALL_METRICS]
-    if unknown or not metrics:
-        raise argparse.ArgumentTypeError(f"unknown metric(s) {unknown or text!r}; known: "
-                                         + ", ".join(ALL_METRICS))
-    return metrics
+    if not metrics:
+        raise argparse.ArgumentTypeError(f"no metric in {text!r}; known: {', '.join(METRICS)}")
+    try:
+        return list(check_metrics(metrics))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video frames: low:high[:step] or a comma list (default -5:5); " + SIGN)
     p.add_argument("--max_mixtures", type=int, default=None, help="first N rows only")
     p.add_argument("--metrics", type=_metrics_arg, default=["si_sdr", "si_sdri"],
-                   help="comma list out of " + ", ".join(ALL_METRICS) + " (default si_sdr,si_sdri)")
+                   help="comma list out of " + ", ".join(METRICS) + " (default si_sdr,si_sdri)")
     p.add_argument("--out_dir", help="default <model>/eval")
     p.add_argument("--batch_size", type=int, default=1, help="1: exact full-length mixtures")
     p.add_argument("--num_workers", type=int, default=0)
@@ -377,11 +317,9 @@ def main(argv=None) -> int:
     rows, paths = result["rows"], result["paths"]
     print(f"AV sync sweep over {rows[0]['count'] if rows else 0} mixture(s); {SIGN}; "
           f"1 frame = {FRAME_MS:.0f} ms")
-    print(format_table(rows))
+    print(sweep_table(rows))
     written = [paths[k] for k in ("csv", "json", "utts", "png") if paths[k]]
     print("wrote " + ", ".join(written))
-    if paths["png"] is None and not args.no_plot:
-        print("plot skipped: matplotlib is not installed (pip install matplotlib)")
     return 0
 
 
