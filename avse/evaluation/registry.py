@@ -33,7 +33,7 @@ from avse.data.align import SAMPLE_RATE
 from avse.metrics import INSTALL_EVAL, as_1d, pesq_wb, sdr, si_sdr, stoi
 
 __all__ = ["Metric", "METRICS", "DEFAULT_METRICS", "INSTALL_EVAL", "register_metric",
-           "check_metrics", "missing_packages", "Utterance"]
+           "improvement", "check_metrics", "missing_packages", "Utterance"]
 
 
 @dataclass(frozen=True)
@@ -132,24 +132,23 @@ def missing_packages(metrics: Iterable[str]) -> dict:
     return missing
 
 
+def improvement(base: str, fn: Callable) -> Metric:
+    """``<base>i``: metric ``base`` of the estimate minus ``fn(mixture, reference)``, the
+    same metric of the unprocessed mixture."""
+    return Metric(base + "i", lambda u: u[base] - float(fn(u.mixture, u.reference)),
+                  needs_mixture=True, description=f"{base} improvement over the mixture")
+
+
 # --------------------------------------------------------------------------- the metrics
-register_metric(Metric(
-    "si_sdr", lambda u: si_sdr(u.estimate, u.reference),
-    description="scale-invariant SDR (dB), zero-mean signals"))
-register_metric(Metric(
-    "si_sdri", lambda u: u["si_sdr"] - float(si_sdr(u.mixture, u.reference)), needs_mixture=True,
-    description="SI-SDR improvement over the mixture (dB)"))
-register_metric(Metric(
-    "sdr", lambda u: sdr(u.estimate, u.reference),
-    description="BSS-eval SDR (dB), 512-tap distortion filter"))
-register_metric(Metric(
-    "sdri", lambda u: u["sdr"] - float(sdr(u.mixture, u.reference)), needs_mixture=True,
-    description="SDR improvement over the mixture (dB)"))
-register_metric(Metric(
-    "pesq", lambda u: pesq_wb(u.estimate.numpy(), u.reference.numpy(), u.sr), package="pesq",
-    slow=True, description="wide-band PESQ (MOS-LQO)"))
-register_metric(Metric(
-    "stoi", lambda u: stoi(u.estimate.numpy(), u.reference.numpy(), u.sr), package="pystoi",
-    slow=True, description="STOI (0..1)"))
+register_metric(Metric("si_sdr", lambda u: si_sdr(u.estimate, u.reference),
+                       description="scale-invariant SDR (dB), zero-mean signals"))
+register_metric(improvement("si_sdr", si_sdr))
+register_metric(Metric("sdr", lambda u: sdr(u.estimate, u.reference),
+                       description="BSS-eval SDR (dB), 512-tap distortion filter"))
+register_metric(improvement("sdr", sdr))
+register_metric(Metric("pesq", lambda u: pesq_wb(u.estimate.numpy(), u.reference.numpy(), u.sr),
+                       package="pesq", slow=True, description="wide-band PESQ (MOS-LQO)"))
+register_metric(Metric("stoi", lambda u: stoi(u.estimate.numpy(), u.reference.numpy(), u.sr),
+                       package="pystoi", slow=True, description="STOI (0..1)"))
 
 DEFAULT_METRICS = tuple(name for name, metric in METRICS.items() if metric.default)
