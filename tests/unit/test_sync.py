@@ -1,6 +1,4 @@
 """AV synchronisation: shift_visual, the training augmentation (av_shift_frames), offset parsing."""
-import functools
-
 import numpy as np
 import pytest
 import torch
@@ -120,13 +118,6 @@ def test_list_mode_valid_and_test_stay_synchronised(shards, stage):
         np.testing.assert_array_equal(p["visual"], s["visual"])
 
 
-def _first_mixed_example(ds, seed):
-    """The first example (a dict, before batching) of the dataset's decode -> mix stages."""
-    rng, read = np.random.default_rng(seed), [0]
-    decoded = map(functools.partial(ds.decode, rng=rng, read=read), ds.samples(rng, read=read))
-    return next(ds.mix(decoded, rng, "test"))
-
-
 def test_dynamic_mixing_shifts_the_lips(shards):
     d, _ = shards
     found = []
@@ -135,7 +126,7 @@ def test_dynamic_mixing_shifts_the_lips(shards):
         for k in (0, 2):
             loader = make_train_loader(d, MixtureConfig(crop_seconds=0.8, av_shift_frames=k),
                                        batch_size=1, shuffle_buffer=4, epoch_steps=1)
-            firsts.append(_first_mixed_example(loader.dataset, seed))
+            firsts.append(next(iter(loader.dataset.examples(np.random.default_rng(seed)))))
         plain, shifted = firsts
         np.testing.assert_array_equal(plain["mixture"], shifted["mixture"])
         np.testing.assert_array_equal(shifted["visual"],
