@@ -5,7 +5,10 @@
 
 - ``modules: {model: ...}``, ``opt_class``, ``checkpointer``, ``epoch_counter``,
   ``train_logger`` and the AVSEBrain hyperparameters (``alpha``, ``aux_losses``, ...);
-- data: ``train_shards`` (a split folder), ``valid_shards`` + ``valid_list``,
+- data: ``train_shards`` (a split folder, an ``http(s)://`` split prefix, or a WebDataset
+  URL spec such as ``pipe:...shard-{000000..000511}.tar`` with ``train_shards_meta``, the
+  location of its meta.json; ``train_shards_resampled: true`` draws shards with
+  replacement, see :mod:`avse.data.loaders.dynamic`), ``valid_shards`` + ``valid_list``,
   ``mixture_config`` (an ``avse.data.mixing.MixtureConfig``), ``batch_size``,
   ``num_workers``, ``epoch_steps`` (nominal epoch length, same on every rank);
 - ``test_sets: {name: {shards: [...], list: csv, visual_from: target|mismatched}}``
@@ -55,7 +58,9 @@ def make_loaders(hparams):
                                   num_workers=hparams.get("num_workers", 0),
                                   epoch_steps=hparams.get("epoch_steps"),
                                   shuffle_buffer=hparams.get("shuffle_buffer", 100),
-                                  seed=hparams.get("seed", 0))
+                                  seed=hparams.get("seed", 0),
+                                  meta=hparams.get("train_shards_meta"),
+                                  resampled=hparams.get("train_shards_resampled", False))
     valid = None
     if hparams.get("valid_list"):
         valid = make_list_loader(hparams["valid_shards"], hparams["valid_list"], stage="valid",
@@ -87,7 +92,8 @@ def run_tests(brain, hparams) -> dict:
 
 
 def main(argv=None):
-    """Train (unless ``--test_only``) and evaluate one experiment."""
+    """Train (resuming from the last checkpoint: a finished experiment is only evaluated again)
+    and evaluate one experiment on its ``test_sets``."""
     argv = sys.argv[1:] if argv is None else argv
     hparams_file, run_opts, overrides, hparams = load_hparams(argv)
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"],

@@ -180,11 +180,6 @@ class DynamicMixDataset(IterableDataset):
             wds.map(partial(self.decode, rng=rng)),
             partial(self.mix, rng=rng, where=f"rank {self.rank} worker {worker_id}"))
 
-    def _examples(self, urls, rng, where):  # the former name, used by tests/unit/test_sync.py
-        if list(urls) != self.urls:
-            raise ValueError("_examples reads self.urls only; use examples()")
-        return iter(self.examples(rng))
-
     def pipeline(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
         """The endless batches of one (rank, worker): :meth:`examples` -> ``wds.batched``."""
         return self.examples(rng, worker_id, num_workers).compose(
