@@ -119,7 +119,7 @@ def test_reference_chunking(length):
     expect = 2 * ((length + 50) // 100 + 1)
     assert sep.num_chunks(length) == expect
     x = torch.randn(2, length, 3)
-    chunks = sep._segment(x)
+    chunks = sep._chunk(x)
     assert chunks.shape == (2, expect, 100, 3)
     torch.testing.assert_close(sep._overlap_add(chunks, length), 2 * x)
     assert chunks[:, 0, :50].abs().sum() == 0  # K/2 zero frames first

@@ -219,9 +219,6 @@ class SEANetSeparator(DualPathMasker):
                                    for _ in range(num_layers - 1))
         self._init_mask_head()
 
-    # SEANet always chunks as the reference does (``padding = "reference"``)
-    _segment = DualPathMasker._chunk
-
     def forward(self, feats: torch.Tensor, visual: torch.Tensor,
                 return_intermediate: bool = False) -> SeparatorOutput:
         """feats ``[B, N, L]``, visual ``[B, Dv, Tv]`` -> SeparatorOutput (masks ``[B, N, L]``,
