@@ -70,7 +70,7 @@ class ListMixDataset(Dataset):
         inter = [self.index.load(s.key)[0][:n * SAMPLES_PER_FRAME] for s in mix.interferers]
         if mix.noise and self.noise_index is None:
             raise ListError(f"row {i} ({format_row(mix)}) adds noise: pass "
-                                   "noise_dirs (the MUSAN recipe's noise shards)")
+                            "noise_dirs (the MUSAN recipe's noise shards)")
         row_noise = [(read_noise(self.noise_index, nz.keys, len(wav_t), rng if self.crop else None),
                       nz.snr) for nz in mix.noise]  # from sample 0 for valid/test
         return finish_example(self.config, tgt.key, self.labels.get(tgt.spk, -1), wav_t, visual,
@@ -141,7 +141,7 @@ def mismatch_map(rows, seed):
             k for k in keys if spk_of[k] not in own]
         if not pool:
             raise ListError(f"row {i} ({m.target.key}): no utterance of another speaker "
-                                   "in this set for mismatched lips")
+                            "in this set for mismatched lips")
         out[i] = pool[0]
     return out
 
