@@ -198,6 +198,10 @@ def _members(shards, select=None):
             stream.close()  # here a failed pipe: command is an error
             yield {}
         except Exception as exn:
+            try:  # a pipe: command that failed gives an empty stream: say how it exited
+                stream.close()
+            except Exception as closing:  # noqa: BLE001 (WebDataset raises a plain Exception)
+                exn = closing
             exn.args = exn.args + (url,)
             reraise_shard_error(exn)
         finally:
@@ -325,7 +329,8 @@ def serve_folder(root: str, host: str = "127.0.0.1", port: int = 0):
 
 
 def num_speakers(source, meta: str | None = None) -> int:
-    """:func:`avse.data.shards.num_speakers` for any split :func:`resolve_split` takes, e.g.
+    """How many speakers a split holds (its ``meta.json``), for any split :func:`resolve_split`
+    takes (a local folder too), e.g. the size of MuSE's speaker classifier in a yaml:
     ``num_speakers: !apply:avse.data.remote.num_speakers [<train_shards>, <train_shards_meta>]``."""
     count = resolve_split(source, meta).meta.get("speakers")
     if not count:

@@ -232,16 +232,31 @@ def read_meta(split_dir: str) -> dict:
             "(run the recipe's shard stage first)"
         )
     with open(path) as f:
-        return check_meta(json.load(f), path)
+        try:
+            meta = json.load(f)
+        except ValueError as err:
+            raise ShardError(f"{path} is not valid JSON ({err}); re-run the recipe's shard "
+                             "stage") from None
+    return check_meta(meta, path)
+
+
+META_REQUIRED = ("count", "num_shards", "shard_pattern")
 
 
 def check_meta(meta: dict, where: str) -> dict:
-    """``meta`` (read from ``where``) if this AVSE reads its format version, else a ShardError."""
+    """``meta`` (read from ``where``) if this AVSE reads its format version and it has the
+    fields readers need (:data:`META_REQUIRED`), else a ShardError naming ``where``."""
+    if not isinstance(meta, dict):
+        raise ShardError(f"{where}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ShardError(
             f"{where}: format_version {meta.get('format_version')} but this AVSE reads "
             f"{FORMAT_VERSION}; re-run the recipe's shard stage"
         )
+    missing = [k for k in META_REQUIRED if k not in meta]
+    if missing:
+        raise ShardError(f"{where}: no {', '.join(missing)}; a meta.json written by the "
+                         "recipes' shard stage has them: re-run it")
     return meta
 
 
@@ -296,11 +311,15 @@ def member_key(name: str):
 def iter_json(split_dir: str):
     """Yield ``(key, info)`` for every sample of a split, reading only its ``json`` members."""
     for url in shard_urls(split_dir):
-        with tarfile.open(url) as tar:
-            for member in tar:
-                key, ext = member_key(member.name)
-                if member.isfile() and ext == "json":
-                    yield key, json.loads(tar.extractfile(member).read())
+        try:
+            with tarfile.open(url) as tar:
+                for member in tar:
+                    key, ext = member_key(member.name)
+                    if member.isfile() and ext == "json":
+                        yield key, json.loads(tar.extractfile(member).read())
+        except (tarfile.TarError, ValueError) as err:  # ValueError: a json member
+            raise ShardError(f"{url}: cannot read ({err}); re-run the recipe's shard stage "
+                             "or remove the shard and its count from meta.json") from None
 
 
 def shard_utterances(split_dir: str, set_name: str | None = None) -> list:
@@ -331,22 +350,15 @@ def split_speakers(split_dir: str) -> list:
     return scan_speakers(split_dir)
 
 
-def write_speakers_file(split_dir: str) -> str:
-    """Write ``split_dir/speakers.txt`` (scanned) so that loaders need not scan; returns its path."""
+def write_speakers_file(split_dir: str, speakers=None) -> str:
+    """Write ``split_dir/speakers.txt`` (``speakers``, sorted; default: scanned from the shards)
+    so that loaders need not scan; returns its path."""
     path = os.path.join(split_dir, "speakers.txt")
+    speakers = scan_speakers(split_dir) if speakers is None else sorted(set(speakers))
     with open(path + ".tmp", "w") as f:
-        f.write("".join(s + "\n" for s in scan_speakers(split_dir)))
+        f.write("".join(s + "\n" for s in speakers))
     os.replace(path + ".tmp", path)
     return path
-
-
-def num_speakers(split_dir: str) -> int:
-    """How many speakers a shard split holds (``meta.json``), e.g. the size of MuSE's speaker
-    classifier in a yaml: ``num_speakers: !apply:avse.data.shards.num_speakers [<dir>]``."""
-    count = read_meta(split_dir).get("speakers")
-    if not count:
-        raise ShardError(f"{split_dir}/meta.json has no speaker count; set num_speakers by hand")
-    return int(count)
 
 
 def resolve_visual_field(meta: dict, visual_field: str = "auto") -> str:

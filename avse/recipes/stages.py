@@ -32,7 +32,7 @@ import numpy as np
 
 from avse.data.align import EMB_DIM, FPS, SAMPLE_RATE, align_av
 from avse.data.lists import generate_mixtures, read_list, write_list
-from avse.data.shards import encode_flac, encode_npy
+from avse.data.shards import encode_flac, encode_npy, write_speakers_file
 from avse.data.video import MOUTH_CROPS, MediaError, decode_media, read_audio
 from avse.recipes.common import (
     RecipeError,
@@ -286,8 +286,7 @@ def _samples(out_dir: str, infos, extra_json: dict | None = None):
 
 def _write_speakers(infos):
     def write(split_dir: str) -> None:  # the speaker label list, for speaker classifiers
-        with open(os.path.join(split_dir, "speakers.txt"), "w") as f:
-            f.write("".join(spk + "\n" for spk in sorted({i["spk"] for i in infos})))
+        write_speakers_file(split_dir, [i["spk"] for i in infos])
     return write
 
 

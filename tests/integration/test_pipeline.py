@@ -320,3 +320,29 @@ def test_one_speaker_per_shard_and_empty_shards_are_clear_errors(tmp_path):
                                         speakers=["a", "b"])
     with pytest.raises(ShardError, match="2 shard.s. read and no sample"):
         list(loader)
+
+
+def test_bad_meta_json_and_corrupt_shards_are_clear_errors(tmp_path):
+    import json
+    import shutil
+
+    split = tmp_path / "s"
+    rng = np.random.default_rng(0)
+    write_split([{"__key__": f"id{s}/v{u}/00001", "flac": 0.1 * rng.standard_normal(640 * 30),
+                  "lips.npy": np.zeros((30, 88, 88), np.uint8), "json": {"spk": f"id{s}"}}
+                 for s in range(3) for u in range(2)], str(split), shard_size=3)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        loaders.make_train_loader(str(split), CFG, batch_size=0)
+    meta_path = split / "meta.json"
+    good = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in good.items() if k != "num_shards"}))
+    with pytest.raises(ShardError, match="meta.json: no num_shards"):
+        loaders.make_train_loader(str(split), CFG, batch_size=2)
+    meta_path.write_text("{not json")
+    with pytest.raises(ShardError, match="meta.json is not valid JSON"):
+        loaders.make_train_loader(str(split), CFG, batch_size=2)
+    meta_path.write_text(json.dumps(good))
+    (split / "shard-000001.tar").write_bytes(b"not a tar" * 100)
+    with pytest.raises(ShardError, match="shard-000001.tar: cannot read"):
+        scan_speakers(str(split))
+    shutil.rmtree(split)

@@ -269,6 +269,10 @@ def make_train_loader(shard_dir, config: MixtureConfig | None = None, batch_size
     EpochLoader yielding :class:`AVBatch`, ``len() == epoch_steps``.
     """
     config = config or MixtureConfig()
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(speakers, str) and speakers != "auto":
+        raise ValueError(f"speakers must be 'auto' or a list of speaker ids, got {speakers!r}")
     split = resolve_split(shard_dir, meta)
     info, where = split.meta, split.name
     rank, world_size = dist_info(rank, world_size)
