@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import multiprocessing as mp
 import os
@@ -74,14 +75,12 @@ class Rejections:
             clean.append({"stage": stage, "key": r["key"], "path": r.get("path", ""),
                           "reason": reason})
         self.rows = [r for r in self.rows if r["stage"] != stage] + sorted(clean, key=lambda r: r["key"])
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=REJECT_FIELDS, delimiter="\t",
-                                    lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=REJECT_FIELDS, delimiter="\t",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.path, buf.getvalue())
 
 
 def params_hash(params: dict) -> str:
@@ -102,10 +101,8 @@ def is_done(marker: str, params: dict) -> bool:
 
 def mark_done(marker: str, params: dict, **info) -> None:
     """Write ``marker`` (json: the hash of ``params``, the params, ``info``)."""
-    os.makedirs(os.path.dirname(marker), exist_ok=True)
-    with open(marker, "w") as f:
-        json.dump({"params_hash": params_hash(params), "params": params, **info}, f, indent=2,
-                  default=str)
+    atomic_write(marker, json.dumps({"params_hash": params_hash(params), "params": params, **info},
+                                    indent=2, default=str))
 
 
 def hash_seed(seed: int, *parts) -> int:
@@ -119,22 +116,19 @@ def hash_seed(seed: int, *parts) -> int:
     return int(hashlib.md5("/".join(map(str, (seed,) + parts)).encode()).hexdigest()[:8], 16)
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so a reader never sees half a file."""
+def atomic_write(path: str, data) -> None:
+    """Write ``data`` (bytes, or str as UTF-8) to ``path`` through a temporary file, so a reader
+    never sees half a file; the parent folder is created."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(data)
+        f.write(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
 
 
 def write_jsonl(rows, path: str) -> None:
     """One json object a line, written atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
 
 
 def read_jsonl(path: str) -> list:
