@@ -25,11 +25,16 @@ setup(
         "Pillow>=9",
         "matplotlib>=3.6",
         "tensorboard>=2.10",  # the egs' tensorboard_logger (speechbrain's TensorboardLogger)
+        # MTCNN face detector for avse-extract on real videos; its weights ship in the wheel.
+        # Exactly 2.5.3: 2.6.0 pins torch<2.3.
+        "facenet-pytorch==2.5.3",
     ],
     extras_require={
         # PESQ and STOI in evaluation; without them those columns are NaN (one log line says so)
         "eval": ["pesq>=0.0.4", "pystoi>=0.3"],
-        "dev": ["pytest>=7", "pytest-timeout", "fast_bss_eval"],
+        "dev": ["pytest>=7", "pytest-timeout", "fast_bss_eval", "scikit-image>=0.21"],
+        # the real-face test and demo videos (avse.video.scenes) use scikit-image's photo
+        "scenes": ["scikit-image>=0.21"],
     },
     entry_points={
         "console_scripts": [
