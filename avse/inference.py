@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from avse.data.align import FPS, SAMPLE_RATE, AlignmentError, fit_visual_to_audio
-from avse.data.video import MOUTH_CROPS, MediaError, decode_media, read_audio, resample
+from avse.video.media import MOUTH_CROPS, MediaError, decode_media, read_audio, resample
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class AVSEExtractor:
     model : AVSEModel
     device : str
     crop : str
-        mouth-crop preset (``avse.data.video.MOUTH_CROPS``) applied to face-centred videos;
+        mouth-crop preset (``avse.video.media.MOUTH_CROPS``) applied to face-centred videos;
         use the one of the corpus the model was trained on.
     precision : str
         ``"fp32"`` (default; what the reference-exactness tests check), ``"bf16"``

@@ -9,7 +9,7 @@ here, working on ``OUT/manifest.jsonl`` and the files below ``OUT``:
   ``subset``, ``split``, ``media`` (the mp4) and optional ``audio`` / ``emb`` files that
   replace the mp4's audio / mouth crop (:func:`manifest_entry`).
 - extract: :func:`stage_extract` decodes each entry to 16 kHz mono audio and 88x88 uint8
-  mouth ROI at 25 fps (a fixed crop of :data:`avse.data.video.MOUTH_CROPS`), or takes the
+  mouth ROI at 25 fps (a fixed crop of :data:`avse.video.media.MOUTH_CROPS`), or takes the
   precomputed lip embeddings, aligns them (640 samples a frame) and writes
   ``OUT/extract/<split>/<key>.{flac,lips.npy|emb.npy,json}``.
 - shards: :func:`stage_shards` packs each split into ``OUT/shards/<split>/`` + meta.json
@@ -33,7 +33,7 @@ import numpy as np
 from avse.data.align import EMB_DIM, FPS, SAMPLE_RATE, align_av
 from avse.data.lists import generate_mixtures, read_list, write_list
 from avse.data.shards import encode_flac, encode_npy, write_speakers_file
-from avse.data.video import MOUTH_CROPS, MediaError, decode_media, read_audio
+from avse.video.media import MOUTH_CROPS, MediaError, decode_media, read_audio
 from avse.recipes.common import (
     RecipeError,
     Rejections,

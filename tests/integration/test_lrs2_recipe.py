@@ -9,7 +9,7 @@ import pytest
 from avse.data import lists
 from avse.data import shards
 from avse.data.align import align_av
-from avse.data.video import MOUTH_CROPS, decode_media
+from avse.video.media import MOUTH_CROPS, decode_media
 from avse.recipes import lrs2
 from avse.recipes.transcripts import TranscriptError, parse_transcript, read_transcript, stage_tokens
 from tests.conftest import run_cmd

@@ -9,7 +9,7 @@ import pytest
 
 from avse.data import lists
 from avse.data import shards
-from avse.data.video import MOUTH_CROPS, decode_media
+from avse.video.media import MOUTH_CROPS, decode_media
 from avse.data.align import align_av
 from avse.recipes.stages import probe_duration
 from tests.conftest import run_cmd

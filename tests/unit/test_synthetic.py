@@ -13,7 +13,7 @@ from avse.data import synthetic as syn  # noqa: E402
 from avse.data.align import SAMPLES_PER_FRAME  # noqa: E402
 from avse.data.synthetic.faces import static_face  # noqa: E402
 from avse.data.synthetic.speech import VOWELS, speaker_voice, synthesize_utterance  # noqa: E402
-from avse.data.video import MOUTH_CROPS  # noqa: E402
+from avse.video.media import MOUTH_CROPS  # noqa: E402
 
 VOX_RE = re.compile(r"^(dev|test)/mp4/(id\d{5})/([A-Za-z0-9_-]{11})/(\d{5})\.mp4$")
 N_SPK, N_CLIPS = 4, 2

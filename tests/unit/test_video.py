@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avse.data.video import (
+from avse.video.media import (
     MOUTH_CROPS,
     MediaError,
     decode_media,
@@ -85,7 +85,7 @@ def test_fast_luma_path_matches_swscale_gray(tmp_path):
     import av
 
     from avse.data.synthetic import render_face, speaker_look
-    from avse.data.video import frame_to_gray_box
+    from avse.video.media import frame_to_gray_box
 
     rng = np.random.default_rng(0)
     frames = render_face(rng.uniform(0, 1, 6), rng.uniform(0, 1, 6), rng.uniform(0, 1, 6),

@@ -14,7 +14,7 @@ import numpy as np
 
 from avse.data.align import FPS, SAMPLE_RATE
 from avse.data.synthetic.speech import TAG_LOOK, seeded_rng
-from avse.data.video import MOUTH_CROPS, MouthCrop
+from avse.video.media import MOUTH_CROPS, MouthCrop
 
 AAC_FRAME = 1024  # samples per AAC frame
 

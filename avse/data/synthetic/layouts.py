@@ -19,7 +19,7 @@ from avse.data.align import FPS, SAMPLE_RATE
 from avse.data.synthetic.faces import Look, render_face, speaker_look, write_mp4
 from avse.data.synthetic.speech import (TAG_CLIP, TAG_LAYOUT, TAG_MUSAN, Utterance, Voice, seeded_rng,
                                         speaker_voice, synthesize_utterance)
-from avse.data.video import MOUTH_CROPS
+from avse.video.media import MOUTH_CROPS
 
 try:  # progress bars are a nicety
     from tqdm import tqdm as _tqdm
