@@ -253,3 +253,113 @@ def decode_media(
             elif offset < 0:
                 wav = wav[-offset:]
     return wav, lips
+
+
+# --------------------------------------------------------------------------- rotation metadata
+def _iter_boxes(fh, start: int, end: int):
+    """Yield ``(type, box_start, payload_start, box_end)`` for the ISO-BMFF boxes in a range."""
+    pos = start
+    while pos + 8 <= end:
+        fh.seek(pos)
+        head = fh.read(8)
+        if len(head) < 8:
+            return
+        size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+        payload = pos + 8
+        if size == 1:  # 64-bit size follows the type
+            size = int.from_bytes(fh.read(8), "big")
+            payload = pos + 16
+        elif size == 0:  # box runs to the end of its parent
+            size = end - pos
+        if size < payload - pos or pos + size > end:
+            return
+        yield kind, pos, payload, pos + size
+        pos += size
+
+
+def _display_matrix(degrees: int, width: float, height: float) -> list:
+    """The tkhd matrix ``[a, b, u, c, d, v, x, y, w]`` of a counter-clockwise display rotation.
+
+    ``a, b, c, d, x, y`` are 16.16 fixed point, ``u, v, w`` 2.30. The rotation part is the one
+    FFmpeg reads back as ``degrees`` (its ``av_display_rotation_get`` convention: ``a = cos``,
+    ``b = -sin``, ``c = sin``, ``d = cos``); the translation keeps the rotated picture in the
+    positive quadrant as QuickTime-style players expect (``width x height`` = stored size).
+    """
+    cos, sin = {0: (1, 0), 90: (0, 1), 180: (-1, 0), 270: (0, -1)}[degrees]
+    tx = {0: 0, 90: 0, 180: width, 270: height}[degrees]
+    ty = {0: 0, 90: width, 180: height, 270: 0}[degrees]
+    one = 1 << 16
+    return [cos * one, -sin * one, 0, sin * one, cos * one, 0,
+            int(round(tx * one)), int(round(ty * one)), 1 << 30]
+
+
+def set_display_rotation(mp4_path: str, degrees: int) -> None:
+    """Write a display rotation into the video track header (``tkhd``) of an mp4/mov in place.
+
+    Afterwards FFmpeg/PyAV (and players) report the track as rotated: :func:`probe` returns
+    ``rotation == degrees % 360`` and the display size with width/height swapped for 90/270.
+
+    Arguments
+    ---------
+    mp4_path : str
+        an mp4/mov file with one or more video tracks (all of them are patched).
+    degrees : int
+        0, 90, 180 or 270 (any multiple of 90, taken modulo 360): the angle by which the
+        *stored* frames must be rotated **counter-clockwise** to appear upright, i.e.
+        ``upright = np.rot90(stored, k=degrees // 90)`` (FFmpeg's ``VideoFrame.rotation``
+        convention; a phone portrait clip stored landscape is 270 = one turn clockwise).
+
+    Raises
+    ------
+    ValueError when ``degrees`` is not a multiple of 90; MediaError naming the file when it
+    is missing or has no ``moov/trak/tkhd`` of a video track.
+
+    Example
+    -------
+    >>> set_display_rotation("clip.mp4", 90)  # doctest: +SKIP
+    """
+    if int(degrees) % 90:
+        raise ValueError(f"set_display_rotation: degrees must be a multiple of 90, got {degrees}")
+    degrees = int(degrees) % 360
+    if not os.path.isfile(mp4_path):
+        raise MediaError(f"{mp4_path}: no such file")
+    patched = 0
+    with open(mp4_path, "r+b") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        for kind, _, moov, moov_end in list(_iter_boxes(fh, 0, size)):
+            if kind != b"moov":
+                continue
+            for tkind, _, trak, trak_end in list(_iter_boxes(fh, moov, moov_end)):
+                if tkind != b"trak":
+                    continue
+                children = {k: (p, e) for k, _, p, e in _iter_boxes(fh, trak, trak_end)}
+                if b"tkhd" not in children or not _is_video_trak(fh, children):
+                    continue
+                tkhd = children[b"tkhd"][0]
+                fh.seek(tkhd)
+                version = fh.read(1)[0]
+                matrix_at = tkhd + (40 if version == 0 else 52)
+                fh.seek(matrix_at + 36)
+                dims = fh.read(8)
+                width = int.from_bytes(dims[:4], "big") / 65536
+                height = int.from_bytes(dims[4:], "big") / 65536
+                fh.seek(matrix_at)
+                for value in _display_matrix(degrees, width, height):
+                    fh.write(int(value).to_bytes(4, "big", signed=True))
+                patched += 1
+    if not patched:
+        raise MediaError(f"{mp4_path}: no video track header (moov/trak/tkhd) to patch; "
+                         "set_display_rotation needs an mp4/mov file with a video stream")
+
+
+def _is_video_trak(fh, children: dict) -> bool:
+    """Whether a trak's ``mdia/hdlr`` handler type is ``vide``."""
+    if b"mdia" not in children:
+        return False
+    start, end = children[b"mdia"]
+    for kind, _, payload, _ in _iter_boxes(fh, start, end):
+        if kind == b"hdlr":
+            fh.seek(payload + 8)  # version/flags (4), pre_defined (4), handler_type (4)
+            return fh.read(4) == b"vide"
+    return False
