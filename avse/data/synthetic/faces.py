@@ -147,19 +147,48 @@ def render_face(opening, width, roundness, size=(224, 224), crop: MouthCrop = MO
     frames[:] = static_face(h, w, my, mx, look, True)
     if blinks is not None and np.any(blinks):
         frames[np.asarray(blinks, bool)] = static_face(h, w, my, mx, look, False)
-    # per-frame semi-axes in pixels, [Tv, 1, 1]
-    a_in = (u * (0.13 + 0.17 * width - 0.03 * roundness))[:, None, None]
-    b_in = (u * (0.015 + 0.20 * opening))[:, None, None]
-    a_out = a_in + (u * (0.035 + 0.03 * roundness))[:, None, None]
-    b_out = b_in + (u * (0.045 + 0.03 * roundness))[:, None, None]
     half = int(np.ceil(0.375 * side)) + 2
     y0, y1 = max(int(my) - half, 0), min(int(my) + half + 1, h)
     x0, x1 = max(int(mx) - half, 0), min(int(mx) + half + 1, w)
     region = frames[:, y0:y1, x0:x1].astype(np.float32)
-    _ellipse(region, my - y0, mx - x0, b_out, a_out, look.lips)
-    _ellipse(region, my - y0, mx - x0, b_in, a_in, look.mouth)
+    draw_mouth(region, my - y0, mx - x0, u, opening, width, roundness, look.lips, look.mouth)
     frames[:, y0:y1, x0:x1] = np.round(region).astype(np.uint8)
     return frames
+
+
+def draw_mouth(img, cy, cx, unit, opening, width, roundness, lips, mouth) -> None:
+    """Draw the synthetic corpus's mouth (outer lips, then inner mouth) into ``img`` in place.
+
+    Parameters
+    ----------
+    img : np.ndarray
+        float32 RGB ``[H, W, 3]`` (one frame) or ``[Tv, H, W, 3]`` (one frame per track value).
+    cy, cx : float
+        mouth centre in pixels (row, column) of ``img``.
+    unit : float
+        mouth unit in pixels: the closed neutral mouth (width 0.6, roundness 0.2) is about
+        ``0.53 * unit`` wide; the lips' vertical extent grows to ``~0.55 * unit`` fully open.
+    opening, width, roundness : float or array_like
+        lip parameters in ``[0, 1]``, scalars for one frame or ``[Tv]`` for a stack.
+    lips, mouth : tuple
+        RGB colours (0-255) of the lips and of the inner mouth.
+
+    Example
+    -------
+    >>> img = np.full((40, 60, 3), 200.0, np.float32)
+    >>> draw_mouth(img, 20.0, 30.0, 60.0, np.float32(0.8), np.float32(0.6), np.float32(0.2),
+    ...            (180, 80, 80), (40, 10, 20))
+    >>> bool(img[20, 30, 0] < 100)
+    True
+    """
+    opening, width, roundness = np.asarray(opening), np.asarray(width), np.asarray(roundness)
+    # semi-axes in pixels, [..., 1, 1] to broadcast over the leading dims of img
+    a_in = (unit * (0.13 + 0.17 * width - 0.03 * roundness))[..., None, None]
+    b_in = (unit * (0.015 + 0.20 * opening))[..., None, None]
+    a_out = a_in + (unit * (0.035 + 0.03 * roundness))[..., None, None]
+    b_out = b_in + (unit * (0.045 + 0.03 * roundness))[..., None, None]
+    _ellipse(img, cy, cx, b_out, a_out, lips)
+    _ellipse(img, cy, cx, b_in, a_in, mouth)
 
 
 # ----------------------------------------------------------------------------- mp4
