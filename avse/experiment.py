@@ -91,6 +91,24 @@ def run_tests(brain, hparams) -> dict:
     return results
 
 
+def training_inference_config(hparams) -> dict:
+    """What ``model.yaml``'s ``inference`` section records: the crop preset of the training
+    shards (their meta.json), the sample rate and the mixture normalisation."""
+    from avse.data.remote import resolve_split
+    from avse.data.shards import ShardError
+
+    config = {"sample_rate": int(hparams.get("sample_rate", 16000)), "mixture_norm": "peak"}
+    try:
+        crop = resolve_split(hparams["train_shards"], hparams.get("train_shards_meta")).meta.get("crop")
+    except (KeyError, ShardError, OSError) as err:
+        logger.warning("the training shards' crop preset is unknown (%s); model.yaml records the "
+                       "default", err)
+        crop = None
+    if crop:
+        config["crop"] = crop
+    return config
+
+
 def main(argv=None):
     """Train (resuming from the last checkpoint: a finished experiment is only evaluated again)
     and evaluate one experiment on its ``test_sets``."""
@@ -100,7 +118,7 @@ def main(argv=None):
                                    hyperparams_to_save=hparams_file, overrides=overrides)
     model = hparams["modules"]["model"]
     if sb.utils.distributed.if_main_process() and getattr(model, "config", None) is not None:
-        save_config(model, hparams["output_folder"])
+        save_config(model, hparams["output_folder"], training_inference_config(hparams))
     brain = AVSEBrain(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
                       run_opts=run_opts, checkpointer=hparams["checkpointer"])
     train, valid = make_loaders(hparams)

@@ -1,19 +1,34 @@
-"""Inference: ``AVSEExtractor.from_hparams(source=DIR).extract(mixture, video)``.
+"""Inference: ``AVSEExtractor.from_hparams(source=DIR)``, and the ``avse-extract`` command.
 
 ``DIR`` is an experiment folder (``model.yaml`` + ``save/CKPT+*/model.ckpt``; the checkpoint
 with the best validation SI-SDR is used) or an exported folder (``model.yaml`` +
-``model.ckpt``). The CLI::
+``model.ckpt``). ``model.yaml``'s ``inference`` section (crop preset, sample rate, mixture
+normalisation) says how the model was fed in training; inference feeds it the same way.
+
+Any video, each face's voice out (faces tracked; two passes, memory bounded)::
+
+    avse-extract --model DIR --video ANY_VIDEO [--mixture AUDIO] --out_dir OUT
+                 [--face all|largest|N] [--chunk_seconds S] [--device cpu] [--precision fp32|bf16]
+    avse-extract --video ANY_VIDEO --list_faces [--out_dir OUT]   # detection and tracking only
+
+OUT gets, per face track k (numbered left to right): ``face<k>.wav`` (16 kHz, as long as the
+input audio, silence where the face is off screen), ``face<k>.mp4`` (the source video with
+that audio, in sync), and ``faces.json`` / ``faces.png`` (which face is which).
+
+One face, one wav (the face tracked, or ``--face_centred`` for clips already cropped like
+the corpus, e.g. VoxCeleb2 test clips; a ``.npy`` of lip embeddings for embedding models)::
 
     avse-extract --model DIR --video face.mp4 [--mixture mix.wav] --out target.wav
-
-takes the mp4's own audio as the mixture when ``--mixture`` is left out.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import time
 
 import numpy as np
 import torch
@@ -31,39 +46,55 @@ class AVSEExtractor:
     ---------
     model : AVSEModel
     device : str
-    crop : str
-        mouth-crop preset (``avse.video.media.MOUTH_CROPS``) applied to face-centred videos;
-        use the one of the corpus the model was trained on.
+    crop : str, optional
+        mouth-crop preset (:data:`avse.video.crops.CROP_PRESETS`); default: the one
+        ``inference`` records (the training shards'). Face-centred clips (:meth:`extract`)
+        take the fixed presets of ``avse.video.media.MOUTH_CROPS``.
     precision : str
         ``"fp32"`` (default; what the reference-exactness tests check), ``"bf16"``
         (``torch.autocast`` with bfloat16: CPUs with AMX/AVX512-BF16 and GPUs; about 2-3x
         faster on such CPUs, outputs within about 1e-2 of fp32, see
         ``benchmarks/models.py --precision bf16``) or ``"fp16"`` (CUDA only). Weights stay
         fp32 and the estimate is returned in fp32.
+    inference : dict, optional
+        ``model.yaml``'s ``inference`` section (:func:`avse.models.io.inference_config`).
     """
 
     PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    def __init__(self, model, device: str = "cpu", crop: str = "voxceleb2",
-                 precision: str = "fp32"):
-        if crop not in MOUTH_CROPS:
-            raise ValueError(f"unknown crop {crop!r}; known: {sorted(MOUTH_CROPS)}")
+    def __init__(self, model, device: str = "cpu", crop: str | None = None,
+                 precision: str = "fp32", inference: dict | None = None):
+        from avse.models.io import inference_config
+        from avse.video.crops import CROP_PRESETS
+
+        self.inference = inference_config(inference)
+        if crop is not None:
+            self.inference["crop"] = crop
+        if self.inference["crop"] not in CROP_PRESETS:
+            raise ValueError(f"unknown crop {self.inference['crop']!r}; known: {list(CROP_PRESETS)}")
+        if self.inference["mixture_norm"] != "peak" or self.inference["sample_rate"] != SAMPLE_RATE:
+            raise ValueError(f"model.yaml inference section {self.inference}: only mixture_norm "
+                             f"'peak' at {SAMPLE_RATE} Hz is supported")
         if precision not in self.PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; known: {sorted(self.PRECISIONS)}")
         if precision == "fp16" and not str(device).startswith("cuda"):
             raise ValueError("precision 'fp16' needs a CUDA device; on CPU use 'bf16' or 'fp32'")
         self.model = model.to(device).eval()
         self.device = device
-        self.crop = crop
         self.precision = precision
 
+    @property
+    def crop(self) -> str:
+        return self.inference["crop"]
+
     @classmethod
-    def from_hparams(cls, source: str, device: str = "cpu", crop: str = "voxceleb2",
+    def from_hparams(cls, source: str, device: str = "cpu", crop: str | None = None,
                      key: str = "si_sdr", precision: str = "fp32"):
         """Load from an experiment or exported folder (SpeechBrain ``Pretrained`` style)."""
-        from avse.models.io import load_model
+        from avse.models.io import load_inference_config, load_model
 
-        return cls(load_model(source, key=key), device=device, crop=crop, precision=precision)
+        return cls(load_model(source, key=key), device=device, crop=crop, precision=precision,
+                   inference=load_inference_config(source))
 
     @property
     def visual_input(self) -> str:
@@ -71,20 +102,32 @@ class AVSEExtractor:
 
     # -------------------------------------------------------------- batch API
     @torch.no_grad()
-    def extract_batch(self, mixture: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+    def extract_batch(self, mixture: torch.Tensor, visual: torch.Tensor,
+                      peak: float | None = None) -> torch.Tensor:
         """mixture ``[B, T]`` @16 kHz, visual ``[B, Tv, 88, 88]`` or ``[B, Tv, 512]`` -> ``[B, T]``.
 
-        Each mixture is peak-normalised as in training and the estimate is scaled back.
+        Each mixture is peak-normalised as in training and the estimate is scaled back;
+        ``peak`` gives the normalisation gain instead (a chunk of a long file uses the file's).
         """
         mixture = torch.as_tensor(mixture, dtype=torch.float32, device=self.device)
         visual = torch.as_tensor(visual, device=self.device)
         if visual.dtype not in (torch.uint8, torch.float32):
             visual = visual.float()
-        peak = mixture.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
+        if peak is None:
+            peak = mixture.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
+        else:
+            peak = max(float(peak), 1e-8)
         dtype = self.PRECISIONS[self.precision]
         with torch.autocast(torch.device(self.device).type, dtype=dtype, enabled=dtype is not None):
             estimate = self.model(mixture / peak, visual).estimate
         return estimate.float() * peak
+
+    def extract_array(self, wav: np.ndarray, visual: np.ndarray, peak: float) -> np.ndarray:
+        """One chunk: ``wav [T]``, ``visual [Tv, ...]`` (``T = Tv * 640``), the file's ``peak``
+        -> estimate ``[T]`` float32."""
+        wav_t = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None]
+        vis_t = torch.from_numpy(np.ascontiguousarray(visual))[None]
+        return self.extract_batch(wav_t, vis_t, peak=peak)[0].cpu().numpy()
 
     # -------------------------------------------------------------- file API
     def load_visual(self, video) -> np.ndarray:
@@ -103,6 +146,10 @@ class AVSEExtractor:
         if self.visual_input == "emb":
             raise ValueError(f"{path}: this model takes precomputed 512-d lip embeddings (.npy at "
                              "25 fps), not a video")
+        if self.crop not in MOUTH_CROPS:
+            raise ValueError(f"{path}: the crop preset {self.crop!r} needs face tracking; run "
+                             "without --face_centred (a face-centred clip takes the fixed presets "
+                             f"{sorted(MOUTH_CROPS)})")
         _, lips = decode_media(path, want_audio=False, crop=MOUTH_CROPS[self.crop])
         return lips
 
@@ -135,28 +182,227 @@ class AVSEExtractor:
         return self.extract_batch(wav, vis)[0].cpu()
 
 
+    # -------------------------------------------------------------- any video
+    def extract_video(self, video: str, out_dir: str | None = None, mixture: str | None = None,
+                      face="all", out_wav: str | None = None, chunk_seconds: float = 4.0,
+                      overlap_seconds: float = 1.0, work_dir: str | None = None,
+                      mux: bool = True, progress: bool = False, keep_work: bool = False,
+                      **scan_opts) -> dict:
+        """Every face of any video: track the faces, extract each one's voice in chunks.
+
+        Arguments
+        ---------
+        video : str
+            any video PyAV reads (any fps, size, rotation; several faces; long).
+        out_dir : str
+            receives ``face<k>.wav``, ``face<k>.mp4``, ``faces.json`` and ``faces.png``.
+        mixture : str, optional
+            the mixture (any audio file); default: the video's own audio. Its sample 0 is taken
+            to be the first video frame's time.
+        face : str or int
+            ``"all"``, ``"largest"`` (largest mean box) or a track number (left to right).
+        out_wav : str, optional
+            instead of ``out_dir``: one wav for one face (an error naming the faces when
+            several are found and ``face`` is ``"all"``).
+        chunk_seconds, overlap_seconds : float
+            see :mod:`avse.video.longform`.
+        scan_opts
+            :func:`avse.video.faces.detect_and_track` options (``detect_every``,
+            ``max_side``, ``min_track_s``, ``merge``).
+
+        Returns
+        -------
+        dict: the files written, the tracks, and timings (``seconds``, ``rtf``).
+        """
+        from avse.video import faces as F
+        from avse.video.longform import extract_track, file_peak
+        from avse.video.media import decode_audio, probe
+
+        if self.model.visual_input == "emb":
+            raise ValueError("this model takes 512-d lip embeddings; real-video extraction needs "
+                             "a model that reads mouth crops")
+        t0 = time.perf_counter()
+        info = probe(video)
+        origin = info.video_start if mixture else info.audio_start
+        if origin is None:
+            raise MediaError(f"{video}: no audio stream; give the mixture with --mixture")
+        work = tempfile.mkdtemp(prefix="avse-extract-", dir=work_dir)
+        written = []
+        try:
+            scan = F.detect_and_track(video, origin=origin, info=info, progress=progress, **scan_opts)
+            if not scan.tracks:
+                raise F.NoFaceError(f"{video}: no face found ({scan.seconds['detections']} frames "
+                                    f"examined, {len(scan.dropped)} track(s) too short dropped)")
+            chosen = select_faces(scan, face, single=out_wav is not None, video=video)
+            F.write_face_frames(scan, video, work, tracks=chosen, progress=progress)
+            mix_wav = os.path.join(work, "mixture.wav")
+            decode_audio(mixture or video, mix_wav, origin=None if mixture else origin)
+            gain = file_peak(mix_wav)
+            t1 = time.perf_counter()
+            if out_dir:
+                os.makedirs(out_dir, exist_ok=True)
+            from tqdm import tqdm
+
+            total = sum(len(scan.track(k).frames) for k in chosen)
+            with tqdm(total=total, desc="extract", unit="frame", disable=not progress,
+                      leave=False) as bar:
+                for k in chosen:
+                    target = out_wav or os.path.join(out_dir, f"face{k}.wav")
+                    extract_track(self, mix_wav, scan.track(k).frames, scan.faces(k),
+                                  scan.landmarks(k), target, self.crop, gain, chunk_seconds,
+                                  overlap_seconds, progress=bar)
+                    written.append(target)
+                    if out_dir and mux:
+                        from avse.video.mux import mux_audio
+
+                        mp4 = os.path.join(out_dir, f"face{k}.mp4")
+                        mux_audio(video, target, mp4, origin=origin, info=info)
+                        written.append(mp4)
+            t2 = time.perf_counter()
+            seconds = {"faces": t1 - t0, "extract": t2 - t1}
+            summary = {"tracks": len(scan.tracks), "dropped": len(scan.dropped),
+                       "extracted": chosen, "video_seconds": scan.n_frames / FPS,
+                       "seconds": seconds, "crop": self.crop,
+                       "rtf": {k: v / max(scan.n_frames / FPS, 1e-9) for k, v in seconds.items()}}
+            if out_dir:
+                F.write_faces_json(scan, os.path.join(out_dir, "faces.json"), {"extraction": summary})
+                F.write_faces_png(scan, os.path.join(out_dir, "faces.png"))
+                written += [os.path.join(out_dir, "faces.json"), os.path.join(out_dir, "faces.png")]
+            summary["files"] = written
+            summary["scan"] = scan
+            return summary
+        finally:
+            if not keep_work:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def select_faces(scan, face, single: bool = False, video: str = "") -> list:
+    """Track ids to extract: ``"all"``, ``"largest"`` or one number; errors list the faces."""
+    from avse.video.faces import format_faces_table
+
+    ids = [t.id for t in scan.tracks]
+    table = format_faces_table(scan)
+    if face in (None, "all"):
+        if single and len(ids) > 1:
+            raise ValueError(f"{video}: {len(ids)} faces found; --out writes one face: pick one "
+                             f"with --face N (or --face largest), or use --out_dir for all of "
+                             f"them:\n{table}")
+        return ids
+    if face == "largest":
+        def area(t):
+            x0, y0, x1, y1 = t.mean_box
+            return (x1 - x0) * (y1 - y0)
+        return [max(scan.tracks, key=area).id]
+    try:
+        k = int(face)
+    except (TypeError, ValueError):
+        raise ValueError(f"--face must be 'all', 'largest' or a face number, got {face!r}") from None
+    if k not in ids:
+        raise ValueError(f"{video}: there is no face {k}; the faces are:\n{table}")
+    return [k]
+
+
+def list_faces(video: str, out_dir: str | None = None, progress: bool = False, **scan_opts):
+    """Detection and tracking only: print the table; with ``out_dir``, write ``faces.json`` and
+    ``faces.png`` (a few crops per track). Returns the scan."""
+    from avse.video import faces as F
+
+    work = tempfile.mkdtemp(prefix="avse-faces-")
+    try:
+        scan = F.scan_faces(video, work, sample_only=6, progress=progress, **scan_opts)
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+            F.write_faces_json(scan, os.path.join(out_dir, "faces.json"))
+            F.write_faces_png(scan, os.path.join(out_dir, "faces.png"))
+        return scan
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avse-extract", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="experiment or exported model folder")
+    p.add_argument("--video", required=True, help="any video; a face-centred clip with "
+                   "--face_centred; or a .npy lip embedding (embedding models)")
+    p.add_argument("--mixture", help="mixture audio (default: the video's own audio)")
+    p.add_argument("--out_dir", help="one wav + one mp4 per face, faces.json, faces.png")
+    p.add_argument("--out", help="one output wav (one face)")
+    p.add_argument("--face", default="all", help="all | largest | N (a number from faces.json)")
+    p.add_argument("--list_faces", action="store_true", help="detect and track only; print the faces")
+    p.add_argument("--face_centred", action="store_true",
+                   help="the video is already a face-centred clip (as the corpus'): no tracking")
+    p.add_argument("--chunk_seconds", type=float, default=4.0)
+    p.add_argument("--overlap_seconds", type=float, default=1.0,
+                   help="context on each side of a chunk; chunks are cross-faded over half of it")
+    p.add_argument("--detect_every", type=int, default=5, help="detect faces every N frames")
+    p.add_argument("--max_side", type=int, default=640, help="long side the detector sees")
+    p.add_argument("--min_track_seconds", type=float, default=1.0, help="shorter tracks dropped")
+    p.add_argument("--no_merge", action="store_true",
+                   help="do not merge one face's tracks across shot cuts")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--crop", default=None, help="override the model.yaml crop preset")
+    p.add_argument("--precision", default="fp32", choices=sorted(AVSEExtractor.PRECISIONS),
+                   help="bf16: faster on CPUs with AMX/AVX512-BF16, outputs differ slightly")
+    p.add_argument("--work_dir", help="where the face frames are staged (default: the system temp)")
+    p.add_argument("--noprogressbar", action="store_true")
+    return p
+
+
+def _scan_opts(args) -> dict:
+    return {"detect_every": args.detect_every, "max_side": args.max_side,
+            "min_track_s": args.min_track_seconds, "merge": not args.no_merge}
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="avse-extract", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="experiment or exported model folder")
-    parser.add_argument("--video", required=True, help="face-centred mp4, or .npy lip embedding")
-    parser.add_argument("--mixture", help="mixture audio (default: the mp4's own audio)")
-    parser.add_argument("--out", required=True, help="output wav (16 kHz)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--crop", default="voxceleb2", choices=sorted(MOUTH_CROPS))
-    parser.add_argument("--precision", default="fp32", choices=sorted(AVSEExtractor.PRECISIONS),
-                        help="bf16: faster on CPUs with AMX/AVX512-BF16, outputs differ slightly")
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    import soundfile as sf
+    progress = not args.noprogressbar and sys.stderr.isatty()
+    from avse.video.faces import format_faces_table
 
     try:
+        if args.list_faces:
+            scan = list_faces(args.video, args.out_dir, progress=progress, **_scan_opts(args))
+            print(format_faces_table(scan))
+            print(f"{len(scan.tracks)} face track(s), {len(scan.dropped)} dropped (shorter than "
+                  f"{args.min_track_seconds} s)" + (f"; wrote {args.out_dir}/faces.json, faces.png"
+                                                     if args.out_dir else ""))
+            return 0
+        if not args.model:
+            parser.error("--model is required (except with --list_faces)")
+        if bool(args.out) == bool(args.out_dir):
+            parser.error("give exactly one of --out_dir (every face) and --out (one wav)")
         extractor = AVSEExtractor.from_hparams(args.model, device=args.device, crop=args.crop,
                                                precision=args.precision)
-        wav = extractor.extract(args.mixture, args.video)
+        if args.face_centred or args.video.endswith(".npy"):
+            if not args.out:
+                parser.error("--face_centred and .npy inputs write one wav: use --out")
+            return _write_one(extractor, args)
+        result = extractor.extract_video(args.video, out_dir=args.out_dir, mixture=args.mixture,
+                                         face=args.face, out_wav=args.out,
+                                         chunk_seconds=args.chunk_seconds,
+                                         overlap_seconds=args.overlap_seconds,
+                                         work_dir=args.work_dir, progress=progress,
+                                         **_scan_opts(args))
     except (MediaError, AlignmentError, ValueError, OSError, RuntimeError) as err:
         print(f"avse-extract: error: {err}", file=sys.stderr)
         return 2
+    sec, rtf = result["seconds"], result["rtf"]
+    print(format_faces_table(result["scan"]))
+    for path in result["files"]:
+        print(f"wrote {path}")
+    print(f"tracks: {result['tracks']} found, {result['dropped']} dropped, "
+          f"{len(result['extracted'])} extracted; {result['video_seconds']:.1f} s of video in "
+          f"{sum(sec.values()):.1f} s (real-time factor: faces {rtf['faces']:.2f}, "
+          f"extraction {rtf['extract']:.2f})")
+    return 0
+
+
+def _write_one(extractor, args) -> int:
+    import soundfile as sf
+
+    wav = extractor.extract(args.mixture, args.video)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     sf.write(args.out, np.clip(wav.numpy(), -1, 1), SAMPLE_RATE, subtype="PCM_16")
     print(f"wrote {args.out} ({len(wav) / SAMPLE_RATE:.2f} s)")

@@ -1,5 +1,19 @@
-"""Save and load an :class:`AVSEModel` as a folder: ``model.yaml`` (the slot specs) and
-``model.ckpt`` (the state dict)."""
+"""Save and load an :class:`AVSEModel` as a folder: ``model.yaml`` (the slot specs, plus an
+``inference`` section) and ``model.ckpt`` (the state dict).
+
+The ``inference`` section records how the model was fed in training, so that inference
+feeds it the same way (folders written before it existed get :data:`INFERENCE_DEFAULTS`):
+
+==============  ===========================================================================
+key             meaning
+==============  ===========================================================================
+crop            mouth-crop preset of the training shards (``avse.video.crops.CROP_PRESETS``)
+visual_range    ``full``: gray 0..255 as OpenCV's BGR2GRAY (limited-range luma is expanded)
+sample_rate     16000
+mixture_norm    ``peak``: the mixture is divided by its peak |x| (once per file), the
+                estimate multiplied back
+==============  ===========================================================================
+"""
 from __future__ import annotations
 
 import os
@@ -9,6 +23,11 @@ import yaml
 
 MODEL_CONFIG = "model.yaml"
 MODEL_WEIGHTS = "model.ckpt"
+
+
+INFERENCE_DEFAULTS = {"crop": "voxceleb2", "visual_range": "full", "sample_rate": 16000,
+                      "mixture_norm": "peak"}
+INFERENCE_KEY = "inference"
 
 
 class ModelLoadError(RuntimeError):
@@ -48,28 +67,43 @@ def state_dict_problems(expected: dict, state: dict, prefix: str = "", limit: in
             if keys]
 
 
-def save_config(model, folder: str) -> str:
-    """Write ``folder/model.yaml`` from ``model.config`` (the specs it was built from)."""
+def inference_config(given: dict | None = None) -> dict:
+    """:data:`INFERENCE_DEFAULTS` updated with ``given``; unknown keys are an error.
+
+    >>> inference_config({"crop": "landmarks"})["crop"], inference_config()["mixture_norm"]
+    ('landmarks', 'peak')
+    """
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(INFERENCE_DEFAULTS))
+    if unknown:
+        raise ModelLoadError(f"unknown key(s) {unknown} in the {INFERENCE_KEY!r} section of "
+                             f"{MODEL_CONFIG}; known: {sorted(INFERENCE_DEFAULTS)}")
+    return {**INFERENCE_DEFAULTS, **given}
+
+
+def save_config(model, folder: str, inference: dict | None = None) -> str:
+    """Write ``folder/model.yaml`` from ``model.config`` (the specs it was built from) and the
+    ``inference`` section (:func:`inference_config` of ``inference``)."""
     if model.config is None:
         raise ModelLoadError("this AVSEModel was built from module instances, not specs; build it "
                              "from {type: ..., ...} specs to export it")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, MODEL_CONFIG)
+    config = {**model.config, INFERENCE_KEY: inference_config(inference)}
     with open(path, "w") as f:
-        yaml.safe_dump(model.config, f, sort_keys=False)
+        yaml.safe_dump(config, f, sort_keys=False)
     return path
 
 
-def save_model(model, folder: str) -> str:
+def save_model(model, folder: str, inference: dict | None = None) -> str:
     """Export ``model`` into ``folder`` (``model.yaml`` + ``model.ckpt``); returns the folder."""
-    save_config(model, folder)
+    save_config(model, folder, inference)
     torch.save(model.state_dict(), os.path.join(folder, MODEL_WEIGHTS))
     return folder
 
 
-def build_from_config(folder_or_file: str):
-    from avse.models.avse_model import AVSEModel
-
+def read_config(folder_or_file: str) -> dict:
+    """The parsed ``model.yaml`` of a model folder (or the file itself)."""
     path = folder_or_file
     if os.path.isdir(path):
         path = os.path.join(path, MODEL_CONFIG)
@@ -80,6 +114,19 @@ def build_from_config(folder_or_file: str):
     if not isinstance(config, dict) or "separator" not in config:
         raise ModelLoadError(f"{path}: expected the keys audio_encoder, visual_encoder, separator, "
                              "fusion, decoder")
+    return config
+
+
+def load_inference_config(folder_or_file: str) -> dict:
+    """The ``inference`` section of a model folder's ``model.yaml``, defaults filled in."""
+    return inference_config(read_config(folder_or_file).get(INFERENCE_KEY))
+
+
+def build_from_config(folder_or_file: str):
+    from avse.models.avse_model import AVSEModel
+
+    config = dict(read_config(folder_or_file))
+    config.pop(INFERENCE_KEY, None)
     return AVSEModel(**config)
 
 

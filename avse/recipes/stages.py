@@ -52,6 +52,8 @@ from avse.recipes.common import (
 )
 
 DEFAULT_MIXTURES = {"train": 20000, "val": 5000, "test": 3000}  # VoxMix sizes
+TRACKED_CROPS = ("landmarks", "lipread")  # presets cut from the tracked face (avse.video.crops)
+CROPS = tuple(sorted(MOUTH_CROPS)) + TRACKED_CROPS
 
 
 # --------------------------------------------------------------------------- manifest
@@ -153,7 +155,9 @@ def extract_utterance(entry: dict, crop: str = "voxceleb2", min_duration: float 
                       max_diff_frames: int = 1):
     """Decode one manifest entry. Returns ``(wav [T] float32 @16 kHz, visual, info)``.
 
-    ``visual`` is uint8 ``[Tv, 88, 88]`` ROI (the fixed crop ``MOUTH_CROPS[crop]``) or
+    ``visual`` is uint8 ``[Tv, S, S]`` ROI (the fixed crop ``MOUTH_CROPS[crop]``, or for
+    ``crop`` in :data:`TRACKED_CROPS` the face tracked and cropped as ``avse-extract`` does:
+    :func:`avse.video.faces.clip_mouths`) or
     float16 ``[Tv, 512]`` embeddings (``entry["emb"]``), and ``T == Tv * 640``. Raises
     MediaError / AlignmentError / ValueError with a reason.
     """
@@ -167,8 +171,12 @@ def extract_utterance(entry: dict, crop: str = "voxceleb2", min_duration: float 
         visual = emb.astype(np.float16)
         wav = read_audio(entry["audio"] or entry["media"])
     else:
-        wav, visual = decode_media(entry["media"], want_audio=not entry.get("audio"),
-                                   crop=MOUTH_CROPS[crop])
+        fixed = MOUTH_CROPS.get(crop, MOUTH_CROPS["voxceleb2"])
+        wav, visual = decode_media(entry["media"], want_audio=not entry.get("audio"), crop=fixed)
+        if crop in TRACKED_CROPS:  # the face tracked, as avse-extract does on any video
+            from avse.video.faces import clip_mouths
+
+            visual = clip_mouths(entry["media"], crop, n_frames=len(visual))
         if entry.get("audio"):
             wav = read_audio(entry["audio"])
     declared = float(entry.get("duration") or 0.0)
@@ -227,8 +235,8 @@ def stage_extract(out_dir: str, nj: int = 1, crop: str = "voxceleb2", min_durati
     An entry is done when its json exists; one rejected earlier stays rejected unless
     ``retry_rejected``. Returns the infos (json) of every kept utterance.
     """
-    if crop not in MOUTH_CROPS:
-        raise RecipeError(f"unknown --crop {crop!r}; known: {sorted(MOUTH_CROPS)}")
+    if crop not in CROPS:
+        raise RecipeError(f"unknown --crop {crop!r}; known: {list(CROPS)}")
     entries = read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
     rejections = Rejections(out_dir)
     old_rejected = {r["key"]: r for r in rejections.for_stage("extract")}
@@ -314,7 +322,7 @@ def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
             params["extra"] = params_hash({"meta": extra_meta, "json": [
                 (extra_json or {}).get(i["key"]) for i in infos]})
         meta = {"split": split, "corpus": corpus, "visual": sorted({i["visual"] for i in infos}),
-                "roi_size": 88, "crop": crop, **(extra_meta or {})}
+                "roi_size": 112 if crop == "lipread" else 88, "crop": crop, **(extra_meta or {})}
         metas[split], written = pack_split(
             out_dir, split, params, _samples(out_dir, infos, extra_json), len(infos),
             shard_size, shard_multiple, meta, on_written=_write_speakers(infos))
@@ -441,7 +449,8 @@ def add_stage_parsers(sub, common, crop: str, mixtures: str, numbers=(2, 3, 4)) 
     parsers = {}
     p = parsers["extract"] = sub.add_parser(
         "extract", parents=[common], help=f"stage {numbers[0]}: decode audio + mouth ROI")
-    p.add_argument("--crop", default=crop, help=f"mouth crop preset {sorted(MOUTH_CROPS)}")
+    p.add_argument("--crop", default=crop, help=f"mouth crop preset {list(CROPS)} (landmarks, "
+                   "lipread: the face tracked, as avse-extract does on real videos)")
     p.add_argument("--min_duration", type=float, default=1.0, help="seconds")
     p.add_argument("--max_diff_frames", type=int, default=1)
     p.add_argument("--retry_rejected", action="store_true")

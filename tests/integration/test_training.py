@@ -200,7 +200,7 @@ def test_avse_extract_cli_on_a_synthetic_mp4(tmp_path):
     save_model(model, str(tmp_path / "model"))
     out = tmp_path / "target.wav"
     proc = run_cmd(["avse-extract", "--model", str(tmp_path / "model"), "--video", str(mp4),
-                    "--out", str(out)])
+                    "--face_centred", "--out", str(out)])
     wav, sr = sf.read(out)
     assert sr == 16000 and abs(len(wav) - len(utt.wav)) <= 1024  # the mp4's own audio
     assert np.all(np.isfinite(wav)) and "wrote" in proc.stdout
@@ -208,12 +208,13 @@ def test_avse_extract_cli_on_a_synthetic_mp4(tmp_path):
     mix8k = tmp_path / "mix.wav"
     sf.write(mix8k, np.random.default_rng(1).uniform(-0.5, 0.5, 8000 * 2 + 4000), 8000)
     proc = run_cmd(["avse-extract", "--model", str(tmp_path / "model"), "--video", str(mp4),
-                    "--mixture", str(mix8k), "--out", str(out)])
+                    "--face_centred", "--mixture", str(mix8k), "--out", str(out)])
     assert len(sf.read(out)[0]) == 16000 * 2 + 8000 and "padded" in proc.stderr
     # beyond 1 s of mismatch: a clear error, nothing written
     sf.write(mix8k, np.zeros(8000 * 5), 8000)
     proc = run_cmd(["avse-extract", "--model", str(tmp_path / "model"), "--video", str(mp4),
-                    "--mixture", str(mix8k), "--out", str(tmp_path / "x.wav")], check=False)
+                    "--face_centred", "--mixture", str(mix8k), "--out", str(tmp_path / "x.wav")],
+                   check=False)
     assert proc.returncode == 2 and "at most 25 are padded" in proc.stderr
     assert not (tmp_path / "x.wav").exists()
     # an embedding file for a ROI model
