@@ -15,6 +15,11 @@ lrs3       224 x 224   same as voxceleb2
 Frames of another size use the same fractions and are resized to 88x88 (area
 interpolation). Clips that are not 25 fps are resampled by timestamp: output frame
 ``k`` (time ``k / 25`` s) takes the last decoded frame whose timestamp is <= that time.
+
+The streaming API for real videos (:class:`MediaInfo`, :func:`probe`, :func:`iter_video`,
+:func:`gray_frame`, :func:`rgb_frame`, :func:`decode_audio`) lives in
+:mod:`avse.video.frames` and is importable from here as well;
+:func:`set_display_rotation` (below) writes rotation metadata into an mp4.
 """
 from __future__ import annotations
 
@@ -91,7 +96,8 @@ def resample(wav: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
 
 
 # limited-range luma (16..235) -> full-range gray (0..255), as swscale's yuv -> gray does
-_LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
+LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
+_LIMITED_TO_FULL = LIMITED_TO_FULL
 _YUV_FORMATS = ("yuv", "nv12", "nv21")
 
 
@@ -363,3 +369,19 @@ def _is_video_trak(fh, children: dict) -> bool:
             fh.seek(payload + 8)  # version/flags (4), pre_defined (4), handler_type (4)
             return fh.read(4) == b"vide"
     return False
+
+
+_FRAMES_API = ("MediaInfo", "probe", "iter_video", "gray_frame", "rgb_frame", "decode_audio",
+               "video_stream")
+
+
+def __getattr__(name: str):
+    """``from avse.video.media import probe`` etc.: the streaming API of :mod:`.frames`.
+
+    Resolved lazily because :mod:`avse.video.frames` itself imports this module.
+    """
+    if name in _FRAMES_API:
+        from avse.video import frames
+
+        return getattr(frames, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
