@@ -58,7 +58,7 @@ def tone(n: int, freq: float, rate: int) -> np.ndarray:
 
 def write_clip(path, times=None, fps=25, n_frames=25, video_start=0.0, images=None, flash=None,
                codec="libx264", fmt=None, time_base=TB, audio=None, audio_rate=48000,
-               audio_start=0.0, audio_codec="aac"):
+               audio_start=0.0, audio_codec="aac", options=None):
     """Write a test clip; returns its path.
 
     Arguments
@@ -66,6 +66,7 @@ def write_clip(path, times=None, fps=25, n_frames=25, video_start=0.0, images=No
     times : frame times in seconds (default ``video_start + n / fps``); ``n_frames=0``: no video.
     images : ``[N, h, w, 3]`` frames (default :func:`stripes`, white bottom at frame ``flash``).
     audio : ``[C, T]`` or ``[T]`` float32 at ``audio_rate`` starting at ``audio_start`` s.
+    options : muxer options (``{"movie_timescale": "3000"}``: exact mp4 edit lists).
     """
     import av
 
@@ -73,7 +74,7 @@ def write_clip(path, times=None, fps=25, n_frames=25, video_start=0.0, images=No
         times = video_start + np.arange(n_frames) / fps
     if images is None:
         images = [stripes(n, n == flash) for n in range(len(times))]
-    with av.open(str(path), "w", format=fmt) as out:
+    with av.open(str(path), "w", format=fmt, options=options or {}) as out:
         if len(times):
             vs = out.add_stream(codec, rate=fps)
             vs.height, vs.width = images[0].shape[:2]
