@@ -291,3 +291,18 @@ def test_errors_name_the_file(tmp_path):
     assert not (tmp_path / "s.wav").exists()
     with pytest.raises(MediaError, match="clip.mp4"):
         set_display_rotation(str(tmp_path / "clip.mp4"), 90)
+
+
+def test_gray_frame_range_expansion_is_the_lut():
+    import av
+
+    from avse.video.media import LIMITED_TO_FULL
+
+    luma = np.tile(np.arange(256, dtype=np.uint8), (16, 1))  # every value, 16 x 256
+    i420 = np.concatenate([luma, np.full((8, 256), 128, np.uint8)])  # Y, then U and V rows
+    frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+    assert np.array_equal(gray_frame(frame)[0], LIMITED_TO_FULL)  # limited range: expanded
+    frame.color_range = 2  # flagged full range: unchanged
+    assert np.array_equal(gray_frame(frame)[0], np.arange(256))
+    full = av.VideoFrame.from_ndarray(i420, format="yuvj420p")
+    assert np.array_equal(gray_frame(full, rotation=180)[-1], np.arange(256)[::-1])
