@@ -278,6 +278,15 @@ def test_errors_name_the_file(tmp_path):
     trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(MediaError, match="trunc.mp4"):
         probe(str(trunc))
+    garbled = bytearray(good.read_bytes())  # media data overwritten: opens, fails to decode
+    at, n = garbled.find(b"mdat") + 208, len(garbled) // 3
+    garbled[at : at + n] = np.random.default_rng(1).integers(0, 256, n, np.uint8).tobytes()
+    (tmp_path / "garbled.mp4").write_bytes(bytes(garbled))
+    with pytest.raises(MediaError, match="garbled.mp4.*corrupt video stream"):
+        list(iter_video(str(tmp_path / "garbled.mp4"), origin=0.0))
+    with pytest.raises(MediaError, match="garbled.mp4.*corrupt audio stream"):
+        decode_audio(str(tmp_path / "garbled.mp4"), str(tmp_path / "g.wav"))
+    assert not list(tmp_path.glob("g.wav*"))  # no partial output
     m4a = write_clip(tmp_path / "voice.m4a", n_frames=0, fmt="mp4", audio=tone(16000, 440, 16000),
                      audio_rate=16000)
     with pytest.raises(MediaError, match="voice.m4a.*no video stream"):
