@@ -1,4 +1,4 @@
-"""Streaming access to real videos: probe, frames on the 25 fps grid, gray/RGB frames, audio to disk.
+"""Streaming access to real videos: probe, the 25 fps frame grid, gray/RGB frames, audio to disk.
 
 The time origin
 ---------------
