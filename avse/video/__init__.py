@@ -3,8 +3,10 @@
 =============  ==============================================================================
 module         what it does
 =============  ==============================================================================
-media          decode with PyAV: probe, frames on the 25 fps grid (by timestamp, rotation
-               applied), full-range gray and RGB frames, audio to 16 kHz mono (to disk)
+media          the fixed mouth crops of face-centred clips, whole-clip decoding (recipes),
+               read_audio, resample, set_display_rotation
+frames         streaming decode with PyAV: probe, frames on the 25 fps grid (by timestamp,
+               rotation applied), full-range gray and RGB frames, audio to 16 kHz mono on disk
 mux            one mp4 per face: the source video stream copied, the extracted audio muxed
 detect         MTCNN face detector (facenet-pytorch; the weights ship in its wheel)
 track          IoU tracking, gap interpolation, shot cuts, smoothing, appearance merging

@@ -184,8 +184,9 @@ def write_face_frames(scan: FaceScan, video: str, work_dir: str, tracks=None,
                                                  shape=(len(keep), FACE_SIZE, FACE_SIZE))
         windows = face_window(np.asarray(t.boxes)[keep])
         lm_path = os.path.join(work_dir, f"face{t.id}_landmarks.npy")
-        np.save(lm_path, to_face_coords(np.asarray(t.landmarks)[keep], windows[:, None, :])
-                .astype(np.float32))
+        lms = np.asarray(t.landmarks, np.float64)[keep]
+        np.save(lm_path, np.stack([to_face_coords(p, w) for p, w in zip(lms, windows)])
+                .astype(np.float32).reshape(len(keep), -1, 2))
         for row, (k, w) in enumerate(zip(frames[keep], windows)):
             rows.setdefault(int(k), []).append((t.id, row, w))
         scan.face_files[t.id] = path
