@@ -176,7 +176,10 @@ class FaceDetector:
     thresholds : tuple of float
         MTCNN's P-, R- and O-Net candidate thresholds.
     max_batch : int
-        Most images per MTCNN call (memory bound; same-shape images are batched).
+        Most images per MTCNN call (memory bound; same-shape images are batched). On CPU
+        with one thread a batch costs about as much per frame as single calls
+        (``benchmarks/face_detect.py``: 640x360, 1-4 faces, 45-150 ms per frame either
+        way); batching is for accelerators.
 
     Example
     -------
