@@ -3,6 +3,7 @@
 #   1. synthetic corpus (VoxCeleb2 layout)  2. VoxCeleb2 recipe -> shards + VoxMix lists
 #   3. train a small audio-visual TCN       4. evaluate with true and mismatched lips, report
 #   5. synthetic MUSAN -> noise shards; the five named conditions in one table; AV-sync sweep
+#   6. avse-extract on a two-face video made from a real photo: one wav + one mp4 per face
 set -euo pipefail
 data_dir=data/synthetic exp_dir=exp/demo speakers=100 clips=8 nj=2 seed=1234
 while [ $# -gt 0 ]; do
@@ -31,3 +32,5 @@ python -m avse.evaluation.conditions evaluate --model "$exp_dir/train" \
   --shards "$data_dir/prepared/shards/test" --noise_shards "$data_dir/musan/shards/test" \
   --lists_dir "$data_dir/prepared/lists" --metrics si_sdr,si_sdri,sdr,sdri --out_dir "$exp_dir/conditions"
 python "$here/../../tools/eval_sync.py" --model "$exp_dir/train" --out_dir "$exp_dir/sync" --noprogressbar
+python "$here/../../tools/make_scene_video.py" --out "$exp_dir/video/two_faces.mp4" --truth_dir "$exp_dir/video/truth"
+avse-extract --model "$exp_dir/train" --video "$exp_dir/video/two_faces.mp4" --out_dir "$exp_dir/video/out" --noprogressbar
