@@ -57,8 +57,8 @@ def bench_detector(args):
 
     det = FaceDetector(min_face=args.min_face, device=args.device)
     rng = np.random.default_rng(0)
-    print(f"MTCNN on {args.device}, {args.threads} torch thread(s), min_face {args.min_face} source px, "
-          f"best of {args.repeats}")
+    print(f"MTCNN on {args.device}, {args.threads} torch thread(s), "
+          f"min_face {args.min_face} source px, best of {args.repeats}")
     print(f"{'source':>10} {'faces':>5} {'found':>5} {'single ms':>10} "
           f"{'batch' + str(args.batch) + ' ms/frame':>18} {'no features':>12}")
     for name, (h, w) in (("360p", (360, 640)), ("720p->640", (720, 1280))):

@@ -67,7 +67,7 @@ class Detections:
 
     @classmethod
     def empty(cls, feature_dim: int | None = None) -> "Detections":
-        """No face: ``[0, 4]``, ``[0]``, ``[0, 5, 2]`` arrays (``[0, feature_dim]`` features if given)."""
+        """No face: ``[0, 4]``, ``[0]``, ``[0, 5, 2]`` arrays (features ``[0, feature_dim]``)."""
         features = None if feature_dim is None else np.zeros((0, feature_dim), np.float32)
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                    np.zeros((0, 5, 2), np.float32), features)

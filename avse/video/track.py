@@ -45,7 +45,6 @@ joined (:func:`merge_tracks`).
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,7 +85,8 @@ def thumbnail(gray: np.ndarray) -> np.ndarray:
                          f"{gray.shape} (convert RGB frames to grey first)")
     rows, cols = THUMB_SHAPE
     if gray.shape[0] < rows or gray.shape[1] < cols:  # tiny frame: repeat pixels first
-        gray = np.repeat(np.repeat(gray, -(-rows // gray.shape[0]), 0), -(-cols // gray.shape[1]), 1)
+        gray = np.repeat(gray, -(-rows // gray.shape[0]), 0)
+        gray = np.repeat(gray, -(-cols // gray.shape[1]), 1)
     h, w = gray.shape
     r = np.linspace(0, h, rows + 1).astype(int)
     c = np.linspace(0, w, cols + 1).astype(int)
