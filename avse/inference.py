@@ -216,7 +216,7 @@ class AVSEExtractor:
         """
         from avse.video import faces as F
         from avse.video.longform import extract_track, file_peak
-        from avse.video.media import decode_audio, probe
+        from avse.video.frames import decode_audio, probe
 
         if self.model.visual_input == "emb":
             raise ValueError("this model takes 512-d lip embeddings; real-video extraction needs "

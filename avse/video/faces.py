@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avse.data.align import FPS
-from avse.video.media import MediaError, MediaInfo, gray_frame, iter_video, probe, rgb_frame
+from avse.video.frames import MediaInfo, gray_frame, iter_video, probe, rgb_frame
+from avse.video.media import MediaError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ interpolation). Clips that are not 25 fps are resampled by timestamp: output fra
 
 The streaming API for real videos (:class:`MediaInfo`, :func:`probe`, :func:`iter_video`,
 :func:`gray_frame`, :func:`rgb_frame`, :func:`decode_audio`) lives in
-:mod:`avse.video.frames` and is importable from here as well;
+:mod:`avse.video.frames` (which imports this module, never the other way round);
 :func:`set_display_rotation` (below) writes rotation metadata into an mp4.
 """
 from __future__ import annotations
@@ -369,19 +369,3 @@ def _is_video_trak(fh, children: dict) -> bool:
             fh.seek(payload + 8)  # version/flags (4), pre_defined (4), handler_type (4)
             return fh.read(4) == b"vide"
     return False
-
-
-_FRAMES_API = ("MediaInfo", "probe", "iter_video", "gray_frame", "rgb_frame", "decode_audio",
-               "video_stream")
-
-
-def __getattr__(name: str):
-    """``from avse.video.media import probe`` etc.: the streaming API of :mod:`.frames`.
-
-    Resolved lazily because :mod:`avse.video.frames` itself imports this module.
-    """
-    if name in _FRAMES_API:
-        from avse.video import frames
-
-        return getattr(frames, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

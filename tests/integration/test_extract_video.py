@@ -11,7 +11,8 @@ import soundfile as sf
 import torch
 
 from avse.inference import AVSEExtractor, main
-from avse.video.media import MouthCrop, decode_media, probe
+from avse.video.frames import probe
+from avse.video.media import MouthCrop, decode_media
 from avse.video.scenes import FaceSpec, two_face_scene, write_scene
 
 LATE = 2.6  # face 1 enters at this time (s)

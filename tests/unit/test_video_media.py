@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avse.video.media import (
-    MediaError,
-    decode_audio,
-    gray_frame,
-    iter_video,
-    probe,
-    rgb_frame,
-    set_display_rotation,
-)
+from avse.video.frames import decode_audio, gray_frame, iter_video, probe, rgb_frame
+from avse.video.media import MediaError, set_display_rotation
 
 W, H = 64, 48  # stored frame size of the stripe clips
 TB = Fraction(1, 3000)  # video time base of the clips: exact for 25 and 30 fps and 0.1 s steps

@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avse.video.media import (
-    MOUTH_CROPS,
-    MediaError,
-    decode_audio,
-    decode_media,
-    iter_video,
-    probe,
-    set_display_rotation,
-)
+from avse.video.frames import decode_audio, iter_video, probe
+from avse.video.media import MOUTH_CROPS, MediaError, decode_media, set_display_rotation
 from avse.video.mux import mux_audio
 from tests.unit.test_video_media import click, gray_frame, is_flash, peak, write_clip
 
