@@ -8,7 +8,9 @@
    tracks (smoothed boxes and 5 landmarks on every frame of each track).
 2. each track's frames are cut from the full-resolution gray frames, framed as VoxCeleb2 /
    LRS3 clips are (:func:`avse.video.crops.face_window`), and written to
-   ``work_dir/face<k>.npy`` (uint8 ``[n, 224, 224]``, a memmap) with the landmarks in face-frame
+   ``work_dir/face<k>.npy`` (uint8 ``[n, 224, 224]``, appended frame by frame and read back
+   by rows with plain file reads: no memory map, whose touched pages would count in the
+   process' resident memory and grow with the video's length) with the landmarks in face-frame
    coordinates (``face<k>_landmarks.npy``, ``[n, 5, 2]``).
 
 :func:`write_faces_json` and :func:`write_faces_png` describe the tracks for a person.
@@ -79,11 +81,74 @@ class FaceScan:
 
     def faces(self, k: int) -> np.ndarray:
         """Track ``k``'s face frames ``[n, 224, 224]`` uint8 (memory-mapped)."""
-        return np.load(self.face_files[k], mmap_mode="r")
+        return FrameFile(self.face_files[k])
 
     def landmarks(self, k: int) -> np.ndarray:
         """Track ``k``'s landmarks ``[n, 5, 2]`` in face-frame pixels."""
         return np.load(self.landmark_files[k])
+
+
+class FrameFile:
+    """A ``.npy`` of uint8 frames ``[n, H, W]`` written row after row and read by row slices
+    with plain reads (``reader[a:b]``, ``reader[i]``, ``len``, ``np.asarray``)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read(f)
+            self.offset = f.tell()
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self._file = None
+        self._next = None
+
+    @classmethod
+    def create(cls, path: str, shape: tuple, dtype=np.uint8) -> "FrameFile":
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                    "shape": tuple(shape)})
+        out = cls(path)
+        out._file, out._next = open(path, "r+b"), 0
+        out._file.seek(out.offset)
+        return out
+
+    def append(self, row: int, frame: np.ndarray):
+        """Write row ``row`` (rows come in order; skipped rows are left as zeros)."""
+        if row != self._next:
+            self._file.seek(self.offset + row * self.row_bytes)
+        self._file.write(np.ascontiguousarray(frame, self.dtype).tobytes())
+        self._next = row + 1
+
+    def close(self):
+        if self._file is not None:
+            self._file.truncate(self.offset + self.shape[0] * self.row_bytes)
+            self._file.close()
+            self._file = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            a, b, step = index.indices(len(self))
+            if step != 1:
+                raise IndexError("FrameFile reads contiguous rows only")
+            with open(self.path, "rb") as f:
+                f.seek(self.offset + a * self.row_bytes)
+                data = np.fromfile(f, self.dtype, count=max(b - a, 0) * self.row_bytes // self.dtype.itemsize)
+            return data.reshape((max(b - a, 0),) + self.shape[1:])
+        i = int(index) + (len(self) if int(index) < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {index} of {self.path} ({len(self)} rows)")
+        return self[i:i + 1][0]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[0:len(self)]
+        return out if dtype is None else out.astype(dtype)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -181,8 +246,7 @@ def write_face_frames(scan: FaceScan, video: str, work_dir: str, tracks=None,
             keep = np.unique(np.linspace(0, len(frames) - 1, min(sample_only, len(frames))).round()
                              .astype(int))
         path = os.path.join(work_dir, f"face{t.id}.npy")
-        stores[t.id] = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
-                                                 shape=(len(keep), FACE_SIZE, FACE_SIZE))
+        stores[t.id] = FrameFile.create(path, (len(keep), FACE_SIZE, FACE_SIZE))
         windows = face_window(np.asarray(t.boxes)[keep])
         lm_path = os.path.join(work_dir, f"face{t.id}_landmarks.npy")
         lms = np.asarray(t.landmarks, np.float64)[keep]
@@ -200,11 +264,11 @@ def write_face_frames(scan: FaceScan, video: str, work_dir: str, tracks=None,
             if k in rows:
                 gray = gray_frame(frame, scan.info.rotation)
                 for tid, row, window in rows[k]:
-                    stores[tid][row] = cut_face(gray, window)
+                    stores[tid].append(row, cut_face(gray, window))
             if k >= last:
                 break
     for store in stores.values():
-        store.flush()
+        store.close()
     scan.seconds["frames"] = time.perf_counter() - t0
     return scan
 

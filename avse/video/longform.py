@@ -9,8 +9,9 @@ mixture's normalisation gain is computed once per file (:func:`file_peak`), neve
 The target is identified by its lips in every chunk, so nothing is matched across chunks.
 
 Memory is bounded by one chunk: the mixture is read from a wav on disk, the face frames
-from a memmap, and the output wav is written as it is produced (zeros where the face is not
-on screen, so every output is exactly as long as the mixture).
+by rows (:class:`avse.video.faces.FrameFile`), and the output wav is written as it is
+produced (zeros where the face is not on screen, so every output is exactly as long as the
+mixture).
 """
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def extract_track(extractor, mixture_wav: str, frames: np.ndarray, faces, landma
     frames : np.ndarray
         ``[n]`` sorted grid frames of the track (holes between merged segments allowed).
     faces, landmarks : array_like
-        ``[n, 224, 224]`` face frames (a memmap) and ``[n, 5, 2]`` face-frame landmarks.
+        ``[n, 224, 224]`` face frames (anything sliced by rows, e.g. a FrameFile) and ``[n, 5, 2]`` face-frame landmarks.
     preset : str
         mouth-crop preset (:data:`avse.video.crops.CROP_PRESETS`).
     gain : float

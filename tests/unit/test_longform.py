@@ -105,3 +105,22 @@ def test_a_failed_extraction_leaves_no_output(tmp_path):
                       np.zeros((50, 224, 224), np.uint8), None, str(tmp_path / "o.wav"),
                       "landmarks", 1.0)
     assert not list(tmp_path.glob("o.wav*"))
+
+
+def test_frame_file_appends_rows_and_reads_slices_without_a_memory_map(tmp_path):
+    from avse.video.faces import FrameFile
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 255, (7, 224, 224), dtype=np.uint8)
+    store = FrameFile.create(str(tmp_path / "f.npy"), frames.shape)
+    for i in [0, 1, 2, 4, 5, 6]:  # row 3 never written: stays zero
+        store.append(i, frames[i])
+    store.close()
+    back = FrameFile(str(tmp_path / "f.npy"))
+    assert len(back) == 7 and back[1:3].shape == (2, 224, 224)
+    np.testing.assert_array_equal(back[4:7], frames[4:7])
+    np.testing.assert_array_equal(back[-1], frames[6])
+    assert not back[3].any()
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy")[[0, 5]], frames[[0, 5]])  # a real .npy
+    with pytest.raises(IndexError, match="f.npy"):
+        back[7]
