@@ -128,11 +128,11 @@ def test_errors_name_the_file_and_write_nothing(small_model, tmp_path, capsys):
         assert not out.exists()
 
 
-def test_30fps_rotated_video_tracks_in_display_orientation(tmp_path):
+def test_30fps_rotated_44k_stereo_video_tracks_in_display_orientation(tmp_path):
     from avse.inference import list_faces
 
     truth = two_face_scene(str(tmp_path / "r.mp4"), duration_s=4.0, late_start=1.6, fps=30,
-                           rotation=90)
+                           rotation=90, audio_rate=44100, audio_channels=2)
     assert probe(truth.path).rotation in (90, 270) and probe(truth.path).fps == pytest.approx(30)
     scan = list_faces(truth.path)
     assert len(scan.tracks) == 2 and scan.n_frames == pytest.approx(100, abs=1)
@@ -141,6 +141,14 @@ def test_30fps_rotated_video_tracks_in_display_orientation(tmp_path):
     assert t1.frames[0] / 25 == pytest.approx(1.6, abs=0.25)
     for track, box in zip(scan.tracks, truth.boxes):
         assert abs(track.mean_box[1] - float(np.mean(box[:, 1]))) < 15
+    # extraction: 16 kHz mono wavs as long as the (44.1 kHz) input audio; the mp4 keeps the
+    # source's rotation metadata and its 30 fps stream
+    AVSEExtractor(PassThrough()).extract_video(truth.path, out_dir=str(tmp_path / "o"))
+    wav, sr = sf.read(tmp_path / "o" / "face1.wav")
+    assert sr == 16000 and wav.ndim == 1
+    assert abs(len(wav) / 16000 - probe(truth.path).audio_duration) < 0.002
+    out = probe(str(tmp_path / "o" / "face1.mp4"))
+    assert out.rotation == probe(truth.path).rotation and out.fps == pytest.approx(30)
 
 
 def test_a_face_centred_clip_comes_out_framed_as_it_went_in(tmp_path):
