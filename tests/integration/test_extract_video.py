@@ -5,6 +5,7 @@ clips framed as they went in, recipes' --crop landmarks, and the errors."""
 import json
 from types import SimpleNamespace
 
+import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -119,7 +120,17 @@ def test_errors_name_the_file_and_write_nothing(small_model, tmp_path, capsys):
     junk.write_bytes(np.random.default_rng(0).bytes(5000))
     audio_only = tmp_path / "a.wav"
     sf.write(audio_only, np.zeros(16000), 16000)
-    for video, says in [(empty, "no face"), (junk, str(junk)), (audio_only, "no video stream")]:
+    silent = tmp_path / "silent.mp4"  # a video stream only
+    with av.open(str(silent), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+    for video, says in [(empty, "no face"), (junk, str(junk)), (audio_only, "no video stream"),
+                        (silent, "--mixture")]:
         out = tmp_path / ("out_" + video.stem)
         assert main(["--model", small_model, "--video", str(video), "--out_dir", str(out),
                      "--noprogressbar"]) == 2
@@ -154,7 +165,6 @@ def test_30fps_rotated_44k_stereo_video_tracks_in_display_orientation(tmp_path):
 def test_a_face_centred_clip_comes_out_framed_as_it_went_in(tmp_path):
     """Frames cut by our framing from a photo go through detection + tracking + framing
     again: the face frames must come back nearly identical."""
-    import av
     from skimage import data
 
     from avse.video import faces as F
