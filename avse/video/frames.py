@@ -131,9 +131,11 @@ def probe(path: str, require_video: bool = True) -> MediaInfo:
 
     Example
     -------
-    >>> info = probe("clip.mp4")  # doctest: +SKIP
-    >>> info.width, info.height, info.rotation, info.audio_start  # doctest: +SKIP
-    (720, 1280, 270, 0.0)
+    ::
+
+        info = probe("clip.mp4")
+        info.width, info.height, info.rotation, info.audio_start
+        # -> (720, 1280, 270, 0.0)
     """
     import av
 
@@ -231,9 +233,11 @@ def iter_video(path: str, origin: float | None = None, fps: int = FPS,
 
     Example
     -------
-    >>> info = probe("clip.mp4")  # doctest: +SKIP
-    >>> for k, frame in iter_video("clip.mp4", info=info):  # doctest: +SKIP
-    ...     gray = gray_frame(frame, info.rotation)  # [H, W] uint8 upright
+    ::
+
+        info = probe("clip.mp4")
+        for k, frame in iter_video("clip.mp4", info=info):
+            gray = gray_frame(frame, info.rotation)  # [H, W] uint8 upright
     """
     import av
 
@@ -407,7 +411,9 @@ def decode_audio(path: str, out_wav: str, origin: float | None = None,
 
     Example
     -------
-    >>> n = decode_audio("clip.mp4", "clip.wav")  # doctest: +SKIP
+    ::
+
+        n = decode_audio("clip.mp4", "clip.wav")
     """
     import av
     import soundfile as sf

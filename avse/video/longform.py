@@ -44,8 +44,10 @@ def chunk_plan(n_frames: int, chunk_frames: int, context_frames: int) -> list:
 
     Example
     -------
+    >>> chunk_plan(230, 100, 25)
+    [(0, 125, 0, 100), (75, 230, 100, 230)]
     >>> chunk_plan(250, 100, 25)
-    [(0, 125, 0, 100), (75, 250, 100, 250)]
+    [(0, 125, 0, 100), (75, 225, 100, 200), (175, 250, 200, 250)]
     """
     if chunk_frames < 1:
         raise ValueError(f"chunk length must be at least one video frame, got {chunk_frames}")

@@ -322,7 +322,9 @@ def set_display_rotation(mp4_path: str, degrees: int) -> None:
 
     Example
     -------
-    >>> set_display_rotation("clip.mp4", 90)  # doctest: +SKIP
+    ::
+
+        set_display_rotation("clip.mp4", 90)
     """
     if int(degrees) % 90:
         raise ValueError(f"set_display_rotation: degrees must be a multiple of 90, got {degrees}")

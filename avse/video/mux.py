@@ -171,10 +171,12 @@ def mux_audio(video_path: str, wav_path: str, out_path: str, origin: float,
 
     Example
     -------
-    >>> info = probe("clip.mp4")  # doctest: +SKIP
-    >>> decode_audio("clip.mp4", "mix.wav", origin=info.origin)  # doctest: +SKIP
-    >>> mux_audio("clip.mp4", "face0.wav", "face0.mp4", origin=info.origin)  # doctest: +SKIP
-    {'video': 'copy', 'audio': 'aac', 'duration': 10.0}
+    ::
+
+        info = probe("clip.mp4")
+        decode_audio("clip.mp4", "mix.wav", origin=info.origin)
+        mux_audio("clip.mp4", "face0.wav", "face0.mp4", origin=info.origin)
+        # -> {'video': 'copy', 'audio': 'aac', 'duration': 10.0}
     """
     import av
     import soundfile as sf
