@@ -214,3 +214,48 @@ def test_recipe_crop_landmarks_uses_the_tracked_face(tmp_path):
     ys, xs = np.nonzero(dark)
     assert abs(ys.mean() - 44) < 8 and abs(xs.mean() - 44) < 8
     assert truth.spans[0][:2] == (0, 47)
+
+
+def _concat_scenes(parts, path):
+    """One mp4 (H.264 + AAC 16 kHz) of the given scenes back to back: hard shot cuts."""
+    frames = []
+    for truth in parts:
+        with av.open(truth.path) as c:
+            frames += [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    audio = np.concatenate([t.mixture[: round(t.duration * 16000)] for t in parts])
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25, options={"preset": "ultrafast", "crf": "20"})
+        vs.height, vs.width = frames[0].shape[:2]
+        vs.pix_fmt = "yuv420p"
+        aus = out.add_stream("aac", rate=16000, layout="mono")
+        for i, img in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf.pts = i
+            out.mux(vs.encode(vf))
+        out.mux(vs.encode())
+        audio = np.pad(audio, (0, -len(audio) % 1024)).astype(np.float32)
+        for s in range(0, len(audio), 1024):
+            af = av.AudioFrame.from_ndarray(audio[None, s:s + 1024], format="fltp", layout="mono")
+            af.sample_rate, af.pts = 16000, s
+            out.mux(aus.encode(af))
+        out.mux(aus.encode())
+    return str(path)
+
+
+def test_a_shot_cut_ends_tracks_and_the_same_face_is_merged_across_it(tmp_path):
+    from avse.inference import list_faces
+
+    def shot(name, x, seed, tint=(1.0, 1.0, 1.0)):
+        face = FaceSpec(height=130, start_xy=(x, 170), end_xy=(x + 10, 172), tint=tint)
+        return write_scene(str(tmp_path / name), [face], 2.4, seed=seed)
+
+    same = _concat_scenes([shot("a.mp4", 200, 1), shot("b.mp4", 430, 2)], tmp_path / "same.mp4")
+    scan = list_faces(same)
+    assert scan.cuts == [60]  # 2.4 s x 25 fps: the second shot starts at grid frame 60
+    assert len(scan.tracks) == 1 and scan.tracks[0].segments == [(0, 59), (60, 119)]
+    apart = list_faces(same, merge=False)
+    assert [(t.frames[0], t.frames[-1]) for t in apart.tracks] == [(0, 59), (60, 119)]
+    # another look after the cut (a strong tint): two tracks, not merged
+    other = _concat_scenes([shot("c.mp4", 200, 1), shot("d.mp4", 430, 2, (0.55, 0.8, 1.3))],
+                           tmp_path / "other.mp4")
+    assert len(list_faces(other).tracks) == 2
