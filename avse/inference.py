@@ -229,10 +229,8 @@ class AVSEExtractor:
         work = tempfile.mkdtemp(prefix="avse-extract-", dir=work_dir)
         written = []
         try:
-            scan = F.detect_and_track(video, origin=origin, info=info, progress=progress, **scan_opts)
-            if not scan.tracks:
-                raise F.NoFaceError(f"{video}: no face found ({scan.seconds['detections']} frames "
-                                    f"examined, {len(scan.dropped)} track(s) too short dropped)")
+            scan = F.require_faces(F.detect_and_track(video, origin=origin, info=info,
+                                                      progress=progress, **scan_opts), video)
             chosen = select_faces(scan, face, single=out_wav is not None, video=video)
             F.write_face_frames(scan, video, work, tracks=chosen, progress=progress)
             mix_wav = os.path.join(work, "mixture.wav")
@@ -278,7 +276,7 @@ class AVSEExtractor:
 
 def select_faces(scan, face, single: bool = False, video: str = "") -> list:
     """Track ids to extract: ``"all"``, ``"largest"`` or one number; errors list the faces."""
-    from avse.video.faces import format_faces_table
+    from avse.video.faces import format_faces_table, largest_track
 
     ids = [t.id for t in scan.tracks]
     table = format_faces_table(scan)
@@ -289,10 +287,7 @@ def select_faces(scan, face, single: bool = False, video: str = "") -> list:
                              f"them:\n{table}")
         return ids
     if face == "largest":
-        def area(t):
-            x0, y0, x1, y1 = t.mean_box
-            return (x1 - x0) * (y1 - y0)
-        return [max(scan.tracks, key=area).id]
+        return [largest_track(scan).id]
     try:
         k = int(face)
     except (TypeError, ValueError):
@@ -361,6 +356,11 @@ def main(argv=None) -> int:
     progress = not args.noprogressbar and sys.stderr.isatty()
     from avse.video.faces import format_faces_table
 
+    limits = {"detect_every": 1, "max_side": 64, "chunk_seconds": 1 / FPS, "overlap_seconds": 0,
+              "min_track_seconds": 0}  # the smallest value each option takes
+    for name, low in limits.items():
+        if getattr(args, name) < low:
+            parser.error(f"--{name} must be at least {low:g}, got {getattr(args, name)}")
     try:
         if args.list_faces:
             scan = list_faces(args.video, args.out_dir, progress=progress, **_scan_opts(args))

@@ -273,6 +273,24 @@ def write_face_frames(scan: FaceScan, video: str, work_dir: str, tracks=None,
     return scan
 
 
+def require_faces(scan: FaceScan, video: str) -> FaceScan:
+    """``scan``, or NoFaceError naming ``video`` when it kept no track."""
+    if not scan.tracks:
+        raise NoFaceError(f"{video}: no face found ({scan.seconds['detections']} frames examined, "
+                          f"{len(scan.dropped)} track(s) shorter than the minimum dropped); "
+                          "a face must be visible, frontal enough and at least ~40 px high")
+    return scan
+
+
+def largest_track(scan: FaceScan):
+    """The track with the largest mean box."""
+    def area(t):
+        x0, y0, x1, y1 = t.mean_box
+        return (x1 - x0) * (y1 - y0)
+
+    return max(scan.tracks, key=area)
+
+
 def scan_faces(video: str, work_dir: str, origin: float | None = None, detector=None,
                tracks=None, sample_only: int = 0, progress: bool = False, **opts) -> FaceScan:
     """Pass 1: :func:`detect_and_track`, then :func:`write_face_frames`.
@@ -281,11 +299,8 @@ def scan_faces(video: str, work_dir: str, origin: float | None = None, detector=
     ------
     NoFaceError when no track is kept (nothing is written).
     """
-    scan = detect_and_track(video, origin=origin, detector=detector, progress=progress, **opts)
-    if not scan.tracks:
-        raise NoFaceError(f"{video}: no face found ({scan.seconds['detections']} frames examined, "
-                          f"{len(scan.dropped)} track(s) shorter than the minimum dropped); "
-                          "a face must be visible, frontal enough and at least ~40 px high")
+    scan = require_faces(detect_and_track(video, origin=origin, detector=detector,
+                                          progress=progress, **opts), video)
     return write_face_frames(scan, video, work_dir, tracks=tracks, sample_only=sample_only,
                              progress=progress)
 
@@ -409,16 +424,9 @@ def clip_mouths(video: str, preset: str = "landmarks", detector=None, n_frames: 
     info = probe(video)
     with tempfile.TemporaryDirectory(prefix="avse-clip-") as work:
         opts.setdefault("min_track_s", 0.2)
-        scan = detect_and_track(video, origin=info.video_start, info=info, detector=detector,
-                                **opts)
-        if not scan.tracks:
-            raise NoFaceError(f"{video}: no face found for the {preset!r} crop")
-
-        def area(t):
-            x0, y0, x1, y1 = t.mean_box
-            return (x1 - x0) * (y1 - y0)
-
-        best = max(scan.tracks, key=area)
+        scan = require_faces(detect_and_track(video, origin=info.video_start, info=info,
+                                              detector=detector, **opts), video)
+        best = largest_track(scan)
         write_face_frames(scan, video, work, tracks=[best.id])
         crops = crop_faces(np.asarray(scan.faces(best.id)), preset, scan.landmarks(best.id))
     total = n_frames or scan.n_frames

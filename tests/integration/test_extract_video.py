@@ -137,6 +137,11 @@ def test_errors_name_the_file_and_write_nothing(small_model, tmp_path, capsys):
         err = capsys.readouterr().err
         assert says in err and str(video) in err, err
         assert not out.exists()
+    with pytest.raises(SystemExit) as exit_:  # options out of range: named, before any work
+        main(["--model", small_model, "--video", str(empty), "--out_dir", str(tmp_path / "z"),
+              "--detect_every", "0"])
+    assert exit_.value.code == 2 and "--detect_every must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
 
 
 def test_30fps_rotated_44k_stereo_video_tracks_in_display_orientation(tmp_path):
