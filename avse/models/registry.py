@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 
-KINDS = ("audio_encoder", "visual_encoder", "fusion", "separator", "decoder")
+KINDS = ("audio_encoder", "visual_encoder", "fusion", "separator", "decoder", "frontend")
 _REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
 _BASES: dict[str, type] = {}
 

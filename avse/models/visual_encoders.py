@@ -1,35 +1,41 @@
 """Visual encoders: lip stream @25 fps -> ``[B, Dv, Tv]``.
 
-Three built-ins, all ending in a V-TCN (:class:`VTCN`), the temporal stack of residual
+Four built-ins, all ending in a V-TCN (:class:`VTCN`), the temporal stack of residual
 depthwise-separable 1-D conv blocks (:class:`VisualConvBlock`) used as the visual front of
-MuSE and SEANet:
+MuSE and SEANet; the ROI encoders hold a *front-end* (``self.frontend``, see
+:mod:`avse.models.frontends`) that makes per-frame features first:
 
-=========  =====  ==========================================================================
-name       input  pipeline
-=========  =====  ==========================================================================
-embedding  emb    ``[B, Tv, 512]`` precomputed lip embeddings -> V-TCN
-resnet18   roi    ``[B, Tv, 88, 88]`` -> 3-D conv stem -> per-frame ResNet-18 trunk (512)
-                  -> V-TCN
-cnn        roi    ``[B, Tv, 88, 88]`` (+ frame differences) -> small per-frame 2-D CNN ->
-                  V-TCN (fast enough for CPU demos)
-=========  =====  ==========================================================================
+============  =====  ======================================================================
+name          input  pipeline
+============  =====  ======================================================================
+embedding     emb    ``[B, Tv, 512]`` precomputed lip embeddings -> V-TCN
+resnet18      roi    ``[B, Tv, 88, 88]`` -> front-end ``resnet18`` (3-D conv stem +
+                     per-frame ResNet-18 trunk, 512) -> V-TCN
+cnn           roi    ``[B, Tv, 88, 88]`` -> front-end ``cnn`` (frame differences, small
+                     per-frame 2-D CNN; fast enough for CPU demos) -> V-TCN
+dlr_resnet18  roi    ``[B, Tv, 112, 112]`` -> front-end ``dlr`` (the published
+                     deep-lip-reading front-end, 512; frozen by default) -> V-TCN
+============  =====  ======================================================================
 
-ROI inputs are gray mouth crops, uint8 0..255 or float on the same 0..255 scale (divided by
-``input_scale``; give ``input_scale=1.0`` for float crops already in 0..1).
+ROI inputs are gray crops, uint8 0..255 or float on the same 0..255 scale (divided by
+``input_scale / 255``; give ``input_scale=1.0`` for float crops already in 0..1). The ROI
+encoders share ``pretrained: PATH`` (a front-end file, see
+:func:`~avse.models.frontends.load_frontend_weights`) and ``trainable: bool`` (False: the
+front-end is frozen, kept in eval mode and run without gradients;
+:meth:`FrontendVisualEncoder.set_frontend_trainable` changes it later, e.g. to unfreeze after
+N epochs).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from avse.models.base import VisualEncoder
+from avse.models.frontends import build_frontend, check_rois, load_frontend_weights
 from avse.models.registry import register
 
-__all__ = ["VisualConvBlock", "VTCN", "EmbeddingVisualEncoder", "ResNet18VisualEncoder",
-           "SmallCNNVisualEncoder", "make_norm1d"]
+__all__ = ["VisualConvBlock", "VTCN", "EmbeddingVisualEncoder", "FrontendVisualEncoder",
+           "ResNet18VisualEncoder", "SmallCNNVisualEncoder", "DLRVisualEncoder", "make_norm1d"]
 
 
 def make_norm1d(kind: str, channels: int) -> nn.Module:
@@ -123,21 +129,6 @@ class VTCN(nn.Module):
         return self.blocks(self.proj(x))
 
 
-# ----------------------------------------------------------------------------- input checks
-
-def _roi_to_float(lips: torch.Tensor, name: str, input_scale: float, dtype) -> torch.Tensor:
-    """Check ``[B, Tv, H, W]`` and return float in 0..1 (uint8 / 255, float / input_scale)."""
-    if lips.dim() != 4 or lips.shape[-1] != lips.shape[-2] or lips.shape[-1] < 8:
-        raise ValueError(f"{name} expects mouth ROIs [B, Tv, 88, 88] (uint8 0..255 or float), "
-                         f"got {list(lips.shape)}; for [B, Tv, 512] embeddings use the "
-                         "'embedding' visual encoder")
-    if lips.dtype == torch.uint8:
-        return lips.to(dtype) / 255.0
-    if not lips.is_floating_point():
-        raise ValueError(f"{name} expects uint8 or float ROIs, got {lips.dtype}")
-    return lips.to(dtype) / input_scale
-
-
 def _param_dtype(module: nn.Module):
     p = next(module.parameters(), None)
     return torch.float32 if p is None else p.dtype
@@ -185,151 +176,134 @@ class EmbeddingVisualEncoder(VisualEncoder):
             raise ValueError(f"{type(self).__name__} expects float lip embeddings "
                              f"[B, Tv, {self.in_dim}], got {list(emb.shape)} {emb.dtype}; "
                              "for [B, Tv, 88, 88] mouth ROIs use a 'roi' visual encoder "
-                             "(resnet18, cnn)")
+                             "(resnet18, cnn, dlr_resnet18)")
         x = emb.to(_param_dtype(self)).transpose(1, 2)
         return self.vtcn(x)
 
 
-class _LipFrontend(nn.Module):
-    """3-D conv stem + per-frame ResNet-18 trunk: ``[B, 1, Tv, H, W]`` -> ``[B, Tv, 512]``.
+class FrontendVisualEncoder(VisualEncoder):
+    """Lip ROIs ``[B, Tv, H, W]`` -> ``self.frontend`` (``[B, Tv, frame_dim]``) -> ``self.vtcn``
+    -> ``[B, out_dim, Tv]``; the base of the ROI encoders.
 
-    State-dict keys: ``frontend3D.{0,1,2}.*`` (conv, BN, PReLU) and
-    ``trunk.layer{1..4}.*`` (torchvision BasicBlocks), the naming of the common lip-reading
-    front ends.
-    """
-
-    def __init__(self, act: str = "prelu"):
-        super().__init__()
-        from torchvision.models import resnet18
-
-        self.frontend3D = nn.Sequential(
-            nn.Conv3d(1, 64, (5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
-            nn.BatchNorm3d(64),
-            nn.PReLU(64) if act == "prelu" else nn.ReLU(),
-            nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)))
-        net = resnet18(weights=None)  # its stem (conv1/bn1/maxpool) and fc are not used
-        self.trunk = nn.Sequential(OrderedDict(
-            layer1=net.layer1, layer2=net.layer2, layer3=net.layer3, layer4=net.layer4,
-            avgpool=net.avgpool))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, t = x.shape[:3]
-        x = self.frontend3D(x)                                   # [B, 64, Tv, H/4, W/4]
-        c, h, w = x.shape[1], x.shape[3], x.shape[4]
-        x = x.transpose(1, 2).reshape(b * t, c, h, w)
-        x = self.trunk(x)                                        # [B*Tv, 512, 1, 1]
-        return x.reshape(b, t, -1)
-
-
-@register("visual_encoder", "resnet18")
-class ResNet18VisualEncoder(VisualEncoder):
-    """Mouth ROIs ``[B, Tv, 88, 88]`` @25 fps -> ``[B, out_dim, Tv]``.
-
-    Lip-reading front end: pixels scaled to 0..1 and normalised ``(x - mean) / std``;
-    Conv3d 1->64 (5x7x7, stride 1x2x2) + BN + PReLU (or ReLU) + MaxPool3d (1x3x3, stride
-    1x2x2) -> 22x22 maps; then, per frame, torchvision ResNet-18 ``layer1..layer4`` +
-    global average pool -> 512; then a :class:`VTCN` 512 -> ``out_dim``.
+    Subclasses set ``frontend_type`` (a front-end registry name) and pass the front-end's
+    kwargs to ``__init__``.
 
     Arguments
     ---------
+    frontend_config : dict
+        kwargs of the front-end.
     out_dim, hidden, num_blocks, kernel_size, norm :
-        the V-TCN, as in :class:`EmbeddingVisualEncoder`.
+        the V-TCN ``frame_dim -> out_dim``, as in :class:`EmbeddingVisualEncoder`.
     trainable : bool
-        False freezes the stem + trunk: no gradients (run under ``torch.no_grad``) and kept in
-        eval mode (BatchNorm statistics fixed) even when the model is put in train mode.
+        False freezes the front-end: no gradients (run under ``torch.no_grad``), kept in eval
+        mode (BatchNorm statistics fixed) even when the model is put in train mode.
     pretrained : str or None
-        path to a state dict for stem + trunk (keys ``frontend3D.*``, ``trunk.layer*.*``;
-        one wrapped under ``"state_dict"``/``"model"`` is unwrapped), loaded strictly.
-    mean, std : float
-        pixel normalisation (0..1 scale).
-    act : str
-        stem activation, ``"prelu"`` or ``"relu"``.
+        a front-end file loaded into the front-end (ours, or for ``dlr`` a published
+        ``visual_frontend.pt``; a bare state dict of the front-end's keys is accepted too);
+        its type and config must match (ValueError naming the file and the fields).
     input_scale : float
-        float ROIs are divided by this (255: the uint8 scale; 1: already 0..1).
+        float ROIs are on the 0..``input_scale`` scale (255: the uint8 scale; 1: 0..1).
     """
 
     input_kind = "roi"
-    frame_dim = 512
+    frontend_type: str
 
-    def __init__(self, out_dim: int = 256, hidden: int | None = 512, num_blocks: int = 5,
-                 kernel_size: int = 3, norm: str = "gln", trainable: bool = True,
-                 pretrained: str | None = None, mean: float = 0.421, std: float = 0.165,
-                 act: str = "prelu", input_scale: float = 255.0):
+    def __init__(self, frontend_config: dict, out_dim: int, hidden: int | None,
+                 num_blocks: int, kernel_size: int, norm: str, trainable: bool,
+                 pretrained: str | None, input_scale: float):
         super().__init__()
-        if act not in ("prelu", "relu"):
-            raise ValueError(f"act must be 'prelu' or 'relu', got {act!r}")
-        self.out_dim, self.trainable = out_dim, trainable
-        self.mean, self.std, self.input_scale = float(mean), float(std), float(input_scale)
-        self.frontend = _LipFrontend(act)
+        self.out_dim, self.input_scale = out_dim, float(input_scale)
+        self.frontend = build_frontend(self.frontend_type, **frontend_config)
         if pretrained:
-            self.load_frontend(pretrained)
-        self.vtcn = VTCN(self.frame_dim, out_dim, hidden, num_blocks, kernel_size, norm)
-        if not trainable:
-            self.frontend.requires_grad_(False)
-            self.frontend.eval()
+            load_frontend_weights(self.frontend, str(pretrained))
+        self.vtcn = VTCN(self.frontend.frame_dim, out_dim, hidden, num_blocks, kernel_size, norm)
+        self.set_frontend_trainable(trainable)
 
-    def load_frontend(self, path: str) -> None:
-        """Load stem + trunk weights from ``path`` (strict; ValueError names bad keys)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for wrap in ("state_dict", "model_state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(wrap), dict) and len(state) == 1:
-                state = state[wrap]
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-        own = self.frontend.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        bad_shape = sorted(k for k in set(own) & set(state)
-                           if tuple(own[k].shape) != tuple(state[k].shape))
-        if missing or unexpected or bad_shape:
-            def head(keys):
-                more = f", ... ({len(keys)} in all)" if len(keys) > 8 else ""
-                return ", ".join(keys[:8]) + more
-            parts = [f"{label} keys: {head(keys)}" for label, keys in
-                     (("missing", missing), ("unexpected", unexpected),
-                      ("shape-mismatched", bad_shape)) if keys]
-            raise ValueError(f"cannot load resnet18 front end from {path}: " + "; ".join(parts)
-                             + " (expected keys frontend3D.* and trunk.layer1..4.*)")
-        self.frontend.load_state_dict(state)
+    @property
+    def frame_dim(self) -> int:
+        return self.frontend.frame_dim
+
+    def set_frontend_trainable(self, flag: bool) -> None:
+        """Freeze (False: no gradients, eval mode) or unfreeze (True: gradients, and the
+        encoder's train/eval mode) the front-end."""
+        self.trainable = bool(flag)
+        self.frontend.requires_grad_(self.trainable)
+        self.frontend.train(self.training and self.trainable)
 
     def train(self, mode: bool = True):
-        """Set train/eval mode; a frozen front end always stays in eval mode."""
+        """Set train/eval mode; a frozen front-end always stays in eval mode."""
         super().train(mode)
         if not self.trainable:
             self.frontend.eval()
         return self
 
     def frame_features(self, lips: torch.Tensor) -> torch.Tensor:
-        """ROIs ``[B, Tv, H, W]`` -> per-frame 512-d features ``[B, Tv, 512]``."""
-        x = _roi_to_float(lips, type(self).__name__, self.input_scale, _param_dtype(self))
-        x = ((x - self.mean) / self.std).unsqueeze(1)            # [B, 1, Tv, H, W]
+        """ROIs ``[B, Tv, H, W]`` -> per-frame features ``[B, Tv, frame_dim]``."""
+        fe = self.frontend
+        x = check_rois(lips, type(self).__name__, fe.roi_size, fe.exact_size, _param_dtype(self))
+        if lips.is_floating_point() and self.input_scale != 255.0:
+            x = x * (255.0 / self.input_scale)
         if self.trainable:
-            return self.frontend(x)
+            return fe(x)
         with torch.no_grad():
-            return self.frontend(x)
+            return fe(x)
 
     def forward(self, lips: torch.Tensor) -> torch.Tensor:
-        """lips ``[B, Tv, 88, 88]`` @25 fps (uint8 or float) -> ``[B, out_dim, Tv]``."""
+        """lips ``[B, Tv, H, W]`` @25 fps (uint8 or float) -> ``[B, out_dim, Tv]``."""
         return self.vtcn(self.frame_features(lips).transpose(1, 2))
 
 
+@register("visual_encoder", "resnet18")
+class ResNet18VisualEncoder(FrontendVisualEncoder):
+    """Mouth ROIs ``[B, Tv, 88, 88]`` @25 fps -> ``[B, out_dim, Tv]``.
+
+    Front-end ``resnet18`` (:class:`~avse.models.frontends.ResNet18Frontend`): pixels to
+    0..1 and ``(x - mean) / std``; Conv3d 1->64 (5x7x7, stride 1x2x2) + BN + PReLU (or
+    ReLU) + MaxPool3d -> 22x22 maps; per frame torchvision ResNet-18 ``layer1..layer4`` +
+    global average pool -> 512; then a :class:`VTCN` 512 -> ``out_dim``. State-dict keys
+    ``frontend.frontend3D.*``, ``frontend.trunk.*``, ``vtcn.*``.
+
+    Arguments
+    ---------
+    out_dim, hidden, num_blocks, kernel_size, norm, trainable, pretrained, input_scale :
+        as in :class:`FrontendVisualEncoder` (``pretrained`` also takes a bare state dict
+        with keys ``frontend3D.*``, ``trunk.layer*.*``, or one wrapped under
+        ``"state_dict"``/``"model"``).
+    mean, std : float
+        pixel normalisation (0..1 scale).
+    act : str
+        stem activation, ``"prelu"`` or ``"relu"``.
+    """
+
+    frontend_type = "resnet18"
+
+    def __init__(self, out_dim: int = 256, hidden: int | None = 512, num_blocks: int = 5,
+                 kernel_size: int = 3, norm: str = "gln", trainable: bool = True,
+                 pretrained: str | None = None, mean: float = 0.421, std: float = 0.165,
+                 act: str = "prelu", input_scale: float = 255.0):
+        super().__init__(dict(act=act, mean=mean, std=std), out_dim, hidden, num_blocks,
+                         kernel_size, norm, trainable, pretrained, input_scale)
+
+
 @register("visual_encoder", "cnn")
-class SmallCNNVisualEncoder(VisualEncoder):
+class SmallCNNVisualEncoder(FrontendVisualEncoder):
     """Small, fast mouth-ROI encoder for CPU demos: ``[B, Tv, 88, 88]`` -> ``[B, out_dim, Tv]``.
 
-    Per frame: optional average-pool downsampling (``downsample``), then
-    ``len(channels)`` conv 3x3 stride-2 + BN + ReLU layers, global average pool, linear to
-    ``hidden``; then a :class:`VTCN` ``hidden -> out_dim`` of ``num_blocks`` blocks.
-    Global pooling after a few convs can express mean darkness and size/shape of the
-    mouth region. With ``diff=True`` a second input channel carries the frame difference
-    ``x[t] - x[t-1]`` (0 at t = 0): motion, free of static appearance.
+    Front-end ``cnn`` (:class:`~avse.models.frontends.CNNFrontend`), per frame: optional
+    average-pool downsampling (``downsample``), then ``len(channels)`` conv 3x3 stride-2 +
+    BN + ReLU layers, global average pool, linear to ``hidden``; then a :class:`VTCN`
+    ``hidden -> out_dim`` of ``num_blocks`` blocks. Global pooling after a few convs can
+    express mean darkness and size/shape of the mouth region. With ``diff=True`` a second
+    input channel carries the frame difference ``x[t] - x[t-1]`` (0 at t = 0): motion, free
+    of static appearance. Checkpoints written before the front-end was split out (keys
+    ``cnn.*``, ``frame_proj.*``) load into ``frontend.cnn.*``, ``frontend.frame_proj.*``.
 
     Arguments
     ---------
     out_dim : int
         Dv.
     hidden : int
-        per-frame feature size (the linear after pooling; the V-TCN input).
+        per-frame feature size (the front-end's ``frame_dim``; the V-TCN input).
     num_blocks : int
         V-TCN blocks (MuSE form when ``tcn_hidden`` is None).
     channels : sequence of int
@@ -341,41 +315,67 @@ class SmallCNNVisualEncoder(VisualEncoder):
         cheaper than 1: about 25 ms vs 100 ms for ``[4, 100, 88, 88]`` on 2 CPU cores).
     tcn_hidden : int or None
         expansion width inside the V-TCN blocks.
-    kernel_size, norm :
-        of the V-TCN.
-    input_scale : float
-        float ROIs are divided by this (255: the uint8 scale; 1: already 0..1).
+    kernel_size, norm, trainable, pretrained, input_scale :
+        as in :class:`FrontendVisualEncoder` (``trainable`` defaults to True).
+
+    Example
+    -------
+    >>> enc = SmallCNNVisualEncoder(out_dim=8, hidden=8, num_blocks=1, channels=(4, 8))
+    >>> old = {k.replace("frontend.", ""): v for k, v in enc.state_dict().items()}
+    >>> sorted(old)[:2]
+    ['cnn.0.weight', 'cnn.1.bias']
+    >>> enc.load_state_dict(old)
+    <All keys matched successfully>
     """
 
-    input_kind = "roi"
+    frontend_type = "cnn"
+    LEGACY = ("cnn.", "frame_proj.")
 
     def __init__(self, out_dim: int = 64, hidden: int = 64, num_blocks: int = 2,
                  channels=(16, 32, 64, 64), diff: bool = True, downsample: int = 2,
                  tcn_hidden: int | None = None, kernel_size: int = 3, norm: str = "gln",
+                 trainable: bool = True, pretrained: str | None = None,
                  input_scale: float = 255.0):
-        super().__init__()
-        self.out_dim, self.diff, self.downsample = out_dim, bool(diff), int(downsample)
-        self.input_scale = float(input_scale)
-        layers, c_in = [], 2 if diff else 1
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False),
-                       nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-            c_in = c
-        self.cnn = nn.Sequential(*layers)
-        self.frame_proj = nn.Linear(c_in, hidden)
-        self.vtcn = VTCN(hidden, out_dim, tcn_hidden, num_blocks, kernel_size, norm)
+        super().__init__(dict(hidden=hidden, channels=channels, diff=diff, downsample=downsample),
+                         out_dim, tcn_hidden, num_blocks, kernel_size, norm, trainable,
+                         pretrained, input_scale)
+        self.diff, self.downsample = self.frontend.diff, self.frontend.downsample
 
-    def forward(self, lips: torch.Tensor) -> torch.Tensor:
-        """lips ``[B, Tv, 88, 88]`` @25 fps (uint8 or float) -> ``[B, out_dim, Tv]``."""
-        x = _roi_to_float(lips, type(self).__name__, self.input_scale, _param_dtype(self))
-        b, t = x.shape[:2]
-        x = x - 0.5                                              # centre pixels around 0
-        frames = [x]
-        if self.diff:
-            frames.append(torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], 1))
-        x = torch.stack(frames, 2).flatten(0, 1)                 # [B*Tv, 1|2, H, W]
-        if self.downsample > 1:
-            x = F.avg_pool2d(x, self.downsample)
-        x = self.cnn(x).mean(dim=(2, 3))                         # [B*Tv, C]
-        x = self.frame_proj(x).reshape(b, t, -1).transpose(1, 2)  # [B, hidden, Tv]
-        return self.vtcn(x)
+    @classmethod
+    def upgrade_state_dict(cls, state: dict, prefix: str = "") -> dict:
+        """``state`` with keys of the encoder at ``prefix`` written before the front-end split
+        (``cnn.*``, ``frame_proj.*``) renamed to ``frontend.*`` (a new dict)."""
+        old = tuple(prefix + p for p in cls.LEGACY)
+        return {(prefix + "frontend." + k[len(prefix):] if k.startswith(old) else k): v
+                for k, v in state.items()}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        old = tuple(prefix + p for p in self.LEGACY)
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[prefix + "frontend." + key[len(prefix):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+@register("visual_encoder", "dlr_resnet18")
+class DLRVisualEncoder(FrontendVisualEncoder):
+    """Face-centre crops ``[B, Tv, 112, 112]`` @25 fps -> ``[B, out_dim, Tv]``.
+
+    Front-end ``dlr`` (:class:`~avse.models.frontends.DLRFrontend`), the published
+    deep-lip-reading front-end (give its ``visual_frontend.pt`` as ``pretrained``; frozen by
+    default, as MuSE and SEANet use it), then a :class:`VTCN` 512 -> ``out_dim``: the SEANet
+    pipeline with the embeddings made on the fly. Its input is the crop preset
+    ``"lipread"`` (central 112x112 of the face frame resized to 224).
+
+    Arguments
+    ---------
+    out_dim, hidden, num_blocks, kernel_size, norm, trainable, pretrained, input_scale :
+        as in :class:`FrontendVisualEncoder` (``trainable`` defaults to False).
+    """
+
+    frontend_type = "dlr"
+
+    def __init__(self, out_dim: int = 256, hidden: int | None = 512, num_blocks: int = 5,
+                 kernel_size: int = 3, norm: str = "gln", trainable: bool = False,
+                 pretrained: str | None = None, input_scale: float = 255.0):
+        super().__init__({}, out_dim, hidden, num_blocks, kernel_size, norm, trainable,
+                         pretrained, input_scale)

@@ -14,6 +14,7 @@ SMALL = {
     "embedding": dict(out_dim=8, hidden=16, num_blocks=1),
     "resnet18": dict(out_dim=8, hidden=16, num_blocks=1),
     "cnn": dict(out_dim=8, hidden=8, num_blocks=1, channels=(4, 8)),
+    "dlr_resnet18": dict(out_dim=8, hidden=16, num_blocks=1),
 }
 ENCODERS = known("visual_encoder")
 
@@ -23,10 +24,15 @@ def _build(name, **kw):
     return build("visual_encoder", name, **{**SMALL.get(name, {}), **kw})
 
 
-def _input(kind, seed=0):
+def _side(enc):
+    """The ROI side an encoder reads (88, or 112 for the published lip-reading front-end)."""
+    return enc.frontend.roi_size if hasattr(enc, "frontend") else 88
+
+
+def _input(kind, seed=0, side=88):
     g = torch.Generator().manual_seed(seed)
     if kind == "roi":
-        return torch.randint(0, 256, (B, TV, 88, 88), dtype=torch.uint8, generator=g)
+        return torch.randint(0, 256, (B, TV, side, side), dtype=torch.uint8, generator=g)
     assert kind == "emb", kind
     return torch.randn(B, TV, 512, generator=g)
 
@@ -42,7 +48,7 @@ def test_shape_and_finite_grads(name):
     n_params = sum(p.numel() for p in enc.parameters())
     n_default = sum(p.numel() for p in build("visual_encoder", name).parameters())
     print(f"{name}: {n_params} params (small), {n_default} (defaults)")
-    out = enc(_input(enc.input_kind))
+    out = enc(_input(enc.input_kind, side=_side(enc)))
     assert out.shape == (B, enc.out_dim, TV)
     out.square().mean().backward()
     grads = [p.grad for p in enc.parameters() if p.requires_grad]
@@ -54,7 +60,8 @@ def test_shape_and_finite_grads(name):
 def test_wrong_input_kind_is_a_clear_error(name):
     enc = _build(name)
     wrong = _input("emb" if enc.input_kind == "roi" else "roi")
-    expected = "[B, Tv, 88, 88]" if enc.input_kind == "roi" else "[B, Tv, 512]"
+    side = _side(enc)
+    expected = f"[B, Tv, {side}, {side}]" if enc.input_kind == "roi" else "[B, Tv, 512]"
     with pytest.raises(ValueError, match="expects.*" + re.escape(expected)):
         enc(wrong)
 
@@ -65,7 +72,7 @@ ROI_ENCODERS = [n for n in ENCODERS if get("visual_encoder", n).input_kind == "r
 @pytest.mark.parametrize("name", ROI_ENCODERS)
 def test_uint8_and_float_roi_agree(name):
     enc = _build(name).eval()
-    x = _input("roi")
+    x = _input("roi", side=_side(enc))
     with torch.no_grad():
         a, b = enc(x), enc(x.float())
     torch.testing.assert_close(a, b)
