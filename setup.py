@@ -32,7 +32,10 @@ setup(
     extras_require={
         # PESQ and STOI in evaluation; without them those columns are NaN (one log line says so)
         "eval": ["pesq>=0.0.4", "pystoi>=0.3"],
-        "dev": ["pytest>=7", "pytest-timeout", "fast_bss_eval", "scikit-image>=0.21"],
+        # opencv: tests/integration/test_lipread_opencv.py runs the original OpenCV
+        # preprocessing of the published lip-reading front-end (4.x: numpy 2 wheels)
+        "dev": ["pytest>=7", "pytest-timeout", "fast_bss_eval", "scikit-image>=0.21",
+                "opencv-python-headless>=4.10"],
         # the real-face test and demo videos (avse.video.scenes) use scikit-image's photo
         "scenes": ["scikit-image>=0.21"],
     },
