@@ -94,7 +94,7 @@ def make_published(seed=0):
     net = PublishedVisualFrontend()
     g = torch.Generator().manual_seed(seed + 1)
     for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
             m.num_batches_tracked.fill_(1234)
