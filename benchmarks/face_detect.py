@@ -11,7 +11,9 @@ pixels becomes 20 image pixels and MTCNN's pyramid gets deeper). Each row gives 
 found (a check), ms per frame detected one at a time, ms per frame in a batch of
 ``--batch`` same-size frames, and the same with ``with_features=False``. Then the cost
 of :func:`avse.video.track.thumbnail` + :func:`is_shot_cut` per 1280x720 frame and of
-:func:`track_faces` on one minute of synthetic detections (3 faces, one cut every 10 s).
+:func:`track_faces` on one minute of synthetic detections (3 faces, one cut every 10 s),
+and the face-frame pass per frame (decode, gray, :func:`cut_face`) with the luma gray and
+with the ``lipread`` preset's gray through RGB (``gray_frame(method="rgb")``).
 Prints numbers; asserts nothing.
 """
 import argparse
@@ -105,6 +107,42 @@ def bench_tracking(args):
           f"{t * 1000:.1f} ms -> {n} tracks")
 
 
+def bench_face_frames(args, n_frames: int = 50):
+    """ms per frame of write_face_frames' loop: decode only, + luma gray + cut, + RGB gray + cut."""
+    import os
+    import tempfile
+
+    import av
+
+    from avse.video.crops import cut_face
+    from avse.video.frames import gray_frame, iter_video, probe
+
+    print("\nface-frame pass (H.264 yuv420p, one 224x224 face cut per frame), ms per frame:")
+    print(f"{'source':>10} {'decode':>7} {'+luma':>7} {'+rgb':>7} {'rgb extra':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for h, w in ((360, 640), (720, 1280), (1080, 1920)):
+            path = os.path.join(tmp, f"{h}.mp4")
+            base = make_frame(2, h, w)
+            with av.open(path, "w") as out:
+                st = out.add_stream("libx264", rate=25)
+                st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+                for k in range(n_frames):
+                    for p in st.encode(av.VideoFrame.from_ndarray(np.roll(base, 3 * k, 1), format="rgb24")):
+                        out.mux(p)
+                for p in st.encode():
+                    out.mux(p)
+            info, window = probe(path), (w * 0.3, h * 0.5, h * 0.45)
+
+            def run(method):
+                for _, frame in iter_video(path, info=info):
+                    if method:
+                        cut_face(gray_frame(frame, 0, method=method), window)
+
+            ms = {m: _time(lambda m=m: run(m), args.repeats) * 1000 / n_frames for m in (None, "luma", "rgb")}
+            print(f"{f'{w}x{h}':>10} {ms[None]:>7.2f} {ms['luma']:>7.2f} {ms['rgb']:>7.2f} "
+                  f"{ms['rgb'] - ms['luma']:>10.2f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -118,6 +156,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     bench_detector(args)
     bench_tracking(args)
+    bench_face_frames(args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ mux            one mp4 per face: the source video stream copied, the extracted a
 detect         MTCNN face detector (facenet-pytorch; the weights ship in its wheel)
 track          IoU tracking, gap interpolation, shot cuts, smoothing, appearance merging
 crops          the VoxCeleb2/LRS3 face-centred 224x224 framing and the mouth crop presets
+lipread        the published lip-reading preprocessing (OpenCV's gray through RGB, 224, the
+               central 112x112) without OpenCV
 faces          pass 1: decode, detect, track, write each track's face frames to disk
 longform       pass 2: chunked extraction with overlap and cross-fade, written incrementally
 scenes         test and demo videos built from a real photograph, mouths in sync with voices

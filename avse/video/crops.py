@@ -17,8 +17,11 @@ voxceleb2   88     the fixed box ``MOUTH_CROPS['voxceleb2']``: rows 113..200, co
 lrs3        88     the same box (LRS3 is framed like VoxCeleb2)
 lrs2        88     frame resized to 160x160 (LRS2's frame size), then ``MOUTH_CROPS['lrs2']``;
                    assumes LRS2 frames are framed like LRS3 ones, only smaller
-lipread     112    frame resized to 160x160, then its central 112x112 (the input of the
-                   published deep lip-reading front-ends)
+lipread     112    frame resized to 224x224 (bilinear as ``cv2.resize``; a no-op for our 224x224
+                   face frames), then its central 112x112, rows and columns 56..167: the region
+                   the published deep lip-reading front-end reads (:mod:`avse.video.lipread`,
+                   whose float version is that preprocessing exactly); the frames are made
+                   through RGB with OpenCV's gray (:data:`PRESET_GRAY`)
 landmarks   88     :func:`align_mouth`: similarity-aligned to :data:`REFERENCE_FACE` with the
                    face's 5 landmarks, a 96x96 mouth box, its central 88x88
 ==========  =====  =============================================================================
@@ -41,17 +44,21 @@ import numpy as np
 from PIL import Image
 
 from avse.data.align import ROI_SIZE
+from avse.video.lipread import LIPREAD_FACE, LIPREAD_SIZE, LIPREAD_TOP, lipread_frames
 from avse.video.media import MOUTH_CROPS
 
 FACE_SIZE = 224
 CROP_SCALE = 0.4
 PAD_VALUE = 110
 LRS2_SIZE = 160  # LRS2 frames are 160x160
-LIPREAD_SIZE = 112
 
 CROP_PRESETS = ("voxceleb2", "lrs3", "lrs2", "lipread", "landmarks")
 PRESET_SIZES = {"voxceleb2": ROI_SIZE, "lrs3": ROI_SIZE, "lrs2": ROI_SIZE, "lipread": LIPREAD_SIZE,
                 "landmarks": ROI_SIZE}
+#: How each preset's face frames are made gray (:func:`avse.video.frames.gray_frame` ``method``):
+#: "lipread" through RGB with OpenCV's weights, as the published front-end's data; the others
+#: from the luma plane, as the corpora's shards (:func:`avse.video.media.decode_media`).
+PRESET_GRAY = {name: "rgb" if name == "lipread" else "luma" for name in CROP_PRESETS}
 
 #: The 5 MTCNN landmarks (left eye, right eye, nose tip, left mouth corner, right mouth corner)
 #: of a canonical frontal face, ``[5, 2]`` ``(x, y)`` pixels of a 112x112 face: the widely
@@ -243,9 +250,10 @@ def crop_faces(faces: np.ndarray, preset: str, landmarks: np.ndarray | None = No
     if preset == "lrs2":
         return _box_crop(_resize_frames(faces, LRS2_SIZE), "lrs2")
     if preset == "lipread":
-        small = _resize_frames(faces, LRS2_SIZE)
-        m = (LRS2_SIZE - LIPREAD_SIZE) // 2
-        return np.ascontiguousarray(small[:, m:m + LIPREAD_SIZE, m:m + LIPREAD_SIZE])
+        if faces.shape[1] == LIPREAD_FACE:
+            sl = slice(LIPREAD_TOP, LIPREAD_TOP + LIPREAD_SIZE)
+            return np.ascontiguousarray(faces[:, sl, sl])
+        return np.clip(np.rint(lipread_frames(faces)), 0, 255).astype(np.uint8)
     if landmarks is None:
         raise ValueError("crop_faces: preset 'landmarks' needs landmarks [T, 5, 2] in face-frame "
                          "pixels; pass landmarks= or choose another preset")

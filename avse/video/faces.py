@@ -6,7 +6,9 @@
    frame, and the first frame of every shot, goes through the face detector on a copy
    downscaled to ``max_side``. :func:`avse.video.track.track_faces` turns the detections into
    tracks (smoothed boxes and 5 landmarks on every frame of each track).
-2. each track's frames are cut from the full-resolution gray frames, framed as VoxCeleb2 /
+2. each track's frames are cut from the full-resolution gray frames (the luma plane, or
+   through RGB with OpenCV's weights for the ``lipread`` preset:
+   :data:`avse.video.crops.PRESET_GRAY`), framed as VoxCeleb2 /
    LRS3 clips are (:func:`avse.video.crops.face_window`), and written to
    ``work_dir/face<k>.npy`` (uint8 ``[n, 224, 224]``, appended frame by frame and read back
    by rows with plain file reads: no memory map, whose touched pages would count in the
@@ -224,7 +226,8 @@ def detect_and_track(video: str, origin: float | None = None, info: MediaInfo | 
 
 
 def write_face_frames(scan: FaceScan, video: str, work_dir: str, tracks=None,
-                      sample_only: int = 0, progress: bool = False) -> FaceScan:
+                      sample_only: int = 0, progress: bool = False,
+                      preset: str | None = None) -> FaceScan:
     """Step 2 of pass 1: cut each track's face-centred frames into ``work_dir``.
 
     Arguments
@@ -233,8 +236,19 @@ def write_face_frames(scan: FaceScan, video: str, work_dir: str, tracks=None,
         track ids to write (default: all).
     sample_only : int
         when > 0, cut only that many evenly spaced frames per track (for ``faces.png``).
+    preset : str, optional
+        the crop preset the frames are for; it chooses the gray
+        (:data:`avse.video.crops.PRESET_GRAY`): ``"lipread"`` converts each frame to RGB and
+        applies OpenCV's gray weights (what the published lip-reading front-end saw; 3-15 ms
+        more per 720p-1080p frame: ``benchmarks/face_detect.py``), the others and ``None``
+        read the luma.
     """
-    from avse.video.crops import FACE_SIZE, cut_face, face_window, to_face_coords
+    from avse.video.crops import FACE_SIZE, PRESET_GRAY, cut_face, face_window, to_face_coords
+
+    if preset is not None and preset not in PRESET_GRAY:
+        raise ValueError(f"write_face_frames: unknown crop preset {preset!r}; known presets: "
+                         f"{', '.join(PRESET_GRAY)}")
+    method = PRESET_GRAY.get(preset, "luma")
 
     os.makedirs(work_dir, exist_ok=True)
     wanted = [t for t in scan.tracks if tracks is None or t.id in tracks]
@@ -262,7 +276,7 @@ def write_face_frames(scan: FaceScan, video: str, work_dir: str, tracks=None,
         for k, frame in iter_video(video, origin=scan.origin, info=scan.info):
             bar.update(1)
             if k in rows:
-                gray = gray_frame(frame, scan.info.rotation)
+                gray = gray_frame(frame, scan.info.rotation, method=method)
                 for tid, row, window in rows[k]:
                     stores[tid].append(row, cut_face(gray, window))
             if k >= last:
@@ -427,7 +441,7 @@ def clip_mouths(video: str, preset: str = "landmarks", detector=None, n_frames: 
         scan = require_faces(detect_and_track(video, origin=info.video_start, info=info,
                                               detector=detector, **opts), video)
         best = largest_track(scan)
-        write_face_frames(scan, video, work, tracks=[best.id])
+        write_face_frames(scan, video, work, tracks=[best.id], preset=preset)
         crops = crop_faces(np.asarray(scan.faces(best.id)), preset, scan.landmarks(best.id))
     total = n_frames or scan.n_frames
     index = np.searchsorted(np.asarray(best.frames), np.arange(total))

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avse.data.align import FPS, SAMPLE_RATE
-from avse.video.media import MediaError
+from avse.video.media import MediaError, bgr2gray_cv
 
 _YUV8 = ("yuv", "nv12", "nv21")
 _TOLERANCE = 1e-4  # seconds: a source frame this much after a grid time still counts for it
@@ -286,8 +286,8 @@ def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
-def gray_frame(frame, rotation: int = 0) -> np.ndarray:
-    """Full-range luma of a decoded ``VideoFrame`` in display orientation.
+def gray_frame(frame, rotation: int = 0, method: str = "luma") -> np.ndarray:
+    """Gray picture of a decoded ``VideoFrame`` in display orientation.
 
     Arguments
     ---------
@@ -295,14 +295,25 @@ def gray_frame(frame, rotation: int = 0) -> np.ndarray:
         as yielded by :func:`iter_video`.
     rotation : int
         :attr:`MediaInfo.rotation` (counter-clockwise degrees to upright).
+    method : str
+        ``"luma"``: the full-range luma plane. Limited-range luma (16..235) is expanded by
+        swscale, identical to :data:`avse.video.media.LIMITED_TO_FULL` for all 256 values
+        and ~2x faster than indexing the table (1 ms for 720p); full-range 8-bit luma planes
+        are copied as they are; other formats (10-bit, RGB) go through swscale.
+        ``"rgb"``: what ``cv2.VideoCapture`` + ``cv2.cvtColor(COLOR_BGR2GRAY)`` give: the
+        frame converted to RGB by swscale (:func:`rgb_frame`, the converter OpenCV's FFmpeg
+        backend uses, bit-exact with it), then :func:`avse.video.media.bgr2gray_cv`. It
+        differs from the luma by up to a few levels (chroma upsampling and rounding); the
+        published lip-reading front-end saw this gray (:mod:`avse.video.lipread`).
 
     Returns
     -------
-    gray ``[H, W]`` uint8, 0..255; ``H x W`` is the display size. Limited-range luma
-    (16..235) is expanded by swscale, identical to :data:`avse.video.media.LIMITED_TO_FULL`
-    for all 256 values and ~2x faster than indexing the table (1 ms for 720p); full-range
-    8-bit luma planes are copied as they are; other formats (10-bit, RGB) go through swscale.
+    gray ``[H, W]`` uint8, 0..255; ``H x W`` is the display size.
     """
+    if method == "rgb":
+        return _rotate(bgr2gray_cv(rgb_frame(frame)[0]), rotation)
+    if method != "luma":
+        raise ValueError(f"gray_frame: method must be 'luma' or 'rgb', got {method!r}")
     fmt = frame.format
     full_range = fmt.name.startswith("yuvj") or _full_range(frame)
     if full_range and fmt.name.startswith(_YUV8) and fmt.components[0].bits == 8:

@@ -98,6 +98,34 @@ def resample(wav: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
 # limited-range luma (16..235) -> full-range gray (0..255), as swscale's yuv -> gray does
 LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
 _LIMITED_TO_FULL = LIMITED_TO_FULL
+#: OpenCV's fixed-point ``COLOR_BGR2GRAY`` for uint8 (OpenCV 4.x: 15 fractional bits, R, G, B)
+CV_GRAY_WEIGHTS = (9798, 19235, 3735)
+CV_GRAY_SHIFT = 15
+
+
+def bgr2gray_cv(rgb: np.ndarray) -> np.ndarray:
+    """OpenCV's ``cvtColor(bgr, COLOR_BGR2GRAY)`` of the same picture, computed from RGB.
+
+    ``Y = (9798 R + 19235 G + 3735 B + 2^14) >> 15``: the integer arithmetic of OpenCV 4.x
+    for uint8, equal to it for all 2^24 colours (OpenCV 2.x/3.x used 14 bits, R 4899, G 9617,
+    B 1868: one gray level lower on 0.26 % of the colours). ``rgb [..., 3]`` uint8 RGB
+    (channel order of PyAV's ``rgb24``; OpenCV's BGR frame is ``rgb[..., ::-1]``);
+    returns uint8 ``[...]``.
+
+    Example
+    -------
+    >>> bgr2gray_cv(np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [90, 140, 200]], np.uint8)).tolist()
+    [76, 150, 29, 132]
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim < 1 or rgb.shape[-1] != 3:
+        raise ValueError(f"bgr2gray_cv: need uint8 RGB [..., 3], got {rgb.dtype} {rgb.shape}")
+    acc = rgb[..., 0] * np.uint32(CV_GRAY_WEIGHTS[0])
+    acc += rgb[..., 1] * np.uint32(CV_GRAY_WEIGHTS[1])
+    acc += rgb[..., 2] * np.uint32(CV_GRAY_WEIGHTS[2])
+    acc += 1 << (CV_GRAY_SHIFT - 1)
+    acc >>= CV_GRAY_SHIFT
+    return acc.astype(np.uint8)
 _YUV_FORMATS = ("yuv", "nv12", "nv21")
 
 

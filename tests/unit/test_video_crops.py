@@ -89,7 +89,16 @@ def test_crop_faces_presets():
         assert np.array_equal(crop_faces(faces, name), faces[:, 113:201, 68:156])
     small = np.stack([np.asarray(Image.fromarray(f).resize((160, 160), Image.BILINEAR)) for f in faces])
     assert np.array_equal(crop_faces(faces, "lrs2"), small[:, 71:159, 36:124])
-    assert np.array_equal(crop_faces(faces, "lipread"), small[:, 24:136, 24:136])
+    # lipread: the published region, rows/cols 56..167 of the 224x224 face frame
+    assert np.array_equal(crop_faces(faces, "lipread"), faces[:, 56:168, 56:168])
+    # a 160x160 frame is first upsampled to 224 (bilinear, half-pixel centres): a horizontal
+    # ramp 0, 1.6, 3.2, ... keeps its slope 160/224 in the centre, rounded to uint8
+    ramp = np.tile((np.arange(160) * 1.6).astype(np.uint8), (2, 160, 1))
+    x = (np.arange(56, 168) + 0.5) * 160 / 224 - 0.5
+    want = np.rint(np.interp(x, np.arange(160), ramp[0, 0].astype(float)))
+    out = crop_faces(ramp, "lipread")
+    assert out.shape == (2, 112, 112) and out.dtype == np.uint8
+    assert np.array_equal(out[0, 0], want) and np.all(out == out[:, :1])
     lms = np.repeat(to_face_coords(REFERENCE_FACE * 1.5 + 30, (112.0, 112.0, 224.0))[None], 3, 0)
     for name in CROP_PRESETS:
         out = crop_faces(faces, name, landmarks=lms)
