@@ -16,6 +16,15 @@ Hyperparameters read from the yaml (``self.hparams``):
   SEANet's noise branch or MuSE's speaker classification.
 - ``lr_scheduler`` (optional): ``speechbrain.nnet.schedulers.StepScheduler`` (decay every
   n epochs, the seed's x0.97 every 3) or ``ReduceLROnPlateau`` (on validation loss).
+- ``unfreeze_frontend_after`` (null: never): with a visual encoder whose front-end is frozen
+  (``trainable: false``, e.g. one loaded with ``pretrained:``), unfreeze it at the start of
+  epoch N + 1 (``set_frontend_trainable(True)``; 0: from the first epoch). The optimizer holds
+  the front-end's parameters from the start (SpeechBrain's ``opt_class`` takes every
+  parameter; one that skips frozen ones gets them added as one more param group when the
+  optimizer is made), so they train from that epoch on with the current learning rate, and a
+  run resumed before or after the unfreezing restores the same optimizer layout (a resumed
+  run unfreezes again at its first epoch past N). Under DDP the model is wrapped again, as
+  DDP only reduces the gradients of parameters that required them when it was wrapped.
 - ``valid_every_n_epochs`` (1), ``keep_checkpoints`` (1 best by validation SI-SDR, plus
   the most recent), ``train_logger``, ``tensorboard_logger``, ``eval_metrics`` (metrics of the
   TEST stage, default :data:`avse.evaluation.DEFAULT_METRICS`), ``trace_dir`` (debugging:
@@ -53,6 +62,11 @@ class AVSEBrain(sb.core.Brain):
         self.train_loader, self.valid_loader = train_set, valid_set
         return super().fit(epoch_counter, train_set, valid_set, **kwargs)
 
+    @staticmethod
+    def checkpoint_importance(ckpt) -> float:
+        """How good a checkpoint is (the higher the better): its validation SI-SDR."""
+        return _ckpt_si_sdr(ckpt)
+
     def _wrap_distributed(self):
         """SpeechBrain converts BatchNorm to SyncBatchNorm before wrapping in DDP, which only
         works on GPUs; on CPU (gloo) wrap without it (each rank keeps its BN statistics).
@@ -69,6 +83,48 @@ class AVSEBrain(sb.core.Brain):
                         module, find_unused_parameters=self.find_unused_parameters)
             return
         super()._wrap_distributed()
+
+    # ------------------------------------------------------------------ front-end unfreezing
+    def init_optimizers(self):
+        """SpeechBrain's, then (with ``unfreeze_frontend_after``) the visual front-end's
+        parameters added as one more param group where ``opt_class`` left them out."""
+        super().init_optimizers()
+        if _unfreeze_after(self.hparams) is None or getattr(self, "optimizer", None) is None:
+            return
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        missing = [p for p in self._frontend_encoder().frontend.parameters() if id(p) not in held]
+        if missing:
+            self.optimizer.add_param_group({"params": missing})
+
+    def _frontend_encoder(self):
+        model = self.modules["model"]
+        encoder = getattr(getattr(model, "module", model), "visual_encoder", None)
+        if not hasattr(encoder, "set_frontend_trainable"):
+            raise ValueError(f"unfreeze_frontend_after is set, but the visual encoder "
+                             f"({type(encoder).__name__}) has no front-end to unfreeze: use a "
+                             "ROI visual encoder (cnn, resnet18, dlr_resnet18) or remove the key")
+        return encoder
+
+    def _maybe_unfreeze_frontend(self, epoch):
+        """At the start of epoch N + 1 and later: unfreeze a frozen front-end (see the module
+        docstring, ``unfreeze_frontend_after``)."""
+        after = _unfreeze_after(self.hparams)
+        if after is None or epoch is None or epoch <= after:
+            return
+        encoder = self._frontend_encoder()
+        if encoder.trainable:
+            return
+        encoder.set_frontend_trainable(True)
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        for name, module in self.modules.items():  # DDP reduces what required grad when made
+            if isinstance(module, DDP):
+                ids = None if self.device_type == "cpu" or self.distributed_backend == "gloo" \
+                    else [self.device]
+                self.modules[name] = DDP(module.module, device_ids=ids,
+                                         find_unused_parameters=self.find_unused_parameters)
+        logger.info("epoch %d: the visual front-end is unfrozen (unfreeze_frontend_after: %d)",
+                    epoch, after)
 
     # ------------------------------------------------------------------ forward / loss
     def compute_forward(self, batch, stage):
@@ -129,6 +185,7 @@ class AVSEBrain(sb.core.Brain):
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
             self._trace = {}
+            self._maybe_unfreeze_frontend(epoch)
             loader = getattr(self, "train_loader", None)
             if hasattr(loader, "set_epoch") and epoch is not None:
                 loader.set_epoch(epoch)
@@ -153,7 +210,7 @@ class AVSEBrain(sb.core.Brain):
                 self._log({"epoch": epoch, "lr": self.epoch_lr}, {"loss": stage_loss}, None)
                 if self.checkpointer is not None:
                     self.checkpointer.save_and_keep_only(
-                        meta={"epoch": epoch}, importance_keys=[_ckpt_si_sdr],
+                        meta={"epoch": epoch}, importance_keys=[self.checkpoint_importance],
                         num_to_keep=int(getattr(self.hparams, "keep_checkpoints", 1)))
             return
         if stage == sb.Stage.VALID:
@@ -167,7 +224,7 @@ class AVSEBrain(sb.core.Brain):
             self._log({"epoch": epoch, "lr": self.epoch_lr}, {"loss": self.train_loss}, stats)
             if self.checkpointer is not None:
                 self.checkpointer.save_and_keep_only(
-                    meta={"epoch": epoch, **stats}, importance_keys=[_ckpt_si_sdr],
+                    meta={"epoch": epoch, **stats}, importance_keys=[self.checkpoint_importance],
                     num_to_keep=int(getattr(self.hparams, "keep_checkpoints", 1)))
             self.last_valid_stats = stats
             return
@@ -247,6 +304,17 @@ class AVSEBrain(sb.core.Brain):
         self.eval_dir, self.eval_name = out_dir, name
         self.evaluate(test_set, max_key=max_key if self.checkpointer is not None else None)
         return self.test_summary
+
+
+def _unfreeze_after(hparams):
+    """``unfreeze_frontend_after`` as an int (None: never); a clear error when it is not one."""
+    after = getattr(hparams, "unfreeze_frontend_after", None)
+    if after is None:
+        return None
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise ValueError(f"unfreeze_frontend_after must be a whole number of epochs >= 0 or "
+                         f"null, got {after!r}")
+    return after
 
 
 def _ckpt_si_sdr(ckpt) -> float:
