@@ -77,8 +77,8 @@ def main(argv=None) -> int:
             label, sep, folder = spec.partition("=")
             if not sep or not label or not folder:
                 raise ValueError(f"--run expects LABEL=FOLDER, got {spec!r}")
-            steps = args.epoch_steps or epoch_steps(folder)
             curve = read_curve(folder, args.metric)
+            steps = args.epoch_steps or epoch_steps(folder)
             runs[label] = {"folder": folder, "epoch_steps": steps,
                            "curve": [[e * steps, v] for e, v in curve],
                            "steps_to_target": None if args.target is None else
