@@ -333,14 +333,18 @@ def _full_range(frame) -> bool:
 
 
 _local = threading.local()
+_INHERITED = []  # swscale contexts inherited through fork(): kept, never freed (that hangs)
 
 
 def _reformatter():
-    """One swscale context cache per thread (VideoFrame.reformat builds a new one per call)."""
+    """One swscale context cache per thread (VideoFrame.reformat builds a new one per call)
+    and per process: a forked worker that reused, or freed, its parent's context would hang."""
     from av.video.reformatter import VideoReformatter
 
-    if not hasattr(_local, "reformatter"):
-        _local.reformatter = VideoReformatter()
+    if getattr(_local, "pid", None) != os.getpid():
+        if hasattr(_local, "reformatter"):
+            _INHERITED.append(_local.reformatter)
+        _local.reformatter, _local.pid = VideoReformatter(), os.getpid()
     return _local.reformatter
 
 
