@@ -51,6 +51,7 @@ setup(
             "avse-inspect-shards=avse.data.shards:main",
             "avse-extract=avse.inference:main",
             "avse-convert-seanet=avse.models.reference.cli:main",
+            "avse-embed=avse.embed:main",
         ],
     },
 )

@@ -58,12 +58,15 @@ class AVSEExtractor:
         fp32 and the estimate is returned in fp32.
     inference : dict, optional
         ``model.yaml``'s ``inference`` section (:func:`avse.models.io.inference_config`).
+    frontend : avse.models.frontends.Frontend, optional
+        for a model that reads lip embeddings: the front-end that computes them from video
+        with the ``crop`` preset (:meth:`from_hparams` loads the one ``inference`` names).
     """
 
     PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
     def __init__(self, model, device: str = "cpu", crop: str | None = None,
-                 precision: str = "fp32", inference: dict | None = None):
+                 precision: str = "fp32", inference: dict | None = None, frontend=None):
         from avse.models.io import inference_config
         from avse.video.crops import CROP_PRESETS
 
@@ -82,6 +85,13 @@ class AVSEExtractor:
         self.model = model.to(device).eval()
         self.device = device
         self.precision = precision
+        self.frontend = None
+        if frontend is not None:
+            in_dim = getattr(self.model.visual_encoder, "in_dim", None)
+            if self.model.visual_input != "emb" or frontend.frame_dim != in_dim:
+                raise ValueError(f"the front-end gives {frontend.frame_dim}-d features; the model "
+                                 f"reads {'mouth crops' if in_dim is None else f'{in_dim}-d'}")
+            self.frontend = frontend.to(device).eval()
 
     @property
     def crop(self) -> str:
@@ -91,10 +101,16 @@ class AVSEExtractor:
     def from_hparams(cls, source: str, device: str = "cpu", crop: str | None = None,
                      key: str = "si_sdr", precision: str = "fp32"):
         """Load from an experiment or exported folder (SpeechBrain ``Pretrained`` style)."""
-        from avse.models.io import load_inference_config, load_model
+        from avse.models.io import frontend_path, load_inference_config, load_model
 
+        inference = load_inference_config(source)
+        frontend = frontend_path(source, inference)
+        if frontend is not None:
+            from avse.embed import load
+
+            frontend = load(frontend)
         return cls(load_model(source, key=key), device=device, crop=crop, precision=precision,
-                   inference=load_inference_config(source))
+                   inference=inference, frontend=frontend)
 
     @property
     def visual_input(self) -> str:
@@ -144,8 +160,13 @@ class AVSEExtractor:
                 raise ValueError(f"{path}: lip embedding must be [T, 512], got {list(emb.shape)}")
             return emb.astype(np.float32)
         if self.visual_input == "emb":
-            raise ValueError(f"{path}: this model takes precomputed 512-d lip embeddings (.npy at "
-                             "25 fps), not a video")
+            if self.frontend is None:
+                raise ValueError(f"{path}: this model takes lip embeddings and its model.yaml "
+                                 "names no front-end: give a .npy at 25 fps (avse-embed), or "
+                                 "record one with avse-embed --frontend FILE --model DIR")
+            from avse.embed import embed_video
+
+            return embed_video(self.frontend, path, self.crop, self.device)
         if self.crop not in MOUTH_CROPS:
             raise ValueError(f"{path}: the crop preset {self.crop!r} needs face tracking; run "
                              "without --face_centred (a face-centred clip takes the fixed presets "
@@ -218,9 +239,11 @@ class AVSEExtractor:
         from avse.video.longform import extract_track, file_peak
         from avse.video.frames import decode_audio, probe
 
-        if self.model.visual_input == "emb":
-            raise ValueError("this model takes 512-d lip embeddings; real-video extraction needs "
-                             "a model that reads mouth crops")
+        emb = self.model.visual_input == "emb"
+        if emb and self.frontend is None:
+            raise ValueError("this model takes lip embeddings and its model.yaml names no "
+                             "front-end to compute them: record one with avse-embed --frontend "
+                             "FILE --model DIR (or avse-convert-seanet --frontend)")
         t0 = time.perf_counter()
         info = probe(video)
         origin = info.video_start if mixture else info.audio_start
@@ -232,7 +255,8 @@ class AVSEExtractor:
             scan = F.require_faces(F.detect_and_track(video, origin=origin, info=info,
                                                       progress=progress, **scan_opts), video)
             chosen = select_faces(scan, face, single=out_wav is not None, video=video)
-            F.write_face_frames(scan, video, work, tracks=chosen, progress=progress)
+            F.write_face_frames(scan, video, work, tracks=chosen, progress=progress,
+                                preset=self.crop)  # the preset's gray (lipread: through RGB)
             mix_wav = os.path.join(work, "mixture.wav")
             decode_audio(mixture or video, mix_wav, origin=None if mixture else origin)
             gain = file_peak(mix_wav)
@@ -246,9 +270,16 @@ class AVSEExtractor:
                       leave=False) as bar:
                 for k in chosen:
                     target = out_wav or os.path.join(out_dir, f"face{k}.wav")
-                    extract_track(self, mix_wav, scan.track(k).frames, scan.faces(k),
-                                  scan.landmarks(k), target, self.crop, gain, chunk_seconds,
-                                  overlap_seconds, progress=bar)
+                    visual, lms, preset = scan.faces(k), scan.landmarks(k), self.crop
+                    if emb:  # the whole track through the front-end, not chunk by chunk
+                        from avse.embed import embed_track
+
+                        visual = embed_track(self.frontend, visual, lms, scan.track(k).frames,
+                                             self.crop, os.path.join(work, f"face{k}_emb.npy"),
+                                             self.device)
+                        lms, preset = None, None
+                    extract_track(self, mix_wav, scan.track(k).frames, visual, lms, target,
+                                  preset, gain, chunk_seconds, overlap_seconds, progress=bar)
                     written.append(target)
                     if out_dir and mux:
                         from avse.video.mux import mux_audio
@@ -261,6 +292,7 @@ class AVSEExtractor:
             summary = {"tracks": len(scan.tracks), "dropped": len(scan.dropped),
                        "extracted": chosen, "video_seconds": scan.n_frames / FPS,
                        "seconds": seconds, "crop": self.crop,
+                       "frontend": self.inference["frontend"],
                        "rtf": {k: v / max(scan.n_frames / FPS, 1e-9) for k, v in seconds.items()}}
             if out_dir:
                 F.write_faces_json(scan, os.path.join(out_dir, "faces.json"), {"extraction": summary})

@@ -12,6 +12,9 @@ visual_range    ``full``: gray 0..255 as OpenCV's BGR2GRAY (limited-range luma i
 sample_rate     16000
 mixture_norm    ``peak``: the mixture is divided by its peak |x| (once per file), the
                 estimate multiplied back
+frontend        models that read lip embeddings: the file name (inside the model folder)
+                of the visual front-end that computes them from video (``crop`` is then
+                the front-end's preset); null: embeddings must be given (``.npy``)
 ==============  ===========================================================================
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ MODEL_WEIGHTS = "model.ckpt"
 
 
 INFERENCE_DEFAULTS = {"crop": "voxceleb2", "visual_range": "full", "sample_rate": 16000,
-                      "mixture_norm": "peak"}
+                      "mixture_norm": "peak", "frontend": None}
 INFERENCE_KEY = "inference"
 
 
@@ -78,7 +81,17 @@ def inference_config(given: dict | None = None) -> dict:
     if unknown:
         raise ModelLoadError(f"unknown key(s) {unknown} in the {INFERENCE_KEY!r} section of "
                              f"{MODEL_CONFIG}; known: {sorted(INFERENCE_DEFAULTS)}")
+    frontend = given.get("frontend")
+    if frontend is not None and (not isinstance(frontend, str) or not frontend
+                                 or os.path.isabs(frontend) or ".." in frontend.split("/")):
+        raise ModelLoadError(f"'frontend' in the {INFERENCE_KEY!r} section of {MODEL_CONFIG} must "
+                             f"be a file name inside the model folder, got {frontend!r}")
     return {**INFERENCE_DEFAULTS, **given}
+
+
+def _written(section: dict) -> dict:
+    """The section as written to model.yaml: ``frontend`` only when there is one."""
+    return {k: v for k, v in section.items() if k != "frontend" or v is not None}
 
 
 def save_config(model, folder: str, inference: dict | None = None) -> str:
@@ -89,7 +102,11 @@ def save_config(model, folder: str, inference: dict | None = None) -> str:
                              "from {type: ..., ...} specs to export it")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, MODEL_CONFIG)
-    config = {**model.config, INFERENCE_KEY: inference_config(inference)}
+    # a slot's ``pretrained:`` file seeded training; the checkpoint holds the weights now, and
+    # the path may not exist where the folder is loaded
+    specs = {slot: {k: v for k, v in spec.items() if k != "pretrained"}
+             if isinstance(spec, dict) else spec for slot, spec in model.config.items()}
+    config = {**specs, INFERENCE_KEY: _written(inference_config(inference))}
     with open(path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
     return path
@@ -122,6 +139,38 @@ def load_inference_config(folder_or_file: str) -> dict:
     return inference_config(read_config(folder_or_file).get(INFERENCE_KEY))
 
 
+def update_inference(folder: str, **entries) -> dict:
+    """Set ``entries`` in the ``inference`` section of ``folder/model.yaml`` (rewritten
+    atomically, the other sections untouched); returns the new section."""
+    config = read_config(folder)
+    section = inference_config({**(config.get(INFERENCE_KEY) or {}), **entries})
+    config[INFERENCE_KEY] = _written(section)
+    path = os.path.join(folder, MODEL_CONFIG)
+    with open(path + ".tmp", "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    os.replace(path + ".tmp", path)
+    return section
+
+
+def frontend_path(folder: str, inference: dict | None = None) -> str | None:
+    """The front-end file a model folder's ``inference`` section names (None when it names
+    none); ModelLoadError when the file is missing.
+
+    >>> frontend_path("exp/model", {"frontend": None}) is None
+    True
+    """
+    name = inference_config(inference)["frontend"] if inference is not None else \
+        load_inference_config(folder)["frontend"]
+    if name is None:
+        return None
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{path} not found: {os.path.join(folder, MODEL_CONFIG)} names the "
+                             f"front-end {name!r}; put the file there (avse-embed --frontend FILE "
+                             f"--model {folder})")
+    return path
+
+
 def build_from_config(folder_or_file: str):
     from avse.models.avse_model import AVSEModel
 
@@ -137,6 +186,10 @@ def load_state(model, ckpt_path: str, strict: bool = True):
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    for name, module in model.named_modules():  # keys of older layouts (the cnn encoder's)
+        upgrade = getattr(module, "upgrade_state_dict", None)
+        if callable(upgrade):
+            state = upgrade(state, name + "." if name else "")
     parts = state_dict_problems(model.state_dict(), state) if strict else []
     if parts:
         raise ModelLoadError(f"{ckpt_path} does not match the model: " + "; ".join(parts))

@@ -148,8 +148,10 @@ def extract_track(extractor, mixture_wav: str, frames: np.ndarray, faces, landma
         ``[n]`` sorted grid frames of the track (holes between merged segments allowed).
     faces, landmarks : array_like
         ``[n, 224, 224]`` face frames (anything sliced by rows, e.g. a FrameFile) and ``[n, 5, 2]`` face-frame landmarks.
-    preset : str
-        mouth-crop preset (:data:`avse.video.crops.CROP_PRESETS`).
+    preset : str or None
+        mouth-crop preset (:data:`avse.video.crops.CROP_PRESETS`); None: the rows of
+        ``faces`` are the model's visual input as they are (e.g. lip embeddings ``[n, D]``
+        computed over the whole track, :func:`avse.embed.embed_track`).
     gain : float
         the mixture's normalisation (its peak), computed once per file.
     """
@@ -186,8 +188,11 @@ def extract_track(extractor, mixture_wav: str, frames: np.ndarray, faces, landma
 
                 def read_visual(a, b, rows=rows):
                     r = rows[a:b]
+                    block = np.asarray(faces[r[0]: r[-1] + 1])
+                    if preset is None:  # already the model's input (e.g. lip embeddings)
+                        return block
                     lm = None if landmarks is None else np.asarray(landmarks[r[0]: r[-1] + 1])
-                    return crop_faces(np.asarray(faces[r[0]: r[-1] + 1]), preset, lm)
+                    return crop_faces(block, preset, lm)
 
                 end = min(base + n * spf, total)
                 sink = _Clip(writer, end - base)
