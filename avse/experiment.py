@@ -119,6 +119,10 @@ def main(argv=None):
     model = hparams["modules"]["model"]
     if sb.utils.distributed.if_main_process() and getattr(model, "config", None) is not None:
         save_config(model, hparams["output_folder"], training_inference_config(hparams))
+        from avse.embed import record_shards_frontend  # shards of the embedding stage
+
+        record_shards_frontend(hparams["output_folder"], hparams["train_shards"],
+                               hparams.get("train_shards_meta"))
     brain = AVSEBrain(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
                       run_opts=run_opts, checkpointer=hparams["checkpointer"])
     train, valid = make_loaders(hparams)

@@ -9,6 +9,8 @@ What they share lives below them, and no corpus module imports another:
   mouth ROI or lip embeddings, shards, VoxMix lists) and their subcommands;
 - :mod:`avse.recipes.transcripts`: LRS transcripts, the sentencepiece tokens stage, and
   shards with transcript fields (LRS2, LRS3);
+- :mod:`avse.recipes.embed`: the embedding stage (lip embeddings of prepared shards with any
+  visual front-end, as ``emb.npy`` shards for the ``embedding`` visual encoder);
 - :mod:`avse.recipes.common`: parallel map, rejected.tsv, ``.done`` markers, atomic writes,
   the per-split shard loop, summary lines, the command-line frame.
 """
