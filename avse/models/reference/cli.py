@@ -4,6 +4,7 @@ exported AVSE model folder (``model.yaml`` + ``model.ckpt``).
 Usage::
 
     avse-convert-seanet --arch {seanet,dprnn,muse,avsep} --checkpoint FILE --out DIR
+                        [--frontend visual_frontend.pt [--preset lipread]]
     python tools/convert_seanet_checkpoint.py --arch dprnn --checkpoint dprnn.model --out DIR
 
 The checkpoint is read with ``torch.load(..., weights_only=True)``: the trainer's
@@ -15,6 +16,13 @@ published size (:func:`expected_reference_shapes`), converted by the architectur
 ``egs/voxceleb2/hparams/<arch>.yaml``) and written with :func:`avse.models.io.save_model`,
 so that ``avse.models.load_model(DIR)`` and ``AVSEExtractor.from_hparams(source=DIR)`` load
 it. A missing, unexpected or wrongly shaped key is named on stderr and the exit status is 2.
+
+With ``--frontend`` (the published deep-lip-reading ``visual_frontend.pt``, or a front-end
+file of ours with 512-d features) the front-end is converted into ``DIR/frontend.pt`` (our
+format, preset ``lipread`` for the published one) and named in ``model.yaml``'s
+``inference`` section (:func:`avse.embed.install_frontend`), so that
+``avse-extract --model DIR --video any.mp4 --out_dir OUT`` computes the model's lip
+embeddings from each face track itself.
 """
 from __future__ import annotations
 
@@ -86,10 +94,20 @@ def _with_prefix(state: dict) -> dict:
     return {f"model.{k}": v for k, v in state.items()}
 
 
-def convert_checkpoint(arch: str, checkpoint: str, out: str):
+def convert_checkpoint(arch: str, checkpoint: str, out: str, frontend: str | None = None,
+                       preset: str | None = None):
     """Convert ``checkpoint`` (a reference ``arch`` trainer state dict) into the model folder
-    ``out``; returns the loaded model. Raises :class:`ConversionError` naming bad keys."""
+    ``out``, with the front-end file ``frontend`` (and its crop ``preset``) when given;
+    returns the loaded model. Raises :class:`ConversionError` naming bad keys or files."""
+    from avse.embed import EmbedError, install_frontend, load, resolve_preset
+
     module = _module(arch)
+    if frontend is not None:  # checked before anything is written
+        try:
+            fe = load(frontend)
+            resolve_preset(fe, preset, frontend)
+        except EmbedError as err:
+            raise ConversionError(str(err)) from None
     state = _with_prefix(load_checkpoint(checkpoint))
     config = reference_config(arch, state)
     problems = state_dict_problems(expected_reference_shapes(arch, config), state)
@@ -106,7 +124,16 @@ def convert_checkpoint(arch: str, checkpoint: str, out: str):
         raise ConversionError(f"the converted {arch} weights do not fit the reference "
                               f"{arch} model: " + "; ".join(problems))
     model.load_state_dict(ours, strict=True)
+    in_dim = getattr(model.visual_encoder, "in_dim", None)
+    if frontend is not None and fe.frame_dim != in_dim:
+        raise ConversionError(f"{frontend}: the front-end gives {fe.frame_dim}-d features but "
+                              f"the {arch} model reads {in_dim}-d embeddings")
     save_model(model.eval(), out)
+    if frontend is not None:
+        try:
+            install_frontend(out, frontend, preset)
+        except EmbedError as err:
+            raise ConversionError(str(err)) from None
     return model
 
 
@@ -120,14 +147,23 @@ def main(argv=None) -> int:
                         help="the reference backbone the checkpoint was trained with")
     parser.add_argument("--checkpoint", required=True, help="the reference checkpoint file")
     parser.add_argument("--out", required=True, help="the model folder to write")
+    parser.add_argument("--frontend", help="the visual front-end that made the model's lip "
+                        "embeddings (the published visual_frontend.pt, or ours): written into "
+                        "the folder so that avse-extract reads any video")
+    parser.add_argument("--preset", help="the front-end's crop preset (default: the file's; "
+                        "'lipread' for the published one)")
     args = parser.parse_args(argv)
+    if args.preset and not args.frontend:
+        parser.error("--preset needs --frontend")
     try:
-        model = convert_checkpoint(args.arch, args.checkpoint, args.out)
+        model = convert_checkpoint(args.arch, args.checkpoint, args.out, args.frontend,
+                                   args.preset)
     except ConversionError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     params = sum(p.numel() for p in model.parameters())
-    print(f"{PROG}: {args.arch} ({params / 1e6:.2f} M parameters) -> {args.out}")
+    print(f"{PROG}: {args.arch} ({params / 1e6:.2f} M parameters) -> {args.out}"
+          + (f" with the front-end {args.frontend}" if args.frontend else ""))
     return 0
 
 
