@@ -19,6 +19,13 @@ One face, one wav (the face tracked, or ``--face_centred`` for clips already cro
 the corpus, e.g. VoxCeleb2 test clips; a ``.npy`` of lip embeddings for embedding models)::
 
     avse-extract --model DIR --video face.mp4 [--mixture mix.wav] --out target.wav
+
+A model that reads lip embeddings (SEANet, MuSE, ...) takes any video too when its
+``model.yaml`` names a visual front-end (``inference: frontend``, written by
+``avse-convert-seanet --frontend``, ``avse-embed --model`` or training on the embedding
+stage's shards): the embeddings are computed from each face track's face-centred frames with
+the front-end's crop preset, over the whole track (not per chunk: the front-end's 3-D stem
+looks at neighbouring frames), or from a ``--face_centred`` clip (:mod:`avse.embed`).
 """
 from __future__ import annotations
 
