@@ -154,6 +154,9 @@ class EmbeddingVisualEncoder(VisualEncoder):
         V-TCN depth and depthwise kernel.
     norm : str
         ``"gln"`` (SEANet) or ``"bn"`` (MuSE).
+    pretrained, trainable :
+        accepted so that one yaml can swap ROI and embedding encoders; this encoder has no
+        front-end (the embedding stage ran it), so ``pretrained`` must be None.
 
     Example
     -------
@@ -165,8 +168,14 @@ class EmbeddingVisualEncoder(VisualEncoder):
     input_kind = "emb"
 
     def __init__(self, in_dim: int = 512, out_dim: int = 256, hidden: int | None = 512,
-                 num_blocks: int = 5, kernel_size: int = 3, norm: str = "gln"):
+                 num_blocks: int = 5, kernel_size: int = 3, norm: str = "gln",
+                 pretrained: str | None = None, trainable: bool = True):
         super().__init__()
+        if pretrained:
+            raise ValueError(f"the 'embedding' visual encoder reads precomputed embeddings and has "
+                             f"no front-end to load {pretrained!r} into: compute the embeddings "
+                             "with that front-end (python -m avse.recipes.embed --frontend FILE) "
+                             "and set pretrained to null")
         self.in_dim, self.out_dim = in_dim, out_dim
         self.vtcn = VTCN(in_dim, out_dim, hidden, num_blocks, kernel_size, norm)
 

@@ -122,3 +122,12 @@ def test_vtcn_forms_keep_length():
     assert block(x).shape == x.shape
     with pytest.raises(ValueError, match="norm"):
         VTCN(12, 6, norm="layer")
+
+
+def test_embedding_encoder_takes_the_roi_options_but_loads_nothing():
+    """One yaml swaps cnn <-> embedding: the ROI options are accepted, a front-end file is not."""
+    enc = build("visual_encoder", "embedding", out_dim=8, hidden=None, num_blocks=1,
+                pretrained=None, trainable=False)
+    assert enc(torch.randn(1, 5, 512)).shape == (1, 8, 5)
+    with pytest.raises(ValueError, match="no front-end to load 'fe.pt'.*avse.recipes.embed"):
+        build("visual_encoder", "embedding", pretrained="fe.pt")
