@@ -359,9 +359,10 @@ class SmallCNNVisualEncoder(FrontendVisualEncoder):
                 for k, v in state.items()}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        old = tuple(prefix + p for p in self.LEGACY)
-        for key in [k for k in state_dict if k.startswith(old)]:
-            state_dict[prefix + "frontend." + key[len(prefix):]] = state_dict.pop(key)
+        upgraded = self.upgrade_state_dict(state_dict, prefix)  # the one rename rule
+        if upgraded.keys() != state_dict.keys():  # torch hands the dict down: rename in place
+            state_dict.clear()
+            state_dict.update(upgraded)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
