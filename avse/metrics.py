@@ -282,23 +282,37 @@ def pesq_wb(estimate, reference, sr: int = 16000) -> float:
         return float("nan")
 
 
-def stoi(estimate, reference, sr: int = 16000, extended: bool = False) -> float:
+def stoi(estimate, reference, sr: int = 16000, extended: bool = False,
+         strict: bool = False) -> float:
     """STOI (0..1, Taal et al. 2011) via ``pystoi``; ``extended=True`` gives ESTOI.
 
     1-D ``[T]`` inputs at ``sr``; NaN with a warning if pystoi raises; ImportError (naming
-    :data:`INSTALL_EVAL`) when ``pystoi`` is not installed.
+    :data:`INSTALL_EVAL`) when ``pystoi`` is not installed. ``strict``: NaN (no warning)
+    instead of pystoi's ``1e-5`` when fewer than 30 STFT frames (~0.4 s) of speech are
+    left after its silent-frame removal (e.g. a short target-active span).
 
     Example
     -------
     >>> import numpy as np
     >>> x = np.random.default_rng(0).standard_normal(16000)
-    >>> round(stoi(x, x), 3)
-    1.0
+    >>> round(stoi(x, x), 3), stoi(x[:4000], x[:4000], strict=True)
+    (1.0, nan)
     """
     _stoi = _import_optional("pystoi", "stoi")
     est, ref = as_1d(estimate), as_1d(reference)
     try:
-        return float(_stoi(ref, est, sr, extended=extended))
+        if not strict:
+            return float(_stoi(ref, est, sr, extended=extended))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = float(_stoi(ref, est, sr, extended=extended))
+        short = False
+        for w in caught:
+            if "Not enough STFT frames" in str(w.message):
+                short = True
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return float("nan") if short else value
     except Exception as err:
         warnings.warn(f"STOI failed ({type(err).__name__}: {err}); returning NaN",
                       RuntimeWarning, stacklevel=2)

@@ -21,6 +21,14 @@ enhancement)::
 
     test,test,id00017,01dfn2spqyE/00001,0,musan,noise,noise/free-sound/noise-free-sound-0003-000,7.5,3.12
 
+Target activity (an AVSE extension for the ``absent`` and ``sparse`` conditions of
+:mod:`avse.data.conditions`): after the interferers and noise tuples, before the length, one
+4-tuple ``activity,<kind>,<start>-<stop>,0`` whose set field is literally ``activity``:
+``absent`` (the target silent throughout, span ``0-0``) or ``sparse`` (the target speaks in
+video frames ``[start, stop)`` counted from the row start, silent elsewhere)::
+
+    test,test,id00017,01dfn2spqyE/00001,0,test,id01000,RvjbLfo3XDM/00052,-1.27,activity,sparse,12-40,0,3.12
+
 Example
 -------
 >>> row = "test,test,id00017,01dfn2spqyE/00001,0,test,id01000,RvjbLfo3XDM/00052,-1.27,3.12"
@@ -33,13 +41,18 @@ True
 >>> noisy = parse_row(f"test,test,id00017,01dfn2spqyE/00001,0,{babble},3.12")
 >>> noisy.interferers, noisy.noise[0].category, noisy.noise[0].keys, noisy.noise[0].snr
 ((), 'babble', ('speech/a/x-000', 'speech/b/y-001'), 15.0)
+>>> sparse = parse_row(row[:-5] + ",activity,sparse,12-40,0,3.12")
+>>> sparse.activity, format_row(sparse).endswith("-1.27,activity,sparse,12-40,0,3.12")
+(('sparse', 12, 40), True)
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass, field
 
+from avse.data.align import FPS
 from avse.data.conditions import CONDITIONS, get_condition
 
 
@@ -65,6 +78,16 @@ class Source:
 NOISE_SET = "musan"
 """The set field that marks a noise 4-tuple in a row."""
 
+ACTIVITY_SET = "activity"
+"""The set field that marks the target-activity 4-tuple of a row."""
+
+ACTIVITY_KINDS = ("absent", "sparse")
+"""What a row's activity tuple may say the target does."""
+
+ACTIVITY_FORM = (f"'{ACTIVITY_SET},<absent|sparse>,<start>-<stop>,0' (video frames from the "
+                 "row start, start < stop; absent: 0-0), after the interferers and noise, "
+                 "before the length")
+
 
 @dataclass(frozen=True)
 class Noise:
@@ -89,13 +112,16 @@ class Mixture:
     """A row of a mixture list: target first, then interferers; ``length`` in seconds.
 
     ``sources`` are speech only (target + interferers); ``noise`` holds the row's
-    :class:`Noise` entries (usually none or one).
+    :class:`Noise` entries (usually none or one); ``activity``: None (the target speaks
+    throughout) or ``(kind, start, stop)``: ``("absent", 0, 0)`` or ``("sparse", start,
+    stop)``, the target speaking in video frames ``[start, stop)`` from the row start.
     """
 
     set: str
     sources: tuple = field(default_factory=tuple)
     length: float = 0.0
     noise: tuple = field(default_factory=tuple)
+    activity: tuple | None = None
 
     @property
     def target(self) -> Source:
@@ -118,22 +144,58 @@ def format_number(x: float) -> str:
     return repr(x)
 
 
+def row_frames(length: float) -> int:
+    """The video frames of a row of ``length`` seconds, ``floor(length * 25)`` (at least 1),
+    as the list loader reads it.
+
+    Example
+    -------
+    >>> row_frames(3.12), row_frames(0.01)
+    (78, 1)
+    """
+    return max(1, int(math.floor(length * FPS + 1e-6)))
+
+
+def parse_activity(kind: str, span: str, zero: str, where: str, at: int) -> tuple:
+    """``(kind, start, stop)`` of an activity tuple's fields; ListError naming ``where`` and
+    the expected form (:data:`ACTIVITY_FORM`) when malformed."""
+    bad = ListError(f"{where}: activity tuple at field {at} should be {ACTIVITY_FORM}, got "
+                    f"{','.join([ACTIVITY_SET, kind, span, zero])!r}")
+    start, sep, stop = span.partition("-")
+    if kind not in ACTIVITY_KINDS or not sep or not (start.isdigit() and stop.isdigit()):
+        raise bad
+    start, stop = int(start), int(stop)
+    if zero not in ("0", "0.0") or (kind == "absent" and (start, stop) != (0, 0)) or (
+            kind == "sparse" and not start < stop):
+        raise bad
+    return (kind, start, stop)
+
+
 def parse_row(line: str, where: str = "<row>") -> Mixture:
     """Parse one VoxMix row; ``where`` (``file:line``) goes into error messages."""
     fields = [f.strip() for f in line.strip().split(",")]
     if len(fields) < 10 or (len(fields) - 2) % 4 != 0:
         raise ListError(
             f"{where}: expected 2 + 4*k fields (k >= 2 sources: set,spk,video/clip,snr, "
-            f"or noise: musan,category,key[+key...],snr) but found {len(fields)}: "
-            f"{line.strip()!r}"
+            f"or noise: musan,category,key[+key...],snr, or {ACTIVITY_SET},<kind>,"
+            f"<start>-<stop>,0) but found {len(fields)}: {line.strip()!r}"
         )
     try:
         length = float(fields[-1])
     except ValueError:
         raise ListError(f"{where}: last field must be the length in seconds, got {fields[-1]!r}")
-    sources, noise = [], []
+    sources, noise, activity = [], [], None
     for i in range(1, len(fields) - 1, 4):
         set_, spk, path, snr = fields[i : i + 4]
+        if activity is not None:
+            raise ListError(f"{where}: field {i + 1} follows the activity tuple; it should be "
+                            f"{ACTIVITY_FORM}")
+        if set_ == ACTIVITY_SET and i > 1:
+            activity = parse_activity(spk, path, snr, where, i + 1)
+            if activity[2] > row_frames(length):
+                raise ListError(f"{where}: activity span {path} ends after the row's "
+                                f"{row_frames(length)} frames ({length} s)")
+            continue
         if set_ == NOISE_SET and i > 1:
             keys = tuple(path.split("+"))
             if not spk or not all(keys):
@@ -155,7 +217,7 @@ def parse_row(line: str, where: str = "<row>") -> Mixture:
         except ValueError:
             raise ListError(f"{where}: field {i + 4} should be an SNR in dB, got {snr!r}")
         sources.append(Source(set_, spk, path, snr))
-    return Mixture(fields[0], tuple(sources), length, tuple(noise))
+    return Mixture(fields[0], tuple(sources), length, tuple(noise), activity)
 
 
 def format_row(mix: Mixture) -> str:
@@ -165,6 +227,9 @@ def format_row(mix: Mixture) -> str:
         parts += [s.set, s.spk, s.path, format_number(s.snr)]
     for n in mix.noise:
         parts += [NOISE_SET, n.category, n.key, format_number(n.snr)]
+    if mix.activity is not None:
+        kind, start, stop = mix.activity
+        parts += [ACTIVITY_SET, kind, f"{int(start)}-{int(stop)}", "0"]
     parts.append(format_number(mix.length))
     return ",".join(parts)
 
@@ -329,9 +394,44 @@ def generate_noisy_mixtures(utterances, num: int, noise_keys, num_speakers: int 
     return add_noise(rows, noise_keys, seed=seed + 1, **noise_options)
 
 
+def add_activity(mixtures, kind: str, seed: int = 0, fraction=(0.2, 0.8)) -> list[Mixture]:
+    """Give every row an activity tuple (see the module doc): ``kind="absent"`` -> span
+    ``0-0``; ``"sparse"`` -> a span of ``round(f * n)`` of the row's ``n`` frames
+    (:func:`row_frames`; at least 1), ``f`` uniform in ``fraction``, its start uniform;
+    seeded.
+
+    Example
+    -------
+    >>> rows = [parse_row("test,test,id1,v/c,0,test,id2,v/d,-2,4.0")] * 3
+    >>> [m.activity[0] for m in add_activity(rows, "absent")]
+    ['absent', 'absent', 'absent']
+    >>> [(m.activity[2] - m.activity[1]) / 100 for m in add_activity(rows, "sparse", 1)]
+    [0.6, 0.22, 0.33]
+    """
+    import numpy as np
+
+    if kind not in ACTIVITY_KINDS:
+        raise ValueError(f"activity kind must be one of {ACTIVITY_KINDS}, got {kind!r}")
+    lo, hi = (float(f) for f in fraction)
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"sparse fraction ({lo}, {hi}) must satisfy 0 < low <= high <= 1")
+    rng = np.random.default_rng([seed, 12])
+    out = []
+    for mix in mixtures:
+        span = (kind, 0, 0)
+        if kind == "sparse":
+            n = row_frames(mix.length)
+            size = min(n, max(1, int(round(rng.uniform(lo, hi) * n))))
+            start = int(rng.integers(0, n - size + 1))
+            span = (kind, start, start + size)
+        out.append(Mixture(mix.set, mix.sources, mix.length, mix.noise, span))
+    return out
+
+
 def make_condition_lists(speech_dir: str, out_dir: str, num: int, noise_dir: str | None = None,
                          conditions=tuple(CONDITIONS), seed: int = 0, snr_range=(-10.0, 10.0),
-                         set_name: str | None = None, **noise_options) -> dict:
+                         set_name: str | None = None, sparse_fraction=(0.2, 0.8),
+                         **noise_options) -> dict:
     """Write one list per named condition (:mod:`avse.data.conditions`); returns
     ``{condition: path}`` of the files ``<out_dir>/<set>_<condition>.csv``.
 
@@ -340,7 +440,10 @@ def make_condition_lists(speech_dir: str, out_dir: str, num: int, noise_dir: str
     lists), needed by conditions with noise. ``num`` 3-talker rows are drawn once (targets
     and interferers of different speakers, SNRs in ``snr_range``) and every condition keeps
     the interferers it needs; noise (``noise_options`` as :func:`add_noise`) is drawn once
-    per row, so conditions differ only in what is mixed in. Deterministic for a seed.
+    per row, so conditions differ only in what is mixed in. Conditions with a silent target
+    (``absent``, ``sparse``) add an activity tuple (:func:`add_activity`; sparse: the target
+    speaks in a span of a fraction in ``sparse_fraction`` of each row). Deterministic for a
+    seed.
     """
     from avse.data.noise import noise_pool
     from avse.data.shards import shard_utterances
@@ -365,6 +468,8 @@ def make_condition_lists(speech_dir: str, out_dir: str, num: int, noise_dir: str
                             **noise_options)
         else:
             out = [Mixture(m.set, m.sources[:1 + cond.num_interferers], m.length) for m in rows]
+        if cond.target != "present":
+            out = add_activity(out, cond.target, seed, sparse_fraction)
         paths[cond.name] = os.path.join(out_dir, f"{set_name}_{cond.name}.csv")
         write_list(out, paths[cond.name])
     return paths

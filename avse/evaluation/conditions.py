@@ -21,10 +21,20 @@ The lists of one call share their rows: each condition keeps the first 0, 1 or 2
 of the same 3-talker draws and the same noise per row, so conditions differ only in what is
 mixed in (files ``<set>_<condition>.csv``, VoxMix rows with ``musan`` noise tuples).
 
+A silent target (``absent``, ``sparse``: rows with an ``activity`` tuple, the sparse span a
+fraction of each row drawn in ``--sparse_fraction``, default 0.2-0.8) follows USEV's split:
+SI-SDR(i), SDR(i), PESQ and STOI over the target-active samples (undefined, null, for
+``absent``), and ``silent_energy``, the output power relative to the mixture over the
+target-silent samples in dB (averaged over utterances; null for the other conditions), added
+to the table whenever such a condition is evaluated. Undefined cells are null in
+``conditions.json``, empty in the csv files and ``null`` in the text table.
+
 Example
 -------
 >>> _parser().parse_args(["evaluate", "--model", "m", "--shards", "s", "--lists_dir", "l"]).metrics
 'si_sdr,si_sdri,sdr,sdri,pesq,stoi'
+>>> condition_metrics(["2mix", "absent"], ["si_sdr", "si_sdri"])
+('si_sdr', 'si_sdri', 'silent_energy')
 """
 from __future__ import annotations
 
@@ -38,6 +48,17 @@ from avse.evaluation.report import format_table, means_rows, write_table
 from avse.evaluation.scoring import Scorer, score_loader
 
 PROG = "python -m avse.evaluation.conditions"
+SILENT_METRIC = "silent_energy"
+"""Added to the metrics when a condition with a silent target is evaluated."""
+
+
+def condition_metrics(conditions, metrics=DEFAULT_METRICS, silent: bool = False) -> tuple:
+    """``metrics`` (checked), plus ``silent_energy`` at the end when one of ``conditions``
+    (names) has a silent target (``target != "present"``) or ``silent`` is True."""
+    metrics = check_metrics(metrics)
+    silent = silent or any(c in CONDITIONS and CONDITIONS[c].target != "present"
+                           for c in conditions)
+    return metrics + (SILENT_METRIC,) if silent and SILENT_METRIC not in metrics else metrics
 
 
 def evaluate_conditions(model, shards, lists: dict, noise_dirs=None, metrics=DEFAULT_METRICS,
@@ -46,15 +67,18 @@ def evaluate_conditions(model, shards, lists: dict, noise_dirs=None, metrics=DEF
     """Evaluate ``model`` (an AVSEModel) on each ``{condition: list path}``; returns
     ``{condition: summary}`` and, with ``out_dir``, writes ``<condition>.csv`` (per mixture),
     ``conditions.csv`` / ``conditions.txt`` (the table) and ``conditions.json`` (the
-    summaries)."""
+    summaries). ``silent_energy`` is added to ``metrics`` when a condition (or a list row)
+    has a silent target (:func:`condition_metrics`)."""
     from avse.data.lists import read_list
     from avse.data.loaders import make_list_loader
     from avse.data.mixing import MixtureConfig
 
-    scorer = Scorer(metrics)  # one scorer: a missing PESQ/STOI package is reported once
+    rows_of = {name: read_list(path)[:max_mixtures] for name, path in lists.items()}
+    silent_rows = any(m.activity is not None for rows in rows_of.values() for m in rows)
+    # one scorer: a missing PESQ/STOI package is reported once
+    scorer = Scorer(condition_metrics(lists, metrics, silent_rows))
     results = {}
-    for name, path in lists.items():
-        rows = read_list(path)[:max_mixtures]
+    for name, rows in rows_of.items():
         loader = make_list_loader(shards, rows, stage="test",
                                   config=MixtureConfig(crop_seconds=None), batch_size=1,
                                   seed=seed, noise_dirs=noise_dirs)
@@ -81,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     lp.add_argument("--num", type=int, default=3000, help="rows per condition")
     lp.add_argument("--conditions", default=names, help=f"comma list (default {names})")
     lp.add_argument("--snr_range", type=float, nargs=2, default=(-10.0, 10.0))
+    lp.add_argument("--sparse_fraction", type=float, nargs=2, default=(0.2, 0.8),
+                    metavar=("LO", "HI"), help="sparse: the target speaks in a span of this "
+                    "fraction of each row, uniform (default %(default)s)")
     lp.add_argument("--seed", type=int, default=0)
     ep = sub.add_parser("evaluate", help="evaluate a model on the condition lists: one table")
     ep.add_argument("--model", required=True, help="experiment or exported model folder")
@@ -107,13 +134,15 @@ def main(argv=None) -> int:
             from avse.data.lists import make_condition_lists
 
             paths = make_condition_lists(args.shards, args.out_dir, args.num, args.noise_shards,
-                                         conds, args.seed, args.snr_range)
+                                         conds, args.seed, args.snr_range,
+                                         sparse_fraction=args.sparse_fraction)
             for name, path in paths.items():
                 print(f"{name:12s} {path}")
             return 0
         from avse.models.io import load_model
 
-        metrics = check_metrics(m.strip() for m in args.metrics.split(",") if m.strip())
+        metrics = condition_metrics(conds, [m.strip() for m in args.metrics.split(",")
+                                            if m.strip()])
         lists = {c: os.path.join(args.lists_dir, f"{args.set_name}_{c}.csv") for c in conds}
         missing = [p for p in lists.values() if not os.path.isfile(p)]
         if missing:

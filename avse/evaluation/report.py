@@ -2,14 +2,17 @@
 (aligned text + csv + json), and the plots.
 
 - :class:`MetricTracker` -- per-utterance metric rows -> csv / json / a text table,
-  NaN-aware summaries, optionally grouped by a column (``condition``, ``offset``).
+  summaries of the finite values, optionally grouped by a column (``condition``, ``offset``).
 - :func:`format_table` / :func:`write_table` -- rows of dicts -> an aligned text table,
   ``<name>.txt``, ``<name>.csv``, ``<name>.json``: the condition table, the test-set table
   (``eval/table.{txt,csv}``), the sync-sweep table and the tracker's summary table.
 - :func:`means_rows` -- ``{name: summary}`` -> one row of means per name.
-- :func:`write_csv` / :func:`write_json` -- floats with full precision (``repr``), NaN as
-  ``nan`` in csv and ``null`` in json.
+- :func:`write_csv` / :func:`write_json` -- floats with full precision (``repr``).
 - :func:`plot_sweep` -- a metric against the lip offset (``sync_sweep.png``).
+
+Undefined values (NaN internally: a metric of a silent reference, a missing package, an
+empty group) and infinities are never written as such: an empty cell in csv, ``null`` in
+json (``allow_nan=False`` guards it), ``null`` in text tables and logs (:data:`NULL`).
 
 Example
 -------
@@ -19,6 +22,9 @@ Example
 condition  si_sdr  si_sdri
 2mix         9.00     9.50
 enhancement 14.00     4.00
+>>> print(format_table(means_rows({"absent": {"si_sdr": {"mean": float("nan")}}})))
+condition  si_sdr
+absent       null
 """
 from __future__ import annotations
 
@@ -34,15 +40,32 @@ from avse.data.align import FPS
 from avse.evaluation.registry import METRICS
 
 __all__ = ["MetricTracker", "format_table", "write_table", "means_rows", "write_csv",
-           "write_json", "plot_sweep"]
+           "write_json", "plot_sweep", "NULL", "is_null"]
+
+NULL = "null"
+"""How an undefined value (NaN, or an infinity) reads in text tables and logs."""
+
+
+def is_null(value) -> bool:
+    """Whether ``value`` is None or a non-finite float (NaN, +-inf).
+
+    Example
+    -------
+    >>> is_null(float("nan")), is_null(np.float32("-inf")), is_null(0.0), is_null("nan")
+    (True, True, False, False)
+    """
+    return value is None or (isinstance(value, (float, np.floating))
+                             and not math.isfinite(float(value)))
 
 
 # --------------------------------------------------------------------------- files and tables
 def _cell(value, fmt, digits: int) -> str:
+    if is_null(value):
+        return NULL
     if fmt is not None:
         return fmt(value) if callable(fmt) else fmt.format(value)
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}"
     return str(value)
 
 
@@ -51,8 +74,8 @@ def format_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None,
     """An aligned text table: the first column left-aligned, the others right-aligned.
 
     ``columns``: which keys (default: those of the first row); ``formats``: per column a
-    format string (``"{:+d}"``) or a function; other floats get ``digits`` decimals (NaN as
-    ``nan``), anything else ``str``.
+    format string (``"{:+d}"``) or a function; other floats get ``digits`` decimals, anything
+    else ``str``; NaN, infinities, None and missing cells read ``null``.
 
     Example
     -------
@@ -73,11 +96,23 @@ def format_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None,
 
 
 def _csv_value(value):
-    return repr(float(value)) if isinstance(value, float) else value
+    if is_null(value):
+        return ""
+    return repr(float(value)) if isinstance(value, (float, np.floating)) else value
 
 
 def write_csv(rows: Sequence[Mapping], path, columns: Sequence[str] | None = None) -> None:
-    """One line per row; ``columns`` default: the keys of the first row (missing cells empty)."""
+    """One line per row; ``columns`` default: the keys of the first row; missing cells,
+    None, NaN and infinities are empty cells.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
+    >>> write_csv([{"c": "absent", "si_sdr": float("nan"), "silent_energy": -41.5}], path)
+    >>> open(path).read().split()
+    ['c,si_sdr,silent_energy', 'absent,,-41.5']
+    """
     columns = list(columns if columns is not None else (rows[0] if rows else []))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -92,16 +127,30 @@ def _clean(obj):
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
-    if isinstance(obj, float) and math.isnan(obj):
+    if is_null(obj):
         return None
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
     return obj
 
 
 def write_json(obj, path) -> None:
-    """``obj`` as indented json (NaN -> ``null``, keys as strings), newline-terminated."""
+    """``obj`` as indented json (NaN and infinities -> ``null``, numpy numbers as Python
+    ones, keys as strings), newline-terminated.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.json")
+    >>> write_json({"si_sdr": float("nan"), "gain": float("-inf"), "n": np.int64(2)}, path)
+    >>> json.loads(open(path).read())
+    {'si_sdr': None, 'gain': None, 'n': 2}
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump(_clean(obj), f, indent=2)
+        json.dump(_clean(obj), f, indent=2, allow_nan=False)
         f.write("\n")
 
 
@@ -226,7 +275,7 @@ class MetricTracker:
     @staticmethod
     def _stats(values) -> dict:
         a = np.asarray([v for v in values if v is not None], dtype=np.float64)
-        a = a[~np.isnan(a)]
+        a = a[np.isfinite(a)]  # undefined values (NaN, +-inf) are left out
         if a.size == 0:
             return {"mean": float("nan"), "std": float("nan"), "count": 0}
         return {"mean": float(a.mean()), "std": float(a.std()), "count": int(a.size)}
@@ -237,8 +286,8 @@ class MetricTracker:
         return out
 
     def summary(self, by: str | None = None) -> dict:
-        """``{metric: {"mean", "std", "count"}}`` over rows, NaN ignored (``count`` =
-        non-NaN values; ``std`` is the population std). With ``by="condition"``:
+        """``{metric: {"mean", "std", "count"}}`` over rows, NaN and infinities ignored
+        (``count`` = finite values; ``std`` is the population std). With ``by="condition"``:
         ``{condition value: {metric: {...}}}`` (groups in first-seen order)."""
         if by is None:
             return {m: self._stats(r.get(m, float("nan")) for r in self.rows)
@@ -262,15 +311,15 @@ class MetricTracker:
         return self._with_rows(row for part in parts for row in part)
 
     def write_csv(self, path) -> None:
-        """One row per utterance: ``id, <extra columns>, <metrics>`` (NaN written as
-        ``nan``, floats with full precision)."""
+        """One row per utterance: ``id, <extra columns>, <metrics>`` (floats with full
+        precision; NaN / infinite values as empty cells)."""
         nan = float("nan")
         rows = [{**r, **{m: float(r.get(m, nan)) for m in self.metrics}} for r in self.rows]
         write_csv(rows, path, self.columns)
 
     def write_json(self, path, by: str | None = None) -> None:
         """``{"n": rows, "summary": {...}}`` (plus ``"by_<column>"`` when ``by``); NaN
-        means become ``null``."""
+        means and stds become ``null``."""
         out = {"n": len(self.rows), "summary": self.summary()}
         if by is not None:
             out[f"by_{by}"] = self.summary(by=by)
@@ -278,7 +327,7 @@ class MetricTracker:
 
     def table(self, by: str | None = None) -> str:
         """Aligned text table ``metric | mean | std | count`` (one block per group with
-        ``by``, headed by ``[<by>=<value>]``)."""
+        ``by``, headed by ``[<by>=<value>]``); undefined means read ``null``."""
         def block(summary):
             return format_table([{"metric": m, **s} for m, s in summary.items()],
                                 ["metric", "mean", "std", "count"], digits=4)

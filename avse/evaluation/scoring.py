@@ -6,6 +6,9 @@
   (:meth:`Scorer.score`) or one batch into a tracker (:meth:`Scorer.score_batch`: each
   example over its own ``lengths``, plus extra columns such as ``interferers``, ``lips_of``
   or ``offset``). The Brain's TEST stage calls :meth:`Scorer.score_batch` on its estimates.
+  A batch with ``activity [B, Tv]`` (where the target speaks, per video frame) scores each
+  example with that sample mask: the reference metrics over the active samples,
+  ``silent_energy`` over the silent ones (:mod:`~avse.evaluation.registry`).
 - :func:`score_loader` -- the loop over a list loader: ``model(mixture, visual).estimate``
   for every batch (and every visual variant, e.g. the lip offsets of the sync sweep),
   scored into a :class:`~avse.evaluation.report.MetricTracker`.
@@ -33,15 +36,17 @@ from typing import Callable, Sequence
 
 import torch
 
-from avse.data.align import SAMPLE_RATE
+import numpy as np
+
+from avse.data.align import SAMPLE_RATE, SAMPLES_PER_FRAME
 from avse.evaluation.registry import (DEFAULT_METRICS, INSTALL_EVAL, METRICS, Utterance,
-                                      check_metrics, missing_packages)
+                                      as_mask, check_metrics, missing_packages)
 from avse.evaluation.report import MetricTracker
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Scorer", "score_loader", "compute_metrics", "evaluate_many", "batch_field",
-           "batch_to", "BATCH_COLUMNS"]
+           "batch_to", "BATCH_COLUMNS", "sample_mask"]
 
 
 def batch_field(batch, name, *default):
@@ -73,6 +78,24 @@ BATCH_COLUMNS = {
 }
 
 
+def sample_mask(activity, n: int) -> np.ndarray:
+    """The boolean sample mask ``[n]`` of per-video-frame ``activity [Tv]`` (frame ``k``:
+    samples ``[640 k, 640 k + 640)``, active where ``> 0.5``).
+
+    Example
+    -------
+    >>> m = sample_mask(torch.tensor([0.0, 1.0, 0.0]), 1500)
+    >>> m.shape, int(m.sum()), bool(m[640]), bool(m[1279]), bool(m[1280])
+    ((1500,), 640, True, True, False)
+    """
+    frames = as_mask(activity)
+    mask = np.repeat(frames, SAMPLES_PER_FRAME)[:n]
+    if len(mask) < n:
+        raise ValueError(f"activity of {len(frames)} frames covers {len(mask)} samples, "
+                         f"fewer than the example's {n}")
+    return mask
+
+
 class Scorer:
     """The metrics of one evaluation run (names out of :data:`~avse.evaluation.registry.METRICS`,
     default :data:`~avse.evaluation.registry.DEFAULT_METRICS`) at ``sr``.
@@ -86,29 +109,33 @@ class Scorer:
         self.sr = sr
         self.missing = missing_packages(self.metrics)
         if self.missing:
-            logger.warning("metric(s) %s not computed (NaN): package(s) %s not installed; %s",
+            logger.warning("metric(s) %s not computed (null): package(s) %s not installed; %s",
                            ", ".join(self.missing), ", ".join(sorted(set(self.missing.values()))),
                            INSTALL_EVAL)
         self.computed = tuple(m for m in self.metrics if m not in self.missing)
         self.needs_mixture = any(METRICS[m].needs_mixture for m in self.computed)
 
-    def utterance(self, estimate, reference, mixture=None) -> Utterance:
-        """An :class:`~avse.evaluation.registry.Utterance` (the mixture kept only when needed)."""
+    def utterance(self, estimate, reference, mixture=None, active=None) -> Utterance:
+        """An :class:`~avse.evaluation.registry.Utterance` (the mixture kept only when needed;
+        ``active``: optional boolean sample mask ``[T]``, True where the target speaks)."""
         if self.needs_mixture and mixture is None:
             raise ValueError(f"{', '.join(m for m in self.computed if METRICS[m].needs_mixture)}"
                              " need the mixture")
-        return Utterance(estimate, reference, mixture if self.needs_mixture else None, self.sr)
+        return Utterance(estimate, reference, mixture if self.needs_mixture else None, self.sr,
+                         active)
 
-    def score(self, estimate, reference, mixture=None) -> dict:
-        """``{metric: float}`` of one utterance (1-D ``[T] @sr``, numpy or torch), in order."""
-        utt = self.utterance(estimate, reference, mixture)
+    def score(self, estimate, reference, mixture=None, active=None) -> dict:
+        """``{metric: float}`` of one utterance (1-D ``[T] @sr``, numpy or torch), in order;
+        ``active`` as :meth:`utterance`."""
+        utt = self.utterance(estimate, reference, mixture, active)
         return {m: utt[m] if m not in self.missing else float("nan") for m in self.metrics}
 
     def score_batch(self, estimate, batch, tracker: MetricTracker,
                     batch_columns: Sequence[str] = (), **columns) -> None:
         """Score ``estimate [B, T]`` against the batch's ``target`` (``mixture`` for the
         improvements), example ``i`` over its first ``round(lengths[i] * T)`` samples, into
-        ``tracker`` under the batch's ``keys``.
+        ``tracker`` under the batch's ``keys``. When the batch has ``activity [B, Tv]`` (not
+        None), example ``i`` is scored with its :func:`sample_mask` over its own length.
 
         ``batch_columns``: names out of :data:`BATCH_COLUMNS` taken from the batch when it
         has them (``interferers``, ``lips_of``); ``columns``: constant extra columns of every
@@ -118,6 +145,7 @@ class Scorer:
         target = batch_field(batch, "target")
         mixture = batch_field(batch, "mixture")
         lengths = batch_field(batch, "lengths", None)
+        activity = batch_field(batch, "activity", None)
         per_example = {}
         for name in batch_columns:
             field, value = BATCH_COLUMNS[name]
@@ -127,8 +155,9 @@ class Scorer:
         n_max = estimate.shape[-1]
         for i, key in enumerate(batch_field(batch, "keys")):
             n = n_max if lengths is None else int(round(float(lengths[i]) * n_max))
+            active = None if activity is None else sample_mask(activity[i], n)
             row = self.score(estimate[i, :n].cpu().numpy(), target[i, :n].cpu().numpy(),
-                             mixture[i, :n].cpu().numpy())
+                             mixture[i, :n].cpu().numpy(), active)
             extra = {name: value(found[i]) for name, (found, value) in per_example.items()}
             tracker.add(key, row, **extra, **columns)
 
@@ -165,11 +194,12 @@ def score_loader(model, loader, metrics: Sequence[str] | Scorer = DEFAULT_METRIC
 
 
 def compute_metrics(estimate, reference, mixture=None, sr: int = SAMPLE_RATE,
-                    metrics: Sequence[str] = DEFAULT_METRICS) -> dict:
+                    metrics: Sequence[str] = DEFAULT_METRICS, active=None) -> dict:
     """All requested metrics of one utterance as ``{name: float}`` (in ``metrics`` order).
 
     ``estimate``, ``reference``, ``mixture``: 1-D ``[T] @sr`` numpy or torch (same length);
-    ``mixture`` is only needed for ``si_sdri`` / ``sdri``. For many utterances use
+    ``mixture`` is only needed for ``si_sdri`` / ``sdri`` / ``silent_energy``; ``active``:
+    optional boolean sample mask ``[T]`` of where the target speaks. For many utterances use
     :func:`evaluate_many` or one :class:`Scorer` (a missing package is reported once).
 
     Example
@@ -182,22 +212,23 @@ def compute_metrics(estimate, reference, mixture=None, sr: int = SAMPLE_RATE,
     >>> {k: round(v) for k, v in m.items()}
     {'si_sdr': 20, 'si_sdri': 20}
     """
-    return Scorer(metrics, sr).score(estimate, reference, mixture)
+    return Scorer(metrics, sr).score(estimate, reference, mixture, active)
 
 
 def _slow_job(args) -> dict:
-    names, estimate, reference, mixture, sr = args
-    utt = Utterance(estimate, reference, mixture, sr)
+    names, estimate, reference, mixture, sr, active = args
+    utt = Utterance(estimate, reference, mixture, sr, active)
     return {name: utt[name] for name in names}
 
 
 def evaluate_many(estimates, references, mixtures=None, sr: int = SAMPLE_RATE,
                   metrics: Sequence[str] = DEFAULT_METRICS, n_jobs: int = 1,
-                  mp_context: str = "spawn") -> list[dict]:
+                  mp_context: str = "spawn", actives=None) -> list[dict]:
     """:func:`compute_metrics` over a list of utterances; the slow metrics (PESQ/STOI, pure
     numpy/C) in a pool of ``n_jobs`` processes, SI-SDR/SDR in this process.
 
-    ``estimates`` / ``references`` / ``mixtures``: sequences of 1-D ``[T_i]`` signals.
+    ``estimates`` / ``references`` / ``mixtures``: sequences of 1-D ``[T_i]`` signals;
+    ``actives``: optional sequence of boolean sample masks ``[T_i]`` (or None entries).
     Returns one dict per utterance, in order. The default ``"spawn"`` pool re-imports the
     calling script in each worker: call it under ``if __name__ == "__main__":``.
 
@@ -211,14 +242,18 @@ def evaluate_many(estimates, references, mixtures=None, sr: int = SAMPLE_RATE,
     scorer = Scorer(metrics, sr)
     if mixtures is None:
         mixtures = [None] * len(references)
-    if not len(estimates) == len(references) == len(mixtures):
-        raise ValueError("estimates, references and mixtures differ in number")
-    utts = [scorer.utterance(e, r, m) for e, r, m in zip(estimates, references, mixtures)]
+    if actives is None:
+        actives = [None] * len(references)
+    if not len(estimates) == len(references) == len(mixtures) == len(actives):
+        raise ValueError("estimates, references, mixtures and actives differ in number")
+    utts = [scorer.utterance(e, r, m, a)
+            for e, r, m, a in zip(estimates, references, mixtures, actives)]
     slow = [m for m in scorer.computed if METRICS[m].slow]
     rows = [{m: u[m] for m in scorer.computed if m not in slow} for u in utts]
     if slow:
         jobs = [(slow, u.estimate.numpy(), u.reference.numpy(),
-                 None if u.mixture is None else u.mixture.numpy(), sr) for u in utts]
+                 None if u.mixture is None else u.mixture.numpy(), sr,
+                 None if u.active is None else u.active.numpy()) for u in utts]
         if n_jobs > 1 and len(jobs) > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor

@@ -2,7 +2,8 @@
 
 A tiny synthetic VoxCeleb2 tree and a tiny synthetic MUSAN tree go through their recipes;
 condition lists are written from the test shards, a (random, exported) model is evaluated
-over all five conditions by the CLI into one table, and the sync sweep runs on the same data.
+over all conditions (the silent-target ``absent`` and ``sparse`` included) by the CLI into
+one table, and the sync sweep runs on the same data.
 """
 import csv
 import json
@@ -18,6 +19,20 @@ from avse.data import lists
 from tests.conftest import run_cmd
 
 CLI = ["python", "-m", "avse.evaluation.conditions"]
+REFERENCE_METRICS = ["si_sdr", "si_sdri", "sdr", "sdri", "pesq", "stoi"]
+PRESENT = [c for c, cond in CONDITIONS.items() if cond.target == "present"]
+
+
+def _cells(path):
+    """csv rows with numbers as floats and empty cells as None."""
+    with open(path) as f:
+        return [{k: (None if v == "" else v if k in ("id", "condition") else float(v))
+                 for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _no_nan_or_inf(path):
+    text = open(path).read().lower()
+    assert "nan" not in text and "inf" not in text, (path, text)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +73,14 @@ def test_condition_lists_share_rows_and_hold_what_the_condition_says(corpus):
             assert mix.interferers == ref.interferers[:cond.num_interferers]
             assert len(mix.noise) == int(cond.noise)
             assert len({s.spk for s in mix.sources}) == len(mix.sources)
+            if cond.target == "present":
+                assert mix.activity is None
+            else:
+                kind, start, stop = mix.activity
+                n = lists.row_frames(mix.length)
+                assert kind == cond.target and 0 <= start <= stop <= n
+                assert (start, stop) == (0, 0) if kind == "absent" else (
+                    0.2 - 0.5 / n <= (stop - start) / n <= 0.8 + 0.5 / n)
     for a, b, c in zip(rows["enhancement"], rows["2mix_noise"], rows["hard"]):
         assert a.noise == b.noise == c.noise  # the same noise per row
         assert a.noise[0].category in ("noise", "music", "babble")
@@ -74,22 +97,103 @@ def test_condition_table_over_all_conditions(corpus):
                     "--lists_dir", os.path.dirname(corpus["lists"]["2mix"]),
                     "--out_dir", str(out)])
     header = proc.stdout.splitlines()[0].split()
-    assert header == ["condition", "si_sdr", "si_sdri", "sdr", "sdri", "pesq", "stoi"]
-    with open(out / "conditions.csv") as f:
-        table = {r["condition"]: {k: float(v) for k, v in r.items() if k != "condition"}
-                 for r in csv.DictReader(f)}
+    # the silent-target conditions bring silent_energy (after the requested metrics)
+    assert header == ["condition", *REFERENCE_METRICS, "silent_energy"]
+    table = {r.pop("condition"): r for r in _cells(out / "conditions.csv")}
     assert list(table) == list(CONDITIONS)
     for name, row in table.items():
-        assert all(np.isfinite(v) for v in row.values()), (name, row)
-        per_utt = list(csv.DictReader(open(out / f"{name}.csv")))
+        per_utt = _cells(out / f"{name}.csv")
         assert len(per_utt) == 6
-        assert np.mean([float(r["si_sdr"]) for r in per_utt]) == pytest.approx(row["si_sdr"])
+        if name in PRESENT:  # the target speaks throughout: every reference metric, no energy
+            assert all(np.isfinite(row[m]) for m in REFERENCE_METRICS), (name, row)
+            assert row["silent_energy"] is None
+            assert np.mean([r["si_sdr"] for r in per_utt]) == pytest.approx(row["si_sdr"])
+    # absent: SI-SDR etc. undefined (null), the output energy relative to the mixture finite
+    absent, sparse = table["absent"], table["sparse"]
+    assert all(absent[m] is None for m in REFERENCE_METRICS), absent
+    assert np.isfinite(absent["silent_energy"]) and -100 <= absent["silent_energy"] <= 30
+    per_utt = _cells(out / "absent.csv")
+    assert all(r[m] is None for r in per_utt for m in REFERENCE_METRICS)
+    assert np.mean([r["silent_energy"] for r in per_utt]) == pytest.approx(
+        absent["silent_energy"])
+    # sparse: SI-SDR(i) on the active span, output energy on the silent part
+    for m in ("si_sdr", "si_sdri", "sdr", "sdri", "silent_energy"):
+        assert np.isfinite(sparse[m]), (m, sparse)
     # input SI-SDR (si_sdr - si_sdri) falls from easy to hard conditions, as the seed notes say
-    mix = {c: r["si_sdr"] - r["si_sdri"] for c, r in table.items()}
+    mix = {c: r["si_sdr"] - r["si_sdri"] for c, r in table.items() if c in PRESENT}
     assert mix["enhancement"] > mix["2mix_noise"] > mix["hard"]
     assert mix["2mix"] > mix["3mix"] > mix["hard"]
-    assert json.loads((out / "conditions.json").read_text()).keys() == set(CONDITIONS)
-    assert (out / "conditions.txt").read_text().startswith("condition")
+    summary = json.loads((out / "conditions.json").read_text())
+    assert summary.keys() == set(CONDITIONS)
+    assert summary["absent"]["si_sdr"] == {"mean": None, "std": None, "count": 0}
+    assert summary["absent"]["silent_energy"]["count"] == 6
+    assert summary["2mix"]["silent_energy"]["mean"] is None
+    text = (out / "conditions.txt").read_text()
+    assert text.startswith("condition")
+    absent_line = next(line for line in text.splitlines() if line.startswith("absent"))
+    assert absent_line.split()[1:7] == ["null"] * 6
+    assert "null" in proc.stdout
+    for path in [out / f"conditions.{k}" for k in ("txt", "csv", "json")] + [
+            out / f"{c}.csv" for c in CONDITIONS]:
+        _no_nan_or_inf(path)
+
+
+def test_absent_and_sparse_metrics_match_the_signals(corpus, tmp_path):
+    """evaluate_conditions on the absent and sparse lists: silent_energy added to the requested
+    metrics, and every value recomputed from the model's output on the loader's batches."""
+    from avse.data.loaders import make_list_loader
+    from avse.data.mixing import MixtureConfig
+    from avse.evaluation.conditions import evaluate_conditions
+    from avse.metrics import si_sdr
+    from avse.models import load_model
+
+    model = load_model(corpus["model"]).eval()
+    picked = {c: corpus["lists"][c] for c in ("absent", "sparse")}
+    results = evaluate_conditions(model, corpus["speech"], picked, metrics=("si_sdr", "si_sdri"),
+                                  out_dir=str(tmp_path))
+    assert list(results["absent"]) == ["si_sdr", "si_sdri", "silent_energy"]
+    rows = {c: _cells(tmp_path / f"{c}.csv") for c in picked}
+    for name, path in picked.items():
+        loader = make_list_loader(corpus["speech"], path, stage="test",
+                                  config=MixtureConfig(crop_seconds=None))
+        for batch, row in zip(loader, rows[name]):
+            assert row["id"] == batch.keys[0]
+            with torch.no_grad():
+                est = model(batch.mixture, batch.visual).estimate[0].double()
+            act = batch.activity[0].repeat_interleave(640).bool()
+            mix, ref = batch.mixture[0].double(), batch.target[0].double()
+            silent = ~act
+            energy = 10 * np.log10(float(est[silent].pow(2).mean() / mix[silent].pow(2).mean()))
+            assert row["silent_energy"] == pytest.approx(energy, abs=1e-4)
+            if name == "absent":
+                assert not act.any() and row["si_sdr"] is None and row["si_sdri"] is None
+                assert float(ref.abs().max()) == 0.0
+            else:
+                assert act.any() and silent.any()
+                assert row["si_sdr"] == pytest.approx(float(si_sdr(est[act], ref[act])), abs=1e-4)
+                assert row["si_sdri"] == pytest.approx(
+                    float(si_sdr(est[act], ref[act]) - si_sdr(mix[act], ref[act])), abs=1e-4)
+    for kind in ("txt", "csv", "json"):
+        _no_nan_or_inf(tmp_path / f"conditions.{kind}")
+    table = {r.pop("condition"): r for r in _cells(tmp_path / "conditions.csv")}
+    assert table["absent"]["si_sdr"] is None and np.isfinite(table["absent"]["silent_energy"])
+    assert np.isfinite(table["sparse"]["si_sdri"])
+
+
+def test_lists_cli_sparse_fraction(corpus, tmp_path):
+    from avse.evaluation.conditions import main
+
+    assert main(["lists", "--shards", corpus["speech"], "--out_dir", str(tmp_path),
+                 "--num", "8", "--conditions", "absent,sparse", "--sparse_fraction", "0.5",
+                 "0.6"]) == 0
+    for mix in lists.read_list(str(tmp_path / "test_sparse.csv")):
+        kind, start, stop = mix.activity
+        n = lists.row_frames(mix.length)
+        assert kind == "sparse" and 0.5 - 0.5 / n <= (stop - start) / n <= 0.6 + 0.5 / n
+    assert {m.activity for m in lists.read_list(str(tmp_path / "test_absent.csv"))} == {
+        ("absent", 0, 0)}
+    assert main(["lists", "--shards", corpus["speech"], "--out_dir", str(tmp_path),
+                 "--conditions", "sparse", "--sparse_fraction", "0.9", "0.1"]) == 2
 
 
 def test_condition_cli_errors_are_clear(corpus, tmp_path):

@@ -4,7 +4,9 @@ Utterances are read by key with random access into the (uncompressed) tars
 (:class:`avse.data.shards.ShardIndex`): a scan of the tar headers records each member's
 offset, so only that index is held in memory, whatever the list size. Rows may carry
 noise tuples (target + noise rows included), whose pieces are read the same way from the
-MUSAN recipe's shards (``noise_dirs``).
+MUSAN recipe's shards (``noise_dirs``). Rows with an activity tuple (conditions ``absent`` /
+``sparse``) silence the target outside its span and show its lips at rest there
+(:func:`~avse.data.loaders.batch.finish_example`); the batch's ``activity`` says where it speaks.
 
 Speaker labels: the sorted target speakers of the selected rows (as SEANet); unknown
 speakers get -1. Randomness: numpy Generators seeded by ``(seed, epoch, row)`` (no epoch
@@ -76,7 +78,7 @@ class ListMixDataset(Dataset):
         return finish_example(self.config, tgt.key, self.labels.get(tgt.spk, -1), wav_t, visual,
                                inter, [s.snr for s in mix.interferers], rng,
                                [s.key for s in mix.interferers], lips_key, crop=self.crop,
-                               row_noise=row_noise)
+                               row_noise=row_noise, activity=mix.activity)
 
 
 class EpochSampler(Sampler):
