@@ -20,6 +20,11 @@ the corpus, e.g. VoxCeleb2 test clips; a ``.npy`` of lip embeddings for embeddin
 
     avse-extract --model DIR --video face.mp4 [--mixture mix.wav] --out target.wav
 
+A model trained with an activity head (``activity_head:`` in its model yaml) tells per frame
+whether the target speaks: each face's speaking time and spans are printed and written to
+``faces.json`` (``speaking_seconds``, ``_fraction``, ``_spans``); ``--gate [--gate_threshold
+0.5] [--gate_db 30]`` attenuates the frames judged silent (:mod:`avse.gating`).
+
 A model that reads lip embeddings (SEANet, MuSE, ...) takes any video too when its
 ``model.yaml`` names a visual front-end (``inference: frontend``, written by
 ``avse-convert-seanet --frontend``, ``avse-embed --model`` or training on the embedding
@@ -41,6 +46,7 @@ import numpy as np
 import torch
 
 from avse.data.align import FPS, SAMPLE_RATE, AlignmentError, fit_visual_to_audio
+from avse.gating import NO_HEAD, Gate, format_speaking, speaking_summary
 from avse.video.media import MOUTH_CROPS, MediaError, decode_media, read_audio, resample
 
 logger = logging.getLogger(__name__)
@@ -68,12 +74,17 @@ class AVSEExtractor:
     frontend : avse.models.frontends.Frontend, optional
         for a model that reads lip embeddings: the front-end that computes them from video
         with the ``crop`` preset (:meth:`from_hparams` loads the one ``inference`` names).
+    gate, gate_threshold, gate_db : bool, float, float
+        attenuate by ``gate_db`` the frames where the target is judged silent (:mod:`avse.gating`;
+        needs a model with an activity head, ``model.has_activity_head``, which reports the
+        target's activity, probabilities and speaking time, with or without ``gate``).
     """
 
     PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
     def __init__(self, model, device: str = "cpu", crop: str | None = None,
-                 precision: str = "fp32", inference: dict | None = None, frontend=None):
+                 precision: str = "fp32", inference: dict | None = None, frontend=None,
+                 gate: bool = False, gate_threshold: float = 0.5, gate_db: float = 30.0):
         from avse.models.io import inference_config
         from avse.video.crops import CROP_PRESETS
 
@@ -89,9 +100,12 @@ class AVSEExtractor:
             raise ValueError(f"unknown precision {precision!r}; known: {sorted(self.PRECISIONS)}")
         if precision == "fp16" and not str(device).startswith("cuda"):
             raise ValueError("precision 'fp16' needs a CUDA device; on CPU use 'bf16' or 'fp32'")
+        self.has_activity = bool(getattr(model, "has_activity_head", False))
+        if gate and not self.has_activity:
+            raise ValueError(f"the model {NO_HEAD}")
+        self.gate, self.gating = bool(gate), Gate(gate_threshold, gate_db)
         self.model = model.to(device).eval()
-        self.device = device
-        self.precision = precision
+        self.device, self.precision = device, precision
         self.frontend = None
         if frontend is not None:
             in_dim = getattr(self.model.visual_encoder, "in_dim", None)
@@ -106,18 +120,22 @@ class AVSEExtractor:
 
     @classmethod
     def from_hparams(cls, source: str, device: str = "cpu", crop: str | None = None,
-                     key: str = "si_sdr", precision: str = "fp32"):
-        """Load from an experiment or exported folder (SpeechBrain ``Pretrained`` style)."""
+                     key: str = "si_sdr", precision: str = "fp32", **gate):
+        """Load from an experiment or exported folder (SpeechBrain ``Pretrained`` style);
+        ``gate``: the constructor's ``gate``, ``gate_threshold`` and ``gate_db``."""
         from avse.models.io import frontend_path, load_inference_config, load_model
 
+        model = load_model(source, key=key)
+        if gate.get("gate") and not getattr(model, "has_activity_head", False):
+            raise ValueError(f"the model in {source} {NO_HEAD}")
         inference = load_inference_config(source)
         frontend = frontend_path(source, inference)
         if frontend is not None:
             from avse.embed import load
 
             frontend = load(frontend)
-        return cls(load_model(source, key=key), device=device, crop=crop, precision=precision,
-                   inference=inference, frontend=frontend)
+        return cls(model, device=device, crop=crop, precision=precision, inference=inference,
+                   frontend=frontend, **gate)
 
     @property
     def visual_input(self) -> str:
@@ -126,11 +144,14 @@ class AVSEExtractor:
     # -------------------------------------------------------------- batch API
     @torch.no_grad()
     def extract_batch(self, mixture: torch.Tensor, visual: torch.Tensor,
-                      peak: float | None = None) -> torch.Tensor:
+                      peak: float | None = None, return_activity: bool = False):
         """mixture ``[B, T]`` @16 kHz, visual ``[B, Tv, 88, 88]`` or ``[B, Tv, 512]`` -> ``[B, T]``.
 
         Each mixture is peak-normalised as in training and the estimate is scaled back;
         ``peak`` gives the normalisation gain instead (a chunk of a long file uses the file's).
+        With ``gate`` each row is gated over its length (:meth:`avse.gating.Gate.gain`).
+        ``return_activity``: returns ``(estimate, probabilities [B, Tv] that the target speaks
+        in each frame)`` (None for a model without a head).
         """
         mixture = torch.as_tensor(mixture, dtype=torch.float32, device=self.device)
         visual = torch.as_tensor(visual, device=self.device)
@@ -142,15 +163,24 @@ class AVSEExtractor:
             peak = max(float(peak), 1e-8)
         dtype = self.PRECISIONS[self.precision]
         with torch.autocast(torch.device(self.device).type, dtype=dtype, enabled=dtype is not None):
-            estimate = self.model(mixture / peak, visual).estimate
-        return estimate.float() * peak
+            out = self.model(mixture / peak, visual)
+        estimate = out.estimate.float() * peak
+        activity = torch.sigmoid(out.aux["activity"].float()) if self.has_activity else None
+        if self.gate:
+            gain = self.gating.gain(activity.cpu().numpy(), estimate.shape[-1])
+            estimate = estimate * torch.from_numpy(gain).to(estimate.device)
+        return (estimate, activity) if return_activity else estimate
 
-    def extract_array(self, wav: np.ndarray, visual: np.ndarray, peak: float) -> np.ndarray:
+    def extract_array(self, wav: np.ndarray, visual: np.ndarray, peak: float | None,
+                      return_activity: bool = False):
         """One chunk: ``wav [T]``, ``visual [Tv, ...]`` (``T = Tv * 640``), the file's ``peak``
-        -> estimate ``[T]`` float32."""
+        (None: the chunk's) -> estimate ``[T]`` float32 (and with ``return_activity`` the
+        probabilities ``[Tv]`` or None, as :meth:`extract_batch`)."""
         wav_t = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None]
         vis_t = torch.from_numpy(np.ascontiguousarray(visual))[None]
-        return self.extract_batch(wav_t, vis_t, peak=peak)[0].cpu().numpy()
+        est, act = self.extract_batch(wav_t, vis_t, peak=peak, return_activity=True)
+        est = est[0].cpu().numpy()
+        return (est, None if act is None else act[0].cpu().numpy()) if return_activity else est
 
     # -------------------------------------------------------------- file API
     def load_visual(self, video) -> np.ndarray:
@@ -181,8 +211,10 @@ class AVSEExtractor:
         _, lips = decode_media(path, want_audio=False, crop=MOUTH_CROPS[self.crop])
         return lips
 
-    def extract(self, mixture=None, video=None, sample_rate: int | None = None) -> torch.Tensor:
-        """Extract the target of ``video`` from ``mixture``; returns ``wav [T]`` @16 kHz.
+    def extract(self, mixture=None, video=None, sample_rate: int | None = None,
+                return_activity: bool = False):
+        """Extract the target of ``video`` from ``mixture``; returns ``wav [T]`` @16 kHz (and
+        with ``return_activity`` the probabilities ``[Tv]``, or None, as :meth:`extract_batch`).
 
         ``mixture``: a path (wav/flac/m4a/mp4), an array ``[T]``, or None to use the mp4's own
         audio. ``sample_rate``: the array's rate (resampled to 16 kHz). An audio/video length
@@ -205,10 +237,9 @@ class AVSEExtractor:
         if diff:
             logger.warning("audio and video lengths differ by %d frame(s) (%.2f s): the video was "
                            "%s", abs(diff), abs(diff) / FPS, "padded" if diff > 0 else "trimmed")
-        wav = torch.from_numpy(np.ascontiguousarray(mixture))[None]
-        vis = torch.from_numpy(np.ascontiguousarray(visual))[None]
-        return self.extract_batch(wav, vis)[0].cpu()
-
+        est, act = self.extract_array(mixture, visual, None, return_activity=True)
+        est, act = torch.from_numpy(est), None if act is None else torch.from_numpy(act)
+        return (est, act) if return_activity else est
 
     # -------------------------------------------------------------- any video
     def extract_video(self, video: str, out_dir: str | None = None, mixture: str | None = None,
@@ -240,7 +271,9 @@ class AVSEExtractor:
 
         Returns
         -------
-        dict: the files written, the tracks, and timings (``seconds``, ``rtf``).
+        dict: the files written, the tracks, and timings (``seconds``, ``rtf``); only for a model
+        with an activity head, ``gate`` (its options) and ``speaking``: track id ->
+        :func:`avse.gating.speaking_summary` (also in ``faces.json``, per track).
         """
         from avse.video import faces as F
         from avse.video.longform import extract_track, file_peak
@@ -257,7 +290,7 @@ class AVSEExtractor:
         if origin is None:
             raise MediaError(f"{video}: no audio stream; give the mixture with --mixture")
         work = tempfile.mkdtemp(prefix="avse-extract-", dir=work_dir)
-        written = []
+        written, speaking = [], {}
         try:
             scan = F.require_faces(F.detect_and_track(video, origin=origin, info=info,
                                                       progress=progress, **scan_opts), video)
@@ -285,8 +318,9 @@ class AVSEExtractor:
                                              self.crop, os.path.join(work, f"face{k}_emb.npy"),
                                              self.device)
                         lms, preset = None, None
-                    extract_track(self, mix_wav, scan.track(k).frames, visual, lms, target,
-                                  preset, gain, chunk_seconds, overlap_seconds, progress=bar)
+                    speaking[k] = extract_track(self, mix_wav, scan.track(k).frames, visual, lms,
+                                                target, preset, gain, chunk_seconds,
+                                                overlap_seconds, progress=bar).get("speaking")
                     written.append(target)
                     if out_dir and mux:
                         from avse.video.mux import mux_audio
@@ -301,12 +335,16 @@ class AVSEExtractor:
                        "seconds": seconds, "crop": self.crop,
                        "frontend": self.inference["frontend"],
                        "rtf": {k: v / max(scan.n_frames / FPS, 1e-9) for k, v in seconds.items()}}
-            if out_dir:
-                F.write_faces_json(scan, os.path.join(out_dir, "faces.json"), {"extraction": summary})
+            if self.has_activity:
+                summary["gate"] = {"on": self.gate, **self.gating.options()}
+            if out_dir:  # speaking[k] is None without a head: no speaking keys
+                F.write_faces_json(scan, os.path.join(out_dir, "faces.json"),
+                                   {"extraction": summary}, speaking)
                 F.write_faces_png(scan, os.path.join(out_dir, "faces.png"))
                 written += [os.path.join(out_dir, "faces.json"), os.path.join(out_dir, "faces.png")]
-            summary["files"] = written
-            summary["scan"] = scan
+            if self.has_activity:
+                summary["speaking"] = speaking
+            summary.update(files=written, scan=scan)
             return summary
         finally:
             if not keep_work:
@@ -378,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", default=None, help="override the model.yaml crop preset")
     p.add_argument("--precision", default="fp32", choices=sorted(AVSEExtractor.PRECISIONS),
                    help="bf16: faster on CPUs with AMX/AVX512-BF16, outputs differ slightly")
+    p.add_argument("--gate", action="store_true",
+                   help="attenuate frames judged silent (a model with an activity head)")
+    p.add_argument("--gate_threshold", type=float, default=0.5, help="speaking probability threshold")
+    p.add_argument("--gate_db", type=float, default=30.0, help="attenuation of silent frames (dB)")
     p.add_argument("--work_dir", help="where the face frames are staged (default: the system temp)")
     p.add_argument("--noprogressbar", action="store_true")
     return p
@@ -412,8 +454,9 @@ def main(argv=None) -> int:
             parser.error("--model is required (except with --list_faces)")
         if bool(args.out) == bool(args.out_dir):
             parser.error("give exactly one of --out_dir (every face) and --out (one wav)")
+        gate = {k: getattr(args, k) for k in ("gate", "gate_threshold", "gate_db")}
         extractor = AVSEExtractor.from_hparams(args.model, device=args.device, crop=args.crop,
-                                               precision=args.precision)
+                                               precision=args.precision, **gate)
         if args.face_centred or args.video.endswith(".npy"):
             if not args.out:
                 parser.error("--face_centred and .npy inputs write one wav: use --out")
@@ -431,6 +474,8 @@ def main(argv=None) -> int:
     print(format_faces_table(result["scan"]))
     for path in result["files"]:
         print(f"wrote {path}")
+    for k, said in result.get("speaking", {}).items():  # a model with an activity head
+        print(f"face {k}: {format_speaking(said)}")
     print(f"tracks: {result['tracks']} found, {result['dropped']} dropped, "
           f"{len(result['extracted'])} extracted; {result['video_seconds']:.1f} s of video in "
           f"{sum(sec.values()):.1f} s (real-time factor: faces {rtf['faces']:.2f}, "
@@ -441,10 +486,12 @@ def main(argv=None) -> int:
 def _write_one(extractor, args) -> int:
     import soundfile as sf
 
-    wav = extractor.extract(args.mixture, args.video)
+    wav, act = extractor.extract(args.mixture, args.video, return_activity=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     sf.write(args.out, np.clip(wav.numpy(), -1, 1), SAMPLE_RATE, subtype="PCM_16")
     print(f"wrote {args.out} ({len(wav) / SAMPLE_RATE:.2f} s)")
+    if act is not None:
+        print(format_speaking(speaking_summary(extractor.gating.speaking(act.numpy()))))
     return 0
 
 

@@ -339,18 +339,31 @@ def track_summary(scan: FaceScan) -> list:
     return out
 
 
-def write_faces_json(scan: FaceScan, path: str, extra: dict | None = None) -> dict:
+def write_faces_json(scan: FaceScan, path: str, extra: dict | None = None,
+                     speaking: dict | None = None) -> dict:
     """``faces.json``: the video, the grid, and one entry per track (times in seconds from
-    output sample 0, i.e. ``origin``)."""
+    output sample 0, i.e. ``origin``).
+
+    ``speaking``: track id -> :func:`avse.gating.speaking_summary` of the tracks extracted by
+    a model with an activity head; their entries get ``speaking_seconds``,
+    ``speaking_fraction`` (of the track's on-screen time) and ``speaking_spans``
+    (``[[start_s, end_s], ...]``). Other tracks (not extracted, or a model without a head)
+    have none of these keys."""
     from avse.recipes.common import atomic_write
 
+    tracks = track_summary(scan)
+    for entry in tracks:
+        said = (speaking or {}).get(entry["id"])
+        if said is not None:
+            entry.update(speaking_seconds=said["seconds"], speaking_fraction=said["fraction"],
+                         speaking_spans=said["spans"])
     info = scan.info
     doc = {
         "video": info.path, "width": info.width, "height": info.height,
         "rotation": info.rotation, "source_fps": round(float(info.fps), 3), "fps": FPS,
         "origin": round(scan.origin, 6), "grid_frames": scan.n_frames,
         "shot_cuts": [int(c) for c in scan.cuts],
-        "tracks": track_summary(scan),
+        "tracks": tracks,
         "dropped": [{"first_frame": int(t.frames[0]), "last_frame": int(t.frames[-1]),
                      "frames": int(len(t.frames))} for t in scan.dropped],
         **(extra or {}),

@@ -8,6 +8,14 @@ model whose receptive field is shorter than ``overlap_seconds / 2`` on each side
 mixture's normalisation gain is computed once per file (:func:`file_peak`), never per chunk.
 The target is identified by its lips in every chunk, so nothing is matched across chunks.
 
+A model with an activity head also gives, per chunk, the probability that the target speaks
+in each frame: the speaking decision (:meth:`avse.gating.Gate.speaking`) is taken over the
+chunk's whole window, context included, and only its kept part is collected (the context is
+discarded like the audio's), so a track's speaking time covers its whole span, each frame
+counted once. With the extractor's ``gate`` on, each chunk's estimate is gated over its window
+before the cross-fade (the same decision: the kept frames' gains are the ones reported), so
+the fade blends two gated estimates.
+
 Memory is bounded by one chunk: the mixture is read from a wav on disk, the face frames
 by rows (:class:`avse.video.faces.FrameFile`), and the output wav is written as it is
 produced (zeros where the face is not on screen, so every output is exactly as long as the
@@ -20,6 +28,7 @@ import os
 import numpy as np
 
 from avse.data.align import SAMPLES_PER_FRAME, SAMPLE_RATE
+from avse.gating import speaking_summary
 
 BLOCK = SAMPLE_RATE * 10  # samples per read/write block for whole-file passes
 
@@ -59,13 +68,14 @@ def chunk_plan(n_frames: int, chunk_frames: int, context_frames: int) -> list:
 
 
 def extract_span(run, read_audio, read_visual, n_frames: int, write, chunk_frames: int,
-                 context_frames: int, progress=None) -> int:
+                 context_frames: int, progress=None, collect: list | None = None) -> int:
     """Extract one contiguous span of ``n_frames`` video frames chunk by chunk.
 
     Arguments
     ---------
     run : callable
-        ``run(wav [T], visual [Tv, ...]) -> estimate [T]`` (numpy), ``T = Tv * 640``.
+        ``run(wav [T], visual [Tv, ...]) -> estimate [T]`` (numpy), ``T = Tv * 640``, or
+        ``-> (estimate [T], per_frame [Tv, ...])`` (e.g. the target's activity).
     read_audio : callable
         ``read_audio(start, stop) -> [stop - start]`` mixture samples of the span (zero-padded
         past the end of the file).
@@ -73,6 +83,8 @@ def extract_span(run, read_audio, read_visual, n_frames: int, write, chunk_frame
         ``read_visual(first, last) -> [last - first, ...]`` model visual input of those frames.
     write : callable
         receives consecutive output blocks; ``n_frames * 640`` samples in all.
+    collect : list, optional
+        receives the kept frames of each chunk's ``per_frame`` (``n_frames`` rows in all).
 
     Returns
     -------
@@ -83,7 +95,12 @@ def extract_span(run, read_audio, read_visual, n_frames: int, write, chunk_frame
     pending = None  # the previous chunk's estimate over [boundary - fade, boundary + fade)
     written = 0
     for w0, w1, k0, k1 in chunk_plan(n_frames, chunk_frames, context_frames):
-        est = np.asarray(run(read_audio(w0 * spf, w1 * spf), read_visual(w0, w1)), np.float32)
+        est = run(read_audio(w0 * spf, w1 * spf), read_visual(w0, w1))
+        if isinstance(est, tuple):
+            est, per_frame = est
+            if collect is not None:
+                collect.append(np.asarray(per_frame)[k0 - w0: k1 - w0])
+        est = np.asarray(est, np.float32)
         keep0, keep1 = (k0 - w0) * spf, (k1 - w0) * spf
         start = keep0
         if pending is not None:  # cross-fade with the previous chunk around k0
@@ -154,6 +171,13 @@ def extract_track(extractor, mixture_wav: str, frames: np.ndarray, faces, landma
         computed over the whole track, :func:`avse.embed.embed_track`).
     gain : float
         the mixture's normalisation (its peak), computed once per file.
+
+    Returns
+    -------
+    dict: ``path``, ``samples``, ``segments``; for a model with an activity head also
+    ``activity`` (``frames``: the grid frames extracted, ``probability`` and ``speaking``
+    of each) and ``speaking`` (:func:`avse.gating.speaking_summary` over the track); neither
+    key without a head.
     """
     import soundfile as sf
 
@@ -165,13 +189,18 @@ def extract_track(extractor, mixture_wav: str, frames: np.ndarray, faces, landma
     context = max(int(round(overlap_seconds * SAMPLE_RATE / spf)), 0)
     splits = np.flatnonzero(np.diff(frames) != 1) + 1
     segments = np.split(np.arange(len(frames)), splits)
+    head = bool(getattr(extractor, "has_activity", False))
+    pieces = []  # (first grid frame, [n, 2] probability and speaking of the kept frames)
     writer = WavWriter(out_wav)
     try:
         with sf.SoundFile(mixture_wav) as mix:
             total = mix.frames
 
             def run(wav, visual):
-                return extractor.extract_array(wav, visual, gain)
+                if not head:
+                    return extractor.extract_array(wav, visual, gain)
+                est, prob = extractor.extract_array(wav, visual, gain, return_activity=True)
+                return est, np.stack([prob, extractor.gating.speaking(prob)], axis=-1)
 
             for rows in segments:
                 first = int(frames[rows[0]])
@@ -196,12 +225,23 @@ def extract_track(extractor, mixture_wav: str, frames: np.ndarray, faces, landma
 
                 end = min(base + n * spf, total)
                 sink = _Clip(writer, end - base)
-                extract_span(run, read_audio, read_visual, n, sink.write, chunk, context, progress)
+                kept = []
+                extract_span(run, read_audio, read_visual, n, sink.write, chunk, context,
+                             progress, collect=kept)
+                if head:
+                    pieces.append((first, np.concatenate(kept)))
             writer.close(total)
     except BaseException:
         writer.abort()
         raise
-    return {"path": out_wav, "samples": total, "segments": len(segments)}
+    out = {"path": out_wav, "samples": total, "segments": len(segments)}
+    if head:
+        act = np.concatenate([p for _, p in pieces]) if pieces else np.zeros((0, 2))
+        out["activity"] = {"frames": np.concatenate([f + np.arange(len(p)) for f, p in pieces])
+                           if pieces else np.zeros(0, int), "probability": act[:, 0],
+                           "speaking": act[:, 1] > 0.5}
+        out["speaking"] = speaking_summary([(f, p[:, 1] > 0.5) for f, p in pieces])
+    return out
 
 
 class _Clip:

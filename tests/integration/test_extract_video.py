@@ -73,6 +73,9 @@ def test_every_face_out_in_sync_late_track_at_its_own_time(scene, tmp_path):
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir())
     assert names == ["face0.mp4", "face0.wav", "face1.mp4", "face1.wav", "faces.json", "faces.png"]
+    doc = json.loads((out / "faces.json").read_text())  # no activity head: no speaking keys
+    assert not any(k.startswith("speaking") for t in doc["tracks"] for k in t)
+    assert "speaking" not in doc["extraction"] and "gate" not in doc["extraction"]
     mix_len = len(decode_media(scene.path, want_video=False)[0])
     w0, sr = sf.read(out / "face0.wav", dtype="float32")
     w1, _ = sf.read(out / "face1.wav", dtype="float32")
@@ -264,3 +267,55 @@ def test_a_shot_cut_ends_tracks_and_the_same_face_is_merged_across_it(tmp_path):
     other = _concat_scenes([shot("c.mp4", 200, 1), shot("d.mp4", 430, 2, (0.55, 0.8, 1.3))],
                            tmp_path / "other.mp4")
     assert len(list_faces(other).tracks) == 2
+
+
+def test_speaking_time_per_face_in_faces_json_and_gate(scene, tmp_path, capsys, monkeypatch):
+    """A model with an activity head whose logits follow the mixture's loudness (a mixture
+    given with --mixture: loud over 0.4-2.0 s and 3.2-5.0 s): each extracted face gets its
+    speaking time and spans over its own on-screen time; --gate turns the rest down."""
+    from avse.models import AVSEModel, save_model
+    from avse.models.activity import frame_log_power
+
+    torch.manual_seed(0)
+    model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 32},
+                      {"type": "cnn", "out_dim": 16},
+                      {"type": "tcn", "bottleneck": 16, "hidden": 32, "num_blocks": 2,
+                       "num_repeats": 1, "norm": "cln"}, fusion="concat",
+                      activity_head={"hidden": 8})
+    folder = save_model(model, str(tmp_path / "m"))
+
+    def controlled(mix, est, feats, est_feats, visual):
+        return torch.where(frame_log_power(mix, visual.shape[-1]) > -22.0, 8.0, -8.0)
+
+    real = AVSEExtractor.from_hparams.__func__
+
+    def from_hparams(cls, *args, **kwargs):
+        ex = real(cls, *args, **kwargs)
+        ex.model.activity_head.forward = controlled
+        return ex
+
+    monkeypatch.setattr(AVSEExtractor, "from_hparams", classmethod(from_hparams))
+    t = np.arange(6 * 16000) / 16000
+    loud = ((t >= 0.4) & (t < 2.0)) | ((t >= 3.2) & (t < 5.0))
+    rng = np.random.default_rng(0)
+    mix = np.clip(np.where(loud, 0.2, 0.02) * rng.standard_normal(len(t)), -0.95, 0.95)
+    sf.write(tmp_path / "mix.wav", mix.astype(np.float32), 16000, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert main(["--model", folder, "--video", scene.path, "--mixture", str(tmp_path / "mix.wav"),
+                 "--out_dir", str(out), "--gate", "--gate_db", "30", "--noprogressbar"]) == 0
+    doc = json.loads((out / "faces.json").read_text())
+    t0, t1 = doc["tracks"]
+    assert t0["speaking_spans"] == [[0.4, 2.0], [3.2, 5.0]] and t0["speaking_seconds"] == 3.4
+    assert t1["speaking_spans"] == [[3.2, 5.0]] and t1["speaking_seconds"] == 1.8
+    on_screen = t1["frames"] / 25  # face 1 enters at 2.6 s: its fraction of its own time
+    assert t1["speaking_fraction"] == pytest.approx(1.8 / on_screen, abs=1e-3)
+    assert t0["speaking_fraction"] == pytest.approx(3.4 / (t0["frames"] / 25), abs=1e-3)
+    assert doc["extraction"]["gate"]["on"] and doc["extraction"]["gate"]["attenuation_db"] == 30
+    printed = capsys.readouterr().out
+    assert "face 0: speaking 3.40 s" in printed and "face 1: speaking 1.80 s" in printed
+    assert "3.20-5.00" in printed
+    # gated: the silent stretch 2.3-3.0 s is ~30 dB further down than the mixture's -20 dB
+    wav = sf.read(out / "face0.wav", dtype="float64")[0]
+    quiet, speech = wav[round(2.3 * 16000): 3 * 16000], wav[round(3.4 * 16000): round(4.8 * 16000)]
+    level = 20 * np.log10(np.std(quiet) / np.std(speech))
+    assert level < -40.0, level

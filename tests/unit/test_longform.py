@@ -124,3 +124,70 @@ def test_frame_file_appends_rows_and_reads_slices_without_a_memory_map(tmp_path)
     np.testing.assert_array_equal(np.load(tmp_path / "f.npy")[[0, 5]], frames[[0, 5]])  # a real .npy
     with pytest.raises(IndexError, match="f.npy"):
         back[7]
+
+
+def _head_model():
+    """A tcn with a real activity head whose logits are controlled: +8 where the normalised
+    mixture's frame power is above -22 dB, -8 elsewhere (the frame's own audio only)."""
+    from avse.models.activity import frame_log_power
+
+    torch.manual_seed(0)
+    model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 32},
+                      {"type": "cnn", "out_dim": 16, "norm": "bn"},
+                      {"type": "tcn", "bottleneck": 16, "hidden": 32, "num_blocks": 4,
+                       "num_repeats": 1, "norm": "cln"}, fusion="concat",
+                      activity_head={"hidden": 8}).eval()
+    model.activity_head.forward = lambda mix, est, f, ef, v: torch.where(
+        frame_log_power(mix, v.shape[-1]) > -22.0, 8.0, -8.0)
+    return model
+
+
+def test_chunked_activity_covers_the_track_and_gating_matches_whole_clip(tmp_path):
+    from avse.gating import Gate, speaking_summary, widen
+
+    rng = np.random.default_rng(4)
+    lead, n_frames = 12, 240  # loud (the target "speaks") / quiet stretches across chunk joins
+    loud = np.r_[np.ones(30), np.zeros(41), np.ones(60), np.zeros(2), np.ones(20),
+                 np.zeros(87)].astype(bool)
+    env = np.r_[np.full(lead * 640, 0.02), np.repeat(np.where(loud, 0.2, 0.02), 640),
+                np.full(20 * 640, 0.02)]
+    mix = (env * rng.standard_normal(len(env))).astype(np.float32)
+    sf.write(tmp_path / "mix.wav", mix, 16000, subtype="FLOAT")
+    faces = rng.integers(0, 255, (n_frames, 224, 224), dtype=np.uint8)
+    frames = np.arange(lead, lead + n_frames)
+    gain = file_peak(str(tmp_path / "mix.wav"))
+    span = slice(lead * 640, (lead + n_frames) * 640)
+    lips = faces[:, 113:201, 68:156]
+    outs = {}
+    for gate in (False, True):
+        ex = AVSEExtractor(_head_model(), gate=gate, gate_db=20.0)
+        info = extract_track(ex, str(tmp_path / "mix.wav"), frames, faces, None,
+                             str(tmp_path / f"{gate}.wav"), "voxceleb2", gain,
+                             chunk_seconds=2.0, overlap_seconds=1.0)
+        outs[gate] = sf.read(tmp_path / f"{gate}.wav", dtype="float32")[0]
+        act = info["activity"]  # the kept part of every chunk: each frame once
+        np.testing.assert_array_equal(act["frames"], frames)
+        whole, prob = ex.extract_array(mix[span], lips, gain, return_activity=True)
+        np.testing.assert_array_equal(act["probability"], prob)
+        np.testing.assert_array_equal(act["speaking"], Gate().speaking(prob))
+        speaking = Gate().speaking(loud.astype(np.float32))  # the 2-frame gap closes
+        assert info["speaking"] == speaking_summary(speaking, first_frame=lead)
+        assert info["speaking"]["seconds"] == pytest.approx(112 / 25)
+        assert info["speaking"]["fraction"] == pytest.approx(112 / 240, abs=1e-4)
+        assert info["speaking"]["spans"] == [[0.48, 1.68], [3.32, 6.6]]
+        # chunked == whole clip, gate included (the same decision in every chunk)
+        score = float(si_sdr(torch.from_numpy(outs[gate][span])[None],
+                             torch.from_numpy(np.clip(whole, -1, 1))[None]))
+        assert score > 50.0, (gate, score)
+    on, off = outs[True][span], outs[False][span]
+    passed = Gate().passed(loud.astype(np.float32))
+    np.testing.assert_allclose(on[np.repeat(passed, 640)], off[np.repeat(passed, 640)],
+                               atol=1.5 / 32768)  # 16-bit wav
+    quiet = ~np.repeat(widen(passed, 1, 1), 640)  # away from the ramps
+    assert quiet.sum() > 90 * 640
+    drop = 10 * np.log10(np.sum(on[quiet] ** 2) / np.sum(off[quiet] ** 2))
+    assert -20.3 < drop < -19.7, drop
+    # a model without a head: no activity
+    plain = extract_track(AVSEExtractor(_tcn_model(False)), str(tmp_path / "mix.wav"), frames,
+                          faces, None, str(tmp_path / "p.wav"), "voxceleb2", gain)
+    assert "activity" not in plain and "speaking" not in plain
