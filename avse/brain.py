@@ -10,10 +10,17 @@ Hyperparameters read from the yaml (``self.hparams``):
 - ``alpha`` (0): weight of deep supervision: ``loss = -SI-SDR(final) + alpha * sum_k
   -SI-SDR(intermediate_k)`` (the SEANet repository's convention; ``intermediate_reduction:
   mean`` averages instead).
+- ``silent_loss`` ("energy"), ``silent_energy_floor`` (-40 dB), ``silent_energy_weight`` (1):
+  examples whose target is silent (conditions ``absent`` / ``sparse``) are trained on their
+  output power relative to the mixture instead of SI-SDR (:func:`avse.losses.extraction_loss`;
+  ``silent_loss: none`` keeps SI-SDR everywhere). Without silent examples the loss is the
+  mean negative SI-SDR, as before.
 - ``aux_losses`` ({}): ``name: {output: <aux key>, target: <batch field>, kind: si_sdr|l1|
-  cross_entropy, weight: w, intermediate: bool}``; summed over the final and (optionally)
-  intermediate predictions, in the training stage only (validation ranks by SI-SDR); e.g.
-  SEANet's noise branch or MuSE's speaker classification.
+  cross_entropy|bce, weight: w, intermediate: bool, mask_silent: bool}``; summed over the
+  final and (optionally) intermediate predictions, in the training stage only (validation
+  ranks by SI-SDR); e.g. SEANet's noise branch, MuSE's speaker classification, or the
+  activity head (``{output: activity, target: activity, kind: bce}``). ``mask_silent``
+  (default: true, except for ``bce``) leaves the silent-target examples out of the term.
 - ``lr_scheduler`` (optional): ``speechbrain.nnet.schedulers.StepScheduler`` (decay every
   n epochs, the seed's x0.97 every 3) or ``ReduceLROnPlateau`` (on validation loss).
 - ``unfreeze_frontend_after`` (null: never): with a visual encoder whose front-end is frozen
@@ -147,18 +154,24 @@ class AVSEBrain(sb.core.Brain):
     def compute_objectives(self, predictions, batch, stage):
         output, batch = predictions
         target = batch_field(batch, "target")
-        loss = losses.si_sdr_loss_with_intermediate(
-            output.estimate, output.intermediate, target,
-            alpha=float(getattr(self.hparams, "alpha", 0.0)),
-            reduction=getattr(self.hparams, "intermediate_reduction", "sum"))
+        mixture = batch_field(batch, "mixture")
+        active = losses.active_examples(target, mixture)
+        hp = self.hparams
+        loss = losses.extraction_loss(
+            output.estimate, output.intermediate, target, mixture,
+            alpha=float(getattr(hp, "alpha", 0.0)),
+            reduction=getattr(hp, "intermediate_reduction", "sum"),
+            silent=getattr(hp, "silent_loss", "energy"),
+            energy_floor_db=float(getattr(hp, "silent_energy_floor", -40.0)),
+            energy_weight=float(getattr(hp, "silent_energy_weight", 1.0)), active=active)
         if stage == sb.Stage.TRAIN:  # auxiliary heads (e.g. speaker classifiers) train only
-            for name, spec in (getattr(self.hparams, "aux_losses", None) or {}).items():
-                loss = loss + self._aux_loss(name, spec, output, batch)
+            for name, spec in (getattr(hp, "aux_losses", None) or {}).items():
+                loss = loss + self._aux_loss(name, spec, output, batch, active)
         if stage != sb.Stage.TRAIN:
-            self._track(output.estimate.detach().float(), batch, stage)  # bf16/fp16 eval too
+            self._track(output.estimate.detach().float(), batch, stage, active)  # bf16/fp16 too
         return loss
 
-    def _aux_loss(self, name, spec, output, batch):
+    def _aux_loss(self, name, spec, output, batch, active=None):
         key = spec.get("output", name)
         if key not in output.aux:
             raise KeyError(f"aux_losses.{name}: the model has no auxiliary output {key!r}; it "
@@ -167,19 +180,25 @@ class AVSEBrain(sb.core.Brain):
         preds = [output.aux[key]]
         if spec.get("intermediate", False):
             preds += list(output.aux.get(key + "_intermediate", []))
-        return float(spec.get("weight", 1.0)) * losses.aux_loss(spec.get("kind", "si_sdr"),
-                                                                 preds, target)
+        kind = spec.get("kind", "si_sdr")
+        mask = active if spec.get("mask_silent", kind != "bce") else None
+        return float(spec.get("weight", 1.0)) * losses.aux_loss(kind, preds, target, mask)
 
     # ------------------------------------------------------------------ metrics
-    def _track(self, estimate, batch, stage):
+    def _track(self, estimate, batch, stage, active):
         if stage == sb.Stage.TEST:  # per utterance, full length: the evaluation's scorer
             self.scorer.score_batch(estimate, batch, self.test_tracker,
                                     batch_columns=("interferers", "lips_of"))
             return
         target = batch_field(batch, "target").float()
+        mixture = batch_field(batch, "mixture").float()
         sdr = si_sdr(estimate.float(), target)
-        sdr_mix = si_sdr(batch_field(batch, "mixture").float(), target)
-        self.valid_stats.extend(zip(sdr.tolist(), (sdr - sdr_mix).tolist()))
+        sdr_mix = si_sdr(mixture, target)
+        energy = losses.silent_energy_db(estimate.float(), mixture, floor_db=-100.0)
+        for ok, v, i, e in zip(active.tolist(), sdr.tolist(), (sdr - sdr_mix).tolist(),
+                               energy.tolist()):
+            # SI-SDR of a silent target is undefined: such rows count by their output energy
+            self.valid_stats.append((v, i, None) if ok else (None, None, e))
 
     # ------------------------------------------------------------------ stage hooks
     def on_stage_start(self, stage, epoch=None):
@@ -240,17 +259,24 @@ class AVSEBrain(sb.core.Brain):
             logger.info("%s:\n%s", name, self.test_tracker.table())
 
     def _reduce_valid_stats(self, stage_loss) -> dict:
-        """Mean loss, SI-SDR and SI-SDRi over the validation rows of every rank."""
-        n = len(self.valid_stats)
-        sums = torch.tensor([float(stage_loss) * n, sum(v for v, _ in self.valid_stats),
-                             sum(i for _, i in self.valid_stats), float(n)], dtype=torch.float64)
+        """Mean loss, SI-SDR and SI-SDRi (rows whose target speaks) and ``silent_energy`` (rows
+        whose target is silent: output power relative to the mixture, dB) over the validation
+        rows of every rank; a statistic without rows is left out."""
+        rows = self.valid_stats
+        n = len(rows)
+        spoken = [r for r in rows if r[2] is None]
+        silent = [r[2] for r in rows if r[2] is not None]
+        sums = torch.tensor([float(stage_loss) * n, sum(v for v, _, _ in spoken),
+                             sum(i for _, i, _ in spoken), float(len(spoken)), sum(silent),
+                             float(len(silent)), float(n)], dtype=torch.float64)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(sums)
-        total = max(float(sums[3]), 1.0)
-        stats = {"loss": float(sums[0]) / total}
+        stats = {"loss": float(sums[0]) / max(float(sums[6]), 1.0)}
         if sums[3] > 0:
-            stats["si_sdr"] = float(sums[1]) / total
-            stats["si_sdri"] = float(sums[2]) / total
+            stats["si_sdr"] = float(sums[1]) / float(sums[3])
+            stats["si_sdri"] = float(sums[2]) / float(sums[3])
+        if sums[5] > 0:
+            stats["silent_energy"] = float(sums[4]) / float(sums[5])
         return stats
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):

@@ -14,6 +14,17 @@ number of blocks).
 Every loss returns a scalar tensor and stays finite for silent targets (eps-regularised
 SI-SDR, see :func:`avse.metrics.si_sdr`).
 
+Silent targets (conditions ``absent`` / ``sparse``, :mod:`avse.data.conditions`): the
+negative SI-SDR of a silent reference is a constant without gradient, so
+:func:`extraction_loss` defines the loss per example: ``-SI-SDR`` where the target speaks
+(a sparse example's silent part counts as error inside it), and where it is silent an
+energy term, the output power relative to the mixture in dB with a floor,
+``w * 10 log10(P_est / P_mix + 10^(floor / 10))`` (USEV's target-absent loss, relative to
+the mixture so that it does not depend on the level). With no silent example in a batch it
+is exactly the mean negative SI-SDR of :func:`neg_si_sdr`. Auxiliary losses take a ``mask``
+of the examples they apply to (:func:`aux_loss`): the trainer leaves out the silent-target
+examples (no speaker to classify, no target to reconstruct) unless told otherwise.
+
 Example
 -------
 >>> import torch
@@ -31,8 +42,11 @@ import torch.nn.functional as F
 
 from avse.metrics import si_sdr
 
-__all__ = ["neg_si_sdr", "si_sdr_loss_with_intermediate", "AUX_LOSSES", "aux_loss",
-           "register_aux_loss"]
+__all__ = ["neg_si_sdr", "si_sdr_loss_with_intermediate", "extraction_loss", "active_examples",
+           "silent_energy_db", "AUX_LOSSES", "aux_loss", "register_aux_loss"]
+
+SILENT_TARGET_DB = -60.0
+"""An example's target is silent when its power is this far below the mixture's."""
 
 
 def neg_si_sdr(estimate: torch.Tensor, target: torch.Tensor, zero_mean: bool = True,
@@ -103,6 +117,101 @@ def si_sdr_loss_with_intermediate(final: torch.Tensor, intermediate, target: tor
     return loss + alpha * rest
 
 
+def active_examples(target: torch.Tensor, mixture: torch.Tensor,
+                    silent_db: float = SILENT_TARGET_DB) -> torch.Tensor:
+    """Boolean ``[B]``: the examples whose target is not silent (its power above
+    ``silent_db`` relative to the mixture's; a silent mixture counts as silent).
+
+    Example
+    -------
+    >>> import torch
+    >>> mix = torch.ones(3, 100)
+    >>> active_examples(torch.stack([mix[0], 0 * mix[0], 1e-4 * mix[0]]), mix).tolist()
+    [True, False, False]
+    """
+    p_t = target.detach().float().pow(2).mean(-1)
+    p_m = mixture.detach().float().pow(2).mean(-1)
+    return (p_t > p_m * 10.0 ** (silent_db / 10.0)) & (p_t > 0)
+
+
+def silent_energy_db(estimate: torch.Tensor, mixture: torch.Tensor,
+                     floor_db: float = -40.0) -> torch.Tensor:
+    """``10 log10(P_est / P_mix + 10^(floor_db / 10))`` per example ``[B]`` (dB, >= floor_db).
+
+    Example
+    -------
+    >>> import torch
+    >>> mix = torch.ones(2, 100)
+    >>> [round(v, 2) for v in silent_energy_db(torch.stack([0.1 * mix[0], 0 * mix[0]]), mix).tolist()]
+    [-19.96, -40.0]
+    """
+    p_e = estimate.float().pow(2).mean(-1)
+    p_m = mixture.detach().float().pow(2).mean(-1).clamp_min(1e-12)
+    return 10.0 * torch.log10(p_e / p_m + 10.0 ** (floor_db / 10.0))
+
+
+def _per_example(estimate, target, mixture, active, silent, floor_db, weight, **kwargs):
+    """The per-example loss ``[B]`` of :func:`extraction_loss`."""
+    loss = -si_sdr(estimate, target, **kwargs)
+    if silent == "none" or bool(active.all()):
+        return loss
+    energy = weight * silent_energy_db(estimate, mixture, floor_db).to(loss.dtype)
+    return torch.where(active, loss, energy)
+
+
+def extraction_loss(final: torch.Tensor, intermediate, target: torch.Tensor,
+                    mixture: torch.Tensor, alpha: float = 0.0, reduction: str = "sum",
+                    silent: str = "energy", energy_floor_db: float = -40.0,
+                    energy_weight: float = 1.0, active: torch.Tensor | None = None,
+                    **kwargs) -> torch.Tensor:
+    """The training loss of AVSEBrain, defined per example and averaged over the batch.
+
+    Examples whose target speaks: ``-SI-SDR`` (as :func:`si_sdr_loss_with_intermediate`).
+    Examples whose target is silent (:func:`active_examples`, or ``active`` given):
+    ``silent="energy"`` (default) gives ``energy_weight * silent_energy_db(estimate,
+    mixture, energy_floor_db)``; ``silent="none"`` keeps ``-SI-SDR`` for them too (a
+    constant without gradient: what the loss was before silent targets). The intermediate
+    estimates (deep supervision, weight ``alpha``, ``reduction`` over them) get the same
+    per-example loss.
+
+    Parameters
+    ----------
+    final, target, mixture : Tensor ``[B, T]``
+    intermediate : list of Tensor ``[B, T]`` (or ``[K, B, T]``, or None)
+
+    Example
+    -------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> t, i = torch.randn(2, 4000, generator=g), torch.randn(2, 4000, generator=g)
+    >>> est = t + 0.1 * i
+    >>> bool(torch.isclose(extraction_loss(est, [], t, t + i), neg_si_sdr(est, t)))
+    True
+    >>> t[1] = 0                    # a silent target; its output 20 dB below the mixture
+    >>> est = t + 0.1 * i
+    >>> round(float(extraction_loss(est, [], t, t + i)), 1)     # (-20 - 20) / 2
+    -20.0
+    >>> round(float(extraction_loss(est, [], t, t + i, silent="none")), 2)  # (-20 + 80) / 2
+    30.0
+    """
+    if silent not in ("energy", "none"):
+        raise ValueError(f"silent must be 'energy' or 'none', got {silent!r}")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    if active is None:
+        active = active_examples(target, mixture)
+    args = (target, mixture, active.to(final.device), silent, energy_floor_db, energy_weight)
+    loss = _per_example(final, *args, **kwargs).mean()
+    if intermediate is None:
+        return loss
+    if isinstance(intermediate, torch.Tensor):
+        intermediate = list(intermediate.unbind(0))
+    if len(intermediate) == 0 or alpha == 0:
+        return loss
+    terms = torch.stack([_per_example(x, *args, **kwargs).mean() for x in intermediate])
+    return loss + alpha * (terms.sum() if reduction == "sum" else terms.mean())
+
+
 def _si_sdr_aux(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Negative SI-SDR between waveforms ``[B, T]`` (e.g. a predicted noise branch)."""
     return neg_si_sdr(prediction, target)
@@ -122,10 +231,19 @@ def _l1_aux(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(prediction, target.to(prediction.dtype))
 
 
+def _bce_aux(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross entropy of logits against 0/1 targets of the same shape (e.g. the
+    per-frame target activity ``[B, Tv]`` of an activity head)."""
+    n = min(prediction.shape[-1], target.shape[-1])  # frames: a model may round Tv
+    return F.binary_cross_entropy_with_logits(prediction[..., :n].float(),
+                                              target[..., :n].to(torch.float32))
+
+
 AUX_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "si_sdr": _si_sdr_aux,
     "cross_entropy": _cross_entropy_aux,
     "l1": _l1_aux,
+    "bce": _bce_aux,
 }
 
 
@@ -139,11 +257,14 @@ def register_aux_loss(name: str):
     return deco
 
 
-def aux_loss(kind: str, prediction, target: torch.Tensor) -> torch.Tensor:
+def aux_loss(kind: str, prediction, target: torch.Tensor,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
     """Named auxiliary loss: ``AUX_LOSSES[kind](prediction, target)`` as a scalar.
 
     ``prediction`` may be a list/tuple of predictions (e.g. one per block, as MuSE
     classifies the speaker after each of its 4 blocks): their losses are summed.
+    ``mask``: boolean ``[B]``, the examples the loss applies to (the others are left out;
+    none left gives 0 with the graph kept).
 
     Example
     -------
@@ -156,11 +277,21 @@ def aux_loss(kind: str, prediction, target: torch.Tensor) -> torch.Tensor:
     >>> aux_loss("mse", torch.ones(1), torch.ones(1))
     Traceback (most recent call last):
     ...
-    KeyError: "unknown aux loss 'mse'; known: si_sdr, cross_entropy, l1"
+    KeyError: "unknown aux loss 'mse'; known: si_sdr, cross_entropy, l1, bce"
+    >>> float(aux_loss("l1", torch.tensor([[1.0], [5.0]]), torch.zeros(2, 1),
+    ...                mask=torch.tensor([True, False])))
+    1.0
     """
     if kind not in AUX_LOSSES:
         raise KeyError(f"unknown aux loss {kind!r}; known: {', '.join(AUX_LOSSES)}")
     fn = AUX_LOSSES[kind]
+    if mask is not None and not bool(mask.all()):
+        preds = list(prediction) if isinstance(prediction, (list, tuple)) else [prediction]
+        if not bool(mask.any()):
+            return sum(p.sum() for p in preds) * 0.0
+        mask = mask.to(target.device)
+        prediction = [p[mask.to(p.device)] for p in preds]
+        target = target[mask]
     if isinstance(prediction, (list, tuple)):
         if len(prediction) == 0:
             raise ValueError("empty list of predictions")

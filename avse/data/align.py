@@ -112,3 +112,41 @@ def fit_visual_to_audio(visual: np.ndarray, n_samples: int, max_diff_frames: int
     elif diff < 0:
         visual = visual[:need]
     return visual, diff
+
+
+def shift_visual(visual: np.ndarray, offset: int) -> np.ndarray:
+    """Move the visual stream ``offset`` video frames later against the audio (edge-padded).
+
+    Sign convention: a **positive** ``offset`` makes the video **lag** the audio (what is
+    seen at frame ``t`` was said at frame ``t - offset``, ``offset x 40 ms`` earlier); a
+    negative one makes it lead. ``out[t] = visual[clip(t - offset, 0, Tv - 1)]``: the
+    frames that move in at the start (positive) or the end (negative) repeat the first or
+    last frame, so the length, and the alignment to the audio (frame ``t`` spans samples
+    ``[640 t, 640 t + 640)``), stay as they are. ``|offset| >= Tv`` gives all first (or all
+    last) frames.
+
+    Arguments
+    ---------
+    visual : np.ndarray
+        ``[Tv, ...]`` at 25 fps (mouth ROI ``[Tv, 88, 88]`` or embeddings ``[Tv, 512]``).
+    offset : int
+        whole video frames (1 frame = 640 samples = 40 ms).
+
+    Returns
+    -------
+    np.ndarray ``[Tv, ...]``, same dtype; ``visual`` itself when ``offset == 0`` or it is empty.
+
+    Example
+    -------
+    >>> v = np.arange(5)
+    >>> shift_visual(v, 2).tolist(), shift_visual(v, -2).tolist(), shift_visual(v, 9).tolist()
+    ([0, 0, 0, 1, 2], [2, 3, 4, 4, 4], [0, 0, 0, 0, 0])
+    """
+    visual = np.asarray(visual)
+    if int(offset) != offset:
+        raise ValueError(f"offset must be a whole number of video frames, got {offset!r}")
+    offset = int(offset)
+    if offset == 0 or len(visual) == 0:
+        return visual
+    index = np.clip(np.arange(len(visual)) - offset, 0, len(visual) - 1)
+    return visual[index]

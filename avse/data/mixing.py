@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Optional, Union
 import numpy as np
 
 from avse.data.conditions import get_condition
-from avse.data.align import FPS, SAMPLES_PER_FRAME
+from avse.data.align import FPS, SAMPLES_PER_FRAME, shift_visual  # noqa: F401 (re-exported)
 
 SILENCE_POWER = 1e-12
 """Mean power (full scale = 1) at or below which a signal counts as silent (-120 dBFS)."""
@@ -217,44 +217,6 @@ def pad_to(wav: Optional[np.ndarray], visual: np.ndarray, n_frames: int):
     return wav, visual
 
 
-def shift_visual(visual: np.ndarray, offset: int) -> np.ndarray:
-    """Move the visual stream ``offset`` video frames later against the audio (edge-padded).
-
-    Sign convention: a **positive** ``offset`` makes the video **lag** the audio (what is
-    seen at frame ``t`` was said at frame ``t - offset``, ``offset x 40 ms`` earlier); a
-    negative one makes it lead. ``out[t] = visual[clip(t - offset, 0, Tv - 1)]``: the
-    frames that move in at the start (positive) or the end (negative) repeat the first or
-    last frame, so the length, and the alignment to the audio (frame ``t`` spans samples
-    ``[640 t, 640 t + 640)``), stay as they are. ``|offset| >= Tv`` gives all first (or all
-    last) frames.
-
-    Arguments
-    ---------
-    visual : np.ndarray
-        ``[Tv, ...]`` at 25 fps (mouth ROI ``[Tv, 88, 88]`` or embeddings ``[Tv, 512]``).
-    offset : int
-        whole video frames (1 frame = 640 samples = 40 ms).
-
-    Returns
-    -------
-    np.ndarray ``[Tv, ...]``, same dtype; ``visual`` itself when ``offset == 0`` or it is empty.
-
-    Example
-    -------
-    >>> v = np.arange(5)
-    >>> shift_visual(v, 2).tolist(), shift_visual(v, -2).tolist(), shift_visual(v, 9).tolist()
-    ([0, 0, 0, 1, 2], [2, 3, 4, 4, 4], [0, 0, 0, 0, 0])
-    """
-    visual = np.asarray(visual)
-    if int(offset) != offset:
-        raise ValueError(f"offset must be a whole number of video frames, got {offset!r}")
-    offset = int(offset)
-    if offset == 0 or len(visual) == 0:
-        return visual
-    index = np.clip(np.arange(len(visual)) - offset, 0, len(visual) - 1)
-    return visual[index]
-
-
 def peak_normalise(*signals: np.ndarray, joint: bool = True):
     """Divide signals by their peak absolute value; silent signals stay as they are.
 
@@ -344,6 +306,11 @@ class MixtureConfig:
         interferers and whether it gets noise (``noise_source`` then always/never applies),
         replacing ``num_interferers_probs`` and ``noise_prob``. Conditions with noise need a
         ``noise_source``. List mode takes the interferers and noise of each row instead.
+        ``absent`` and ``sparse`` (a silent target, lips at rest) give silent-target
+        training examples, e.g. ``{"2mix": 0.7, "absent": 0.15, "sparse": 0.15}``.
+    sparse_fraction : (float, float)
+        ``sparse`` examples: the target speaks in one span of this fraction of the example
+        (uniform; its start uniform too), silent elsewhere.
 
     Example
     -------
@@ -362,6 +329,7 @@ class MixtureConfig:
     av_shift_frames: int = 0
     av_shift_prob: float = 1.0
     conditions: Optional[dict] = None
+    sparse_fraction: tuple = (0.2, 0.8)
 
     def __post_init__(self):
         if self.crop_seconds is not None and self.crop_frames < 1:
@@ -400,6 +368,11 @@ class MixtureConfig:
                     raise ValueError(f"condition {name!r} adds noise: set noise_source "
                                      "(e.g. avse.data.noise.MusanNoise) or give it probability 0")
             self.conditions = conds
+        lo, hi = (float(x) for x in self.sparse_fraction)
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"sparse_fraction must be (low, high) with 0 < low <= high <= 1, "
+                             f"got {self.sparse_fraction}")
+        self.sparse_fraction = (lo, hi)
         self._noise_iter = None
 
     @property
@@ -414,6 +387,30 @@ class MixtureConfig:
             return max(get_condition(c).num_interferers for c, p in self.conditions.items() if p > 0)
         return max(k for k, p in self.num_interferers_probs.items() if p > 0)
 
+    @property
+    def silent_targets(self) -> bool:
+        """Whether some examples have a silent target (``absent`` / ``sparse`` drawn)."""
+        return self.conditions is not None and any(
+            get_condition(c).silent for c, p in self.conditions.items() if p > 0)
+
+    def sample_condition(self, rng: np.random.Generator):
+        """``(number of interferers, noise, target)`` for one dynamic-mixing example;
+        ``target`` is the drawn condition's (``"present"``, ``"absent"``, ``"sparse"``), and
+        ``"present"`` without ``conditions`` (see :meth:`sample_kind`)."""
+        if self.conditions is None:
+            return self.sample_num_interferers(rng), None, "present"
+        names = list(self.conditions)
+        p = np.array([self.conditions[c] for c in names], np.float64)
+        cond = get_condition(names[int(rng.choice(len(names), p=p / p.sum()))])
+        return cond.num_interferers, cond.noise, cond.target
+
+    def sample_activity(self, target: str, n_frames: int, rng: np.random.Generator):
+        """The target's active span in an example of ``n_frames`` frames (``sparse_fraction``
+        of them for ``sparse``): :func:`avse.data.activity.draw_activity`."""
+        from avse.data.activity import draw_activity
+
+        return draw_activity(target, n_frames, self.sparse_fraction, rng)
+
     def sample_kind(self, rng: np.random.Generator):
         """``(number of interferers, noise)`` for one dynamic-mixing example: from a drawn
         condition (``noise`` True/False) when ``conditions`` is set, else
@@ -425,12 +422,7 @@ class MixtureConfig:
         >>> cfg.sample_kind(np.random.default_rng(0)), cfg.max_interferers
         ((2, False), 2)
         """
-        if self.conditions is None:
-            return self.sample_num_interferers(rng), None
-        names = list(self.conditions)
-        p = np.array([self.conditions[c] for c in names], np.float64)
-        cond = get_condition(names[int(rng.choice(len(names), p=p / p.sum()))])
-        return cond.num_interferers, cond.noise
+        return self.sample_condition(rng)[:2]
 
     def sample_num_interferers(self, rng: np.random.Generator) -> int:
         """Draw how many interfering speakers an example gets."""

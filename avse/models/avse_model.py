@@ -1,4 +1,5 @@
-"""AVSEModel: audio encoder -> separator (with fusion inside) -> masks -> decoder."""
+"""AVSEModel: audio encoder -> separator (with fusion inside) -> masks -> decoder; optionally
+an activity head (does the target speak in each video frame?)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from avse.models.base import ModelOutput, build_slot
+from avse.models.activity import ActivityHead
 
 
 class AVSEModel(nn.Module):
@@ -24,6 +26,11 @@ class AVSEModel(nn.Module):
     decoder : spec, optional
         default: the decoder registered under the audio encoder's short name, built with
         the encoder's ``decoder_kwargs()``.
+    activity_head : dict or bool, optional
+        ``{"hidden": 64, ...}`` (:class:`~avse.models.activity.ActivityHead` options; True:
+        the defaults): a per-frame estimate of whether the target speaks, returned as logits
+        ``aux["activity"] [B, Tv]`` (trained with the ``bce`` aux loss against the batch's
+        ``activity``; ``avse-extract --gate`` uses it). None (default): no head.
 
     Example
     -------
@@ -36,10 +43,14 @@ class AVSEModel(nn.Module):
     torch.Size([2, 6400])
     """
 
-    def __init__(self, audio_encoder, visual_encoder, separator, fusion="concat", decoder=None):
+    def __init__(self, audio_encoder, visual_encoder, separator, fusion="concat", decoder=None,
+                 activity_head=None):
         super().__init__()
         specs = {"audio_encoder": audio_encoder, "visual_encoder": visual_encoder,
                  "separator": separator, "fusion": fusion, "decoder": decoder}
+        if activity_head not in (None, False):
+            activity_head = {} if activity_head is True else dict(activity_head)
+            specs["activity_head"] = activity_head
         try:  # plain-data specs are kept so the model can be exported and rebuilt (models.io)
             self.config = json.loads(json.dumps(specs))
         except TypeError:  # built modules or classes: not serialisable
@@ -52,6 +63,16 @@ class AVSEModel(nn.Module):
             decoder = {"type": getattr(self.audio_encoder, "registry_name", None),
                        **self.audio_encoder.decoder_kwargs()}
         self.decoder = build_slot("decoder", decoder)
+        self.activity_head = None
+        if "activity_head" in specs:
+            self.activity_head = ActivityHead(audio_dim=self.audio_encoder.out_dim,
+                                              visual_dim=self.visual_encoder.out_dim,
+                                              **specs["activity_head"])
+
+    @property
+    def has_activity_head(self) -> bool:
+        """Whether the model estimates the target's activity (``aux["activity"]``)."""
+        return self.activity_head is not None
 
     @property
     def visual_input(self) -> str:
@@ -80,6 +101,10 @@ class AVSEModel(nn.Module):
         if return_intermediate:
             intermediate = [self._decode(feats, m, length) for m in sep.masks[:-1]]
         aux = dict(sep.aux)
+        if self.activity_head is not None:
+            est_feats = feats * sep.masks[-1] if self.separator.output_type == "mask" \
+                else sep.masks[-1]
+            aux["activity"] = self.activity_head(mixture, estimate, feats, est_feats, vfeats)
         for name, masks in sep.aux_masks.items():
             aux[name] = self._decode(feats, masks[-1], length)
             if return_intermediate and len(masks) > 1:

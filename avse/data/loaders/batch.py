@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, fields
+from typing import Optional
 
 import numpy as np
 import soundfile as sf
 import torch
 
+from avse.data.activity import rest_frames, silence_target
 from avse.data.align import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from avse.data.mixing import (MixtureConfig, crop_start, fit_length, mix_sources, pad_to,
                               random_crop, shift_visual)
@@ -46,6 +48,10 @@ class AVBatch:
         the interfering utterances of each example.
     visual_keys : list of str
         whose lips ``visual`` shows (the target, or another utterance when mismatched).
+    activity : torch.Tensor or None
+        float32 ``[B, Tv]``: 1 in the video frames where the target speaks, 0 where it is
+        silent (conditions ``absent`` / ``sparse``, :mod:`avse.data.activity`) and in
+        padding; ordinary examples are all ones over their length.
     """
 
     mixture: torch.Tensor
@@ -58,6 +64,7 @@ class AVBatch:
     snr: torch.Tensor
     interferer_keys: list
     visual_keys: list
+    activity: Optional[torch.Tensor] = None
 
     def __len__(self):
         return len(self.keys)
@@ -102,17 +109,33 @@ def collate_examples(examples) -> AVBatch:
         speaker=torch.tensor([e["speaker"] for e in examples], dtype=torch.int64),
         snr=torch.from_numpy(snr),
         interferer_keys=[tuple(e["interferer_keys"]) for e in examples],
-        visual_keys=[e["lips_key"] for e in examples])
+        visual_keys=[e["lips_key"] for e in examples],
+        activity=torch.from_numpy(np.stack([
+            fit_length(_activity(e), n_max) for e in examples]).astype(np.float32)))
+
+
+def _activity(example) -> np.ndarray:
+    """An example's per-frame activity (examples made elsewhere may lack it: all ones)."""
+    act = example.get("activity")
+    return np.ones(example["n_frames"], np.float32) if act is None else np.asarray(act, np.float32)
 
 
 def finish_example(config: MixtureConfig, key, speaker, wav_t, visual, interferers, snrs,
-                    rng, inter_keys, lips_key, crop=False, row_noise=(), noise=None):
+                   rng, inter_keys, lips_key, crop=False, row_noise=(), noise=None,
+                   activity=None, rest=None):
     """Mix one example: ``wav_t [640 n]``, ``visual [n, ...]``, interferer wavs of any length.
 
     ``row_noise``: ``(wav [640 n], snr)`` pairs of a list row; they replace the config's
     noise. Without interferers (and row noise) the config's noise is forced. ``noise``
     (a drawn condition's): True forces the config's noise, False leaves it out, None lets
     ``noise_prob`` decide.
+
+    ``activity``: None (the target speaks throughout) or ``(kind, start, stop)`` with kind
+    ``"absent"`` / ``"sparse"``, frames counted from ``visual``'s first frame (before any
+    crop): the target, mixed at its full level, is silenced outside ``[start, stop)`` and its
+    lips there replaced by its lips at rest, ``rest [k, ...]`` (default: found in ``wav_t`` /
+    ``visual`` by :func:`avse.data.activity.rest_frames`). The example's ``"activity"`` is
+    the per-frame ``[n]`` float32 (1: the target speaks).
     """
     n = len(visual)
     inter = [fit_length(w, len(wav_t), rng if crop else None) for w in interferers]
@@ -124,12 +147,23 @@ def finish_example(config: MixtureConfig, key, speaker, wav_t, visual, interfere
     mixture, target, interference = mix_sources(
         wav_t, inter + [w for w, _ in row_noise], list(snrs) + [s for _, s in row_noise],
         noise, noise_snr)
+    act, silent_kind = np.ones(n, np.float32), "present"
+    if activity is not None:
+        silent_kind, a, b = activity
+        if silent_kind not in ("absent", "sparse"):
+            raise ValueError(f"{key}: activity kind must be 'absent' or 'sparse', got "
+                             f"{silent_kind!r}")
+        if rest is None:
+            rest = rest_frames(wav_t, visual)
+        a, b = (0, 0) if silent_kind == "absent" else (a, b)
+        target, mixture, visual, act = silence_target(target, interference, visual, rest, a, b)
     pad_frames = n
     if crop and config.crop_frames is not None:
         start = crop_start(n, config.crop_frames, rng)
         parts = [random_crop(x, visual, config.crop_frames, rng, start)
                  for x in (mixture, target, interference)]
         (mixture, visual), (target, _), (interference, _) = parts
+        act = act[start:start + config.crop_frames]
         n, pad_frames = len(visual), config.crop_frames
     mixture, target, interference = config.normalise_signals(mixture, target, interference)
     av_shift = config.sample_av_shift(rng) if crop else 0  # training only; drawn last
@@ -137,7 +171,7 @@ def finish_example(config: MixtureConfig, key, speaker, wav_t, visual, interfere
     return {"mixture": mixture, "target": target, "interference": interference, "visual": visual,
             "n_frames": n, "pad_frames": pad_frames, "key": key, "speaker": speaker,
             "snrs": list(snrs), "interferer_keys": list(inter_keys), "lips_key": lips_key,
-            "av_shift": av_shift}
+            "av_shift": av_shift, "activity": act, "silent_kind": silent_kind}
 
 
 def decode_utterance(key: str, flac: bytes, visual: bytes | None = None,

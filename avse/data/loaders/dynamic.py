@@ -11,8 +11,12 @@ Per DDP rank and DataLoader worker, a ``wds.DataPipeline`` of these stages::
       -> map: decode a random aligned crop (crop_seconds, starting on a video frame)
       -> mix: shuffle buffer of ``shuffle_buffer`` utterances; target = a random buffer
          item; 1 or 2 interferers = buffer items of OTHER speakers, at SNRs relative to
-         the target -> (noise) -> peak normalise -> (lips moved by a random offset,
-         ``MixtureConfig.av_shift_frames``)
+         the target -> (noise) -> (a silent target: conditions absent / sparse) -> peak
+         normalise -> (lips moved by a random offset, ``MixtureConfig.av_shift_frames``)
+
+With silent-target conditions the decode stage reads the whole utterance (not only the
+crop) and keeps its lips at rest (:func:`avse.data.activity.rest_frames`, at most 25
+frames, from its longest pause), which stand for the target's face while it is silent.
       -> wds.batched -> AVBatch; ``with_epoch``: this worker's share of ``epoch_steps``
 
 The SNR holds on the cropped span the model sees. An example gets fewer interferers
@@ -54,8 +58,9 @@ import numpy as np
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from avse.data.activity import rest_frames
 from avse.data.loaders.batch import collate_examples, decode_utterance, finish_example
-from avse.data.mixing import MixtureConfig
+from avse.data.mixing import MixtureConfig, random_crop
 from avse.data.partition import (check_shard_split, dist_info, node_splitter, split_shards,
                                  worker_splitter)
 from avse.data.remote import resolve_split, tar_samples
@@ -117,10 +122,18 @@ class DynamicMixDataset(IterableDataset):
         key = raw["__key__"]
         if "flac" not in raw or self.visual_field not in raw:
             raise ShardError(f"{raw.get('__url__')}: sample {key} lacks flac or {self.visual_field}")
-        wav, vis = decode_utterance(key, raw["flac"], raw[self.visual_field],
-                                    self.config.crop_frames, rng)
+        rest = None
+        if self.config.silent_targets:  # lips at rest from the whole utterance's pauses
+            wav, vis = decode_utterance(key, raw["flac"], raw[self.visual_field])
+            rest = rest_frames(wav, vis)
+            if self.config.crop_frames is not None:
+                wav, vis = random_crop(wav, vis, self.config.crop_frames, rng)
+        else:
+            wav, vis = decode_utterance(key, raw["flac"], raw[self.visual_field],
+                                        self.config.crop_frames, rng)
         spk = json.loads(raw["json"]).get("spk") if "json" in raw else None
-        return {"key": key, "spk": spk or key.split("/")[0], "wav": wav, "visual": vis}
+        return {"key": key, "spk": spk or key.split("/")[0], "wav": wav, "visual": vis,
+                "rest": rest}
 
     @staticmethod
     def _pick(buf, spk, n, rng):
@@ -142,7 +155,7 @@ class DynamicMixDataset(IterableDataset):
             i = int(rng.integers(len(buf)))
             buf[i], buf[-1] = buf[-1], buf[i]
             tgt = buf.pop()
-            k, noise = cfg.sample_kind(rng)  # 0: target + noise (the config has noise)
+            k, noise, target = cfg.sample_condition(rng)  # k = 0: target + noise
             chosen = self._pick(buf, tgt["spk"], k, rng)
             while k and not chosen and len(buf) < cap:  # only the target's speaker: read on
                 buf.append(next(src))
@@ -154,7 +167,8 @@ class DynamicMixDataset(IterableDataset):
             yield finish_example(
                 cfg, tgt["key"], self.labels.get(tgt["spk"], -1), tgt["wav"], tgt["visual"],
                 [u["wav"] for u in chosen], cfg.sample_snrs(len(chosen), rng), rng,
-                [u["key"] for u in chosen], tgt["key"], crop=True, noise=noise)
+                [u["key"] for u in chosen], tgt["key"], crop=True, noise=noise,
+                activity=cfg.sample_activity(target, len(tgt["visual"]), rng), rest=tgt["rest"])
 
     def samples(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
         """The endless raw samples (``__key__``, ``__url__``, bytes per field) that one
