@@ -215,8 +215,11 @@ class AVSEBrain(sb.core.Brain):
             if not self._validates(epoch) and hasattr(self.valid_loader, "skip_batches"):
                 self.valid_loader.skip_batches(len(self.valid_loader))  # an empty pass
         elif stage == sb.Stage.TEST:
-            if getattr(self, "scorer", None) is None:  # one per Brain: one missing-package line
-                self.scorer = Scorer(getattr(self.hparams, "eval_metrics", None) or DEFAULT_METRICS)
+            metrics = tuple(getattr(self.hparams, "eval_metrics", None) or DEFAULT_METRICS)
+            if getattr(self, "eval_silent", False) and "silent_energy" not in metrics:
+                metrics += ("silent_energy",)  # rows with a silent target: their output energy
+            if getattr(self, "scorer", None) is None or self.scorer.metrics != metrics:
+                self.scorer = Scorer(metrics)  # one per Brain: one missing-package line
             self.test_tracker = MetricTracker(metrics=self.scorer.metrics)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
@@ -324,10 +327,15 @@ class AVSEBrain(sb.core.Brain):
     def evaluate_to(self, test_set, out_dir: str, name: str = "test", max_key="si_sdr"):
         """Evaluate the best checkpoint (by ``max_key``) on ``test_set``.
 
+        A list whose rows have a silent target (``absent`` / ``sparse``) is scored with
+        ``silent_energy`` too; SI-SDR and the others then cover the target's active part.
+
         Writes ``out_dir/<name>.csv`` (per utterance) and ``<name>.json`` (mean, std, count
         per metric); returns the summary dict.
         """
         self.eval_dir, self.eval_name = out_dir, name
+        rows = getattr(getattr(test_set, "dataset", None), "rows", None) or []
+        self.eval_silent = any(getattr(m, "activity", None) for m in rows)
         self.evaluate(test_set, max_key=max_key if self.checkpointer is not None else None)
         return self.test_summary
 

@@ -100,7 +100,7 @@ def rest_frames(wav: np.ndarray, visual: np.ndarray, max_frames: int = 25,
         if silent.any():
             start, length = _longest_run(silent)
             return visual[start:start + min(length, max_frames)]
-    power = np.convolve(frame_power(wav, n), np.ones(5) / 5.0, mode="same")
+    power = np.convolve(np.pad(frame_power(wav, n), 2, mode="edge"), np.ones(5) / 5.0, "valid")
     k = int(np.argmin(power))
     return visual[k:k + 1]
 

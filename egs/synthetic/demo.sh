@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The AVSE demo on the built-in synthetic talking-face corpus (CPU, about 20 minutes):
 #   1. synthetic corpus (VoxCeleb2 layout)  2. VoxCeleb2 recipe -> shards + VoxMix lists
-#   3. train a small audio-visual TCN       4. evaluate with true and mismatched lips, report
-#   5. synthetic MUSAN -> noise shards; the five named conditions in one table; AV-sync sweep
-#   6. avse-extract on a two-face video made from a real photo: one wav + one mp4 per face
+#   3. train a small audio-visual TCN (30 % of its examples with a silent target) + activity head
+#   4. synthetic MUSAN -> noise shards; the seven named conditions (absent and sparse: the target
+#      silent) in one table; evaluate with true and mismatched lips, report; AV-sync sweep
+#   5. avse-extract --gate on a two-face video made from a real photo: one wav + one mp4 per face,
+#      each face's speaking time in faces.json
 set -euo pipefail
 data_dir=data/synthetic exp_dir=exp/demo speakers=100 clips=8 nj=2 seed=1234
 while [ $# -gt 0 ]; do
@@ -20,7 +22,6 @@ bash "$here/../../recipes/VoxCeleb2/run.sh" --corpus_dir "$data_dir/corpus" \
   --mixtures train:2000,val:100,test:150 --seed "$seed"
 python "$here/train.py" "$here/hparams/demo.yaml" --data_folder "$data_dir/prepared" \
   --output_folder "$exp_dir/train" --device cpu
-python "$here/report.py" --exp_dir "$exp_dir/train" --data_folder "$data_dir/prepared" --out_dir "$exp_dir"
 [ -f "$data_dir/musan_corpus/.complete" ] || { python "$here/../../tools/make_synthetic_corpus.py" \
   --layout musan --out "$data_dir/musan_corpus" --clips 24 --seed "$seed" --nj "$nj" &&
   touch "$data_dir/musan_corpus/.complete"; }
@@ -31,6 +32,8 @@ python -m avse.evaluation.conditions lists --shards "$data_dir/prepared/shards/t
 python -m avse.evaluation.conditions evaluate --model "$exp_dir/train" \
   --shards "$data_dir/prepared/shards/test" --noise_shards "$data_dir/musan/shards/test" \
   --lists_dir "$data_dir/prepared/lists" --metrics si_sdr,si_sdri,sdr,sdri --out_dir "$exp_dir/conditions"
+python "$here/report.py" --exp_dir "$exp_dir/train" --data_folder "$data_dir/prepared" --out_dir "$exp_dir"
 python "$here/../../tools/eval_sync.py" --model "$exp_dir/train" --out_dir "$exp_dir/sync" --noprogressbar
 python "$here/../../tools/make_scene_video.py" --out "$exp_dir/video/two_faces.mp4" --truth_dir "$exp_dir/video/truth"
-avse-extract --model "$exp_dir/train" --video "$exp_dir/video/two_faces.mp4" --out_dir "$exp_dir/video/out" --noprogressbar
+avse-extract --model "$exp_dir/train" --video "$exp_dir/video/two_faces.mp4" --out_dir "$exp_dir/video/out" \
+  --gate --noprogressbar

@@ -243,3 +243,40 @@ def test_validation_every_n_epochs_and_best_checkpoint(tiny_data, tmp_path):
     ckpts = glob.glob(str(tmp_path / "exp" / "save" / "CKPT+*" / "CKPT.yaml"))
     metas = [open(c).read() for c in ckpts]
     assert 1 <= len(ckpts) <= 2 and any("si_sdr" in m for m in metas)
+
+
+def test_silent_targets_train_validate_and_test(tiny_data, tmp_path):
+    """The demo yaml (absent / sparse examples, activity head): a validation list with absent
+    rows reports their output energy beside the SI-SDR of the others, and a test list of
+    absent rows writes null SI-SDR and a finite silent_energy (never nan/inf)."""
+    from dataclasses import replace
+
+    from avse.data.loaders import make_list_loader
+    from avse.experiment import make_loaders
+
+    rows = lists.read_list(os.path.join(tiny_data["lips"], "lists", "voxmix_2mix.csv"))
+    val = [r for r in rows if r.set == "val"]
+    absent = [replace(r, activity=("absent", 0, 0)) for r in val]
+    val_path = str(tmp_path / "val_absent.csv")
+    lists.write_list(val + absent, val_path)
+    out = tmp_path / "exp"
+    overrides = {"data_folder": tiny_data["lips"], "output_folder": str(out),
+                 "number_of_epochs": 1, "epoch_steps": 3, "batch_size": 4, "num_workers": 0,
+                 "crop_seconds": 1.0, "valid_list": val_path, "p_2mix": 0.4, "p_absent": 0.3,
+                 "p_sparse": 0.3}
+    brain, hp = _brain(DEMO_YAML, overrides)
+    assert hp["modules"]["model"].has_activity_head
+    train, valid = make_loaders(hp)
+    brain.fit(hp["epoch_counter"], train, valid)
+    stats = brain.last_valid_stats
+    assert np.isfinite(stats["si_sdr"]) and np.isfinite(stats["silent_energy"])
+    assert "silent_energy" in (out / "train_log.txt").read_text()
+    loader = make_list_loader(os.path.join(tiny_data["lips"], "shards", "val"), absent,
+                              stage="test", set_name="val")
+    summary = brain.evaluate_to(loader, str(out / "eval"), "absent")
+    assert summary["si_sdr"]["count"] == 0 and summary["silent_energy"]["count"] == len(absent)
+    assert np.isfinite(summary["silent_energy"]["mean"])
+    for name in ("absent.csv", "absent.json"):
+        text = (out / "eval" / name).read_text().lower()
+        assert "nan" not in text and "inf" not in text
+    assert json.loads((out / "eval" / "absent.json").read_text())["summary"]["si_sdr"]["mean"] is None
