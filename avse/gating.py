@@ -238,3 +238,35 @@ def format_speaking(summary: dict | None, max_spans: int = 8) -> str:
     shown = ", ".join(f"{a:.2f}-{b:.2f}" for a, b in sp[:max_spans])
     more = f", ... ({len(sp) - max_spans} more)" if len(sp) > max_spans else ""
     return f"{head} in {len(sp)} span(s): {shown}{more}"
+
+
+class GatedModel:
+    """``model`` (an AVSEModel with an activity head) whose estimate is gated by its own
+    activity estimate, as ``avse-extract --gate`` does: for evaluating gating on lists
+    (``python -m avse.evaluation.conditions evaluate --gate``). Called like the model,
+    ``GatedModel(model)(mixture [B, T], visual).estimate``; each example is gated over the
+    whole batch length (evaluate with ``batch_size=1`` for exact lengths).
+    """
+
+    def __init__(self, model, gate: Gate | None = None, where: str = "the model"):
+        if not getattr(model, "has_activity_head", False):
+            raise ValueError(f"{where} {NO_HEAD}")
+        self.model, self.gate = model, gate or Gate()
+
+    def to(self, device):
+        self.model = self.model.to(device)
+        return self
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def __call__(self, mixture, visual, **kwargs):
+        import dataclasses
+
+        import torch
+
+        out = self.model(mixture, visual, **kwargs)
+        prob = sigmoid(out.aux["activity"].detach().float().cpu().numpy())
+        gain = torch.from_numpy(self.gate.gain(prob, out.estimate.shape[-1]))
+        return dataclasses.replace(out, estimate=out.estimate * gain.to(out.estimate))

@@ -121,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     ep.add_argument("--max_mixtures", type=int, default=None)
     ep.add_argument("--out_dir", help="default <model>/eval/conditions")
     ep.add_argument("--device", default="cpu")
+    ep.add_argument("--gate", action="store_true", help="gate the estimates with the model's "
+                    "activity head, as avse-extract --gate does (avse.gating)")
+    ep.add_argument("--gate_threshold", type=float, default=0.5)
+    ep.add_argument("--gate_db", type=float, default=30.0, help="attenuation of silent frames")
     return p
 
 
@@ -148,8 +152,15 @@ def main(argv=None) -> int:
         if missing:
             raise ValueError(f"missing condition list(s): {', '.join(missing)} (write them with "
                              f"{PROG} lists)")
-        out_dir = args.out_dir or os.path.join(args.model, "eval", "conditions")
-        results = evaluate_conditions(load_model(args.model), args.shards, lists,
+        out_dir = args.out_dir or os.path.join(
+            args.model, "eval", "conditions_gated" if args.gate else "conditions")
+        model = load_model(args.model)
+        if args.gate:
+            from avse.gating import Gate, GatedModel
+
+            model = GatedModel(model, Gate(args.gate_threshold, args.gate_db),
+                               where=f"model {args.model}")
+        results = evaluate_conditions(model, args.shards, lists,
                                       args.noise_shards, metrics, args.max_mixtures, out_dir,
                                       device=args.device)
         print(format_table(means_rows(results, metrics)))

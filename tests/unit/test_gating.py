@@ -107,3 +107,33 @@ def test_helpers_and_bad_options():
                        (dict(after=-1), "before/after"), (dict(ramp_ms=50), "ramp")]:
         with pytest.raises(ValueError, match=match):
             Gate(**bad)
+
+
+def test_gated_model_gates_like_the_extractor_and_needs_a_head():
+    """GatedModel (conditions evaluate --gate) multiplies the estimate by the gate's gain from
+    the model's own activity logits."""
+    import torch
+
+    from avse.gating import Gate, GatedModel
+    from tests.unit.test_inference import _head_model, _loud_quiet
+
+    model = _head_model()
+    mix, lips = _loud_quiet([(True, 20), (False, 30), (True, 20)])
+    mixture, visual = torch.from_numpy(mix)[None], torch.from_numpy(lips)[None]
+    with torch.no_grad():
+        plain = model(mixture, visual)
+        gated = GatedModel(model, Gate(attenuation_db=20.0)).eval()(mixture, visual)
+    prob = 1 / (1 + np.exp(-plain.aux["activity"].numpy()))
+    expected = plain.estimate[0].numpy() * Gate(attenuation_db=20.0).gain(prob[0], mix.size)
+    np.testing.assert_allclose(gated.estimate[0].numpy(), expected, rtol=1e-6, atol=1e-7)
+    quiet = slice(30 * 640, 40 * 640)  # inside the silent stretch, past the hangover
+    ratio = gated.estimate[0, quiet].abs().sum() / plain.estimate[0, quiet].abs().sum()
+    assert float(ratio) == pytest.approx(0.1, rel=1e-4)
+    from avse.models import AVSEModel
+
+    no_head = AVSEModel({"type": "conv", "out_channels": 8, "kernel_size": 16},
+                        {"type": "cnn", "out_dim": 8},
+                        {"type": "tcn", "bottleneck": 8, "hidden": 16, "num_blocks": 1,
+                         "num_repeats": 1})
+    with pytest.raises(ValueError, match="model exp/x has no activity head"):
+        GatedModel(no_head, where="model exp/x")
