@@ -125,9 +125,9 @@ class DynamicMixDataset(IterableDataset):
         rest = None
         if self.config.silent_targets:  # lips at rest from the whole utterance's pauses
             wav, vis = decode_utterance(key, raw["flac"], raw[self.visual_field])
-            rest = rest_frames(wav, vis)
+            rest = rest_frames(wav, vis).copy()  # copies: the buffer keeps crops only
             if self.config.crop_frames is not None:
-                wav, vis = random_crop(wav, vis, self.config.crop_frames, rng)
+                wav, vis = (x.copy() for x in random_crop(wav, vis, self.config.crop_frames, rng))
         else:
             wav, vis = decode_utterance(key, raw["flac"], raw[self.visual_field],
                                         self.config.crop_frames, rng)
