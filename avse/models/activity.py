@@ -10,7 +10,7 @@ speaks, 0 where it is silent in the ``absent`` / ``sparse`` conditions).
 
 By default (``detach=True``) its inputs are detached: the head learns from the separator's
 features but never changes them, so adding it leaves extraction as it was. It is a few
-thousand parameters (hidden 64: about 40 k with the demo model's 64-d features).
+thousand parameters (hidden 64: about 75 k with the demo model's 64-d features).
 
 Example
 -------
