@@ -53,6 +53,8 @@ import speechbrain as sb
 import torch
 
 from avse import losses
+from avse.checkpoints import RunState, upgrade
+from avse.faults import fault_point
 from avse.evaluation import DEFAULT_METRICS, MetricTracker, Scorer, batch_field, batch_to
 from avse.metrics import si_sdr
 
@@ -61,6 +63,15 @@ logger = logging.getLogger(__name__)
 
 class AVSEBrain(sb.core.Brain):
     """Train and evaluate an :class:`~avse.models.AVSEModel` held in ``modules["model"]``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_state = RunState()  # random generators + fault counters, per checkpoint
+        self.nonfinite_in_a_row = 0
+        self._step_finite = True
+        if self.checkpointer is not None:
+            upgrade(self.checkpointer)  # complete-or-invisible saves (avse.checkpoints)
+            self.checkpointer.add_recoverable("run_state", self.run_state, optional_load=True)
 
     def fit(self, epoch_counter, train_set, valid_set=None, **kwargs):
         """SpeechBrain's ``fit``, keeping the loaders for the stage hooks: at the start of each
@@ -133,6 +144,47 @@ class AVSEBrain(sb.core.Brain):
         logger.info("epoch %d: the visual front-end is unfrozen (unfreeze_frontend_after: %d)",
                     epoch, after)
 
+    # ------------------------------------------------------------------ non-finite steps
+    def check_loss_isfinite(self, loss):
+        """Note a non-finite loss; the step is skipped in :meth:`optimizers_step` (SpeechBrain
+        would count it and step anyway)."""
+        self._step_finite = self._step_finite and bool(torch.isfinite(loss))
+
+    def optimizers_step(self):
+        """SpeechBrain's step, unless the loss or a gradient of this step is NaN/inf on any
+        rank: then the gradients are dropped, the step skipped and counted with a warning, and
+        more than ``--nonfinite_patience`` (3) in a row stop the run with a clear error. With
+        fp16's GradScaler (which skips such steps itself and lowers its scale) SpeechBrain's
+        step runs as it is."""
+        finite, self._step_finite = self._step_finite, True
+        if self.scaler.is_enabled():
+            return super().optimizers_step()
+        grads = [p.grad for p in self.modules.parameters() if p.grad is not None]
+        if grads:
+            finite = finite and bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        flag = torch.tensor([0.0 if finite else 1.0])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flag)  # every rank skips together
+        if float(flag) == 0.0:
+            self.nonfinite_in_a_row = 0
+            return super().optimizers_step()
+        self.zero_grad(set_to_none=True)
+        self.nonfinite_in_a_row += 1
+        counters = self.run_state.counters
+        counters["nonfinite_skipped"] = counters.get("nonfinite_skipped", 0) + 1
+        self._epoch_nonfinite = getattr(self, "_epoch_nonfinite", 0) + 1
+        logger.warning("optimiser step %d: non-finite loss or gradient; the step is skipped (%d "
+                       "in a row, %d in this run)", self.optimizer_step + 1,
+                       self.nonfinite_in_a_row, counters["nonfinite_skipped"])
+        if self.nonfinite_in_a_row > self.nonfinite_patience:
+            raise NonFiniteError(
+                f"training stopped: {self.nonfinite_in_a_row} optimiser steps in a row had a "
+                f"non-finite loss or gradient (--nonfinite_patience={self.nonfinite_patience}) "
+                f"after optimiser step {self.optimizer_step}. The last complete checkpoint in "
+                f"{getattr(self.checkpointer, 'checkpoints_dir', '(none)')} is unaffected: lower "
+                "the learning rate, set max_grad_norm, or check the data, then run the same "
+                "command to resume")
+
     # ------------------------------------------------------------------ forward / loss
     def compute_forward(self, batch, stage):
         batch = batch_to(batch, self.device)
@@ -167,6 +219,8 @@ class AVSEBrain(sb.core.Brain):
         if stage == sb.Stage.TRAIN:  # auxiliary heads (e.g. speaker classifiers) train only
             for name, spec in (getattr(hp, "aux_losses", None) or {}).items():
                 loss = loss + self._aux_loss(name, spec, output, batch, active)
+            if fault_point("loss", index=self.optimizer_step + 1) == "nan":  # tests only
+                loss = loss * float("nan")
         if stage != sb.Stage.TRAIN:
             self._track(output.estimate.detach().float(), batch, stage, active)  # bf16/fp16 too
         return loss
@@ -204,6 +258,7 @@ class AVSEBrain(sb.core.Brain):
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
             self._trace = {}
+            self._epoch_nonfinite = 0
             self._maybe_unfreeze_frontend(epoch)
             loader = getattr(self, "train_loader", None)
             if hasattr(loader, "set_epoch") and epoch is not None:
@@ -226,10 +281,12 @@ class AVSEBrain(sb.core.Brain):
         if stage == sb.Stage.TRAIN:
             self._write_trace(epoch)
             self.train_loss = stage_loss
+            self.train_faults = self._epoch_faults()
             self.epoch_lr = self.optimizer.param_groups[0]["lr"]
             self._step_scheduler(epoch)
             if not self._validates(epoch):  # else the validation end logs and checkpoints
-                self._log({"epoch": epoch, "lr": self.epoch_lr}, {"loss": stage_loss}, None)
+                self._log({"epoch": epoch, "lr": self.epoch_lr},
+                          {"loss": stage_loss, **self.train_faults}, None)
                 if self.checkpointer is not None:
                     self.checkpointer.save_and_keep_only(
                         meta={"epoch": epoch}, importance_keys=[self.checkpoint_importance],
@@ -243,7 +300,8 @@ class AVSEBrain(sb.core.Brain):
             if isinstance(plateau, sb.nnet.schedulers.ReduceLROnPlateau):
                 _, new_lr = plateau([self.optimizer], epoch, stats["loss"])
                 sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
-            self._log({"epoch": epoch, "lr": self.epoch_lr}, {"loss": self.train_loss}, stats)
+            self._log({"epoch": epoch, "lr": self.epoch_lr},
+                      {"loss": self.train_loss, **getattr(self, "train_faults", {})}, stats)
             if self.checkpointer is not None:
                 self.checkpointer.save_and_keep_only(
                     meta={"epoch": epoch, **stats}, importance_keys=[self.checkpoint_importance],
@@ -260,6 +318,26 @@ class AVSEBrain(sb.core.Brain):
             self.test_tracker.write_csv(os.path.join(out_dir, f"{name}.csv"))
             self.test_tracker.write_json(os.path.join(out_dir, f"{name}.json"))
             logger.info("%s:\n%s", name, self.test_tracker.table())
+
+    def _epoch_faults(self) -> dict:
+        """This epoch's skipped steps (non-finite) and skipped samples (the training loader's
+        ``faults``), summed over ranks; only the non-zero ones (they go in the train log)."""
+        faults = getattr(getattr(self, "train_loader", None), "faults", None) or {}
+        skipped = int(faults.get("skipped", 0)) if isinstance(faults, dict) else 0
+        new = max(skipped - getattr(self, "_samples_skipped_seen", 0), 0)  # count since start
+        self._samples_skipped_seen = skipped
+        counts = torch.tensor([float(getattr(self, "_epoch_nonfinite", 0)), float(new)],
+                              dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+        out = {}
+        if counts[0] > 0:
+            out["skipped_steps"] = int(counts[0])
+        if counts[1] > 0:
+            out["skipped_samples"] = int(counts[1])
+            total = self.run_state.counters.get("samples_skipped", 0) + int(counts[1])
+            self.run_state.counters["samples_skipped"] = total
+        return out
 
     def _reduce_valid_stats(self, stage_loss) -> dict:
         """Mean loss, SI-SDR and SI-SDRi (rows whose target speaks) and ``silent_energy`` (rows
@@ -282,7 +360,14 @@ class AVSEBrain(sb.core.Brain):
             stats["silent_energy"] = float(sums[4]) / float(sums[5])
         return stats
 
+    def evaluate_batch(self, batch, stage):
+        if stage == sb.Stage.VALID:
+            fault_point("valid_batch")
+        return super().evaluate_batch(batch, stage)
+
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if should_step:
+            fault_point("train_step", index=self.optimizer_step)
         if getattr(self.hparams, "trace_dir", None):
             self._trace.setdefault("keys", []).extend(batch_field(batch, "keys"))
             self._trace["steps"] = self._trace.get("steps", 0) + 1
@@ -338,6 +423,10 @@ class AVSEBrain(sb.core.Brain):
         self.eval_silent = any(getattr(m, "activity", None) for m in rows)
         self.evaluate(test_set, max_key=max_key if self.checkpointer is not None else None)
         return self.test_summary
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimiser steps in a row had a non-finite loss or gradient."""
 
 
 def _unfreeze_after(hparams):
