@@ -173,8 +173,8 @@ class AVSEBrain(sb.core.Brain):
         counters = self.run_state.counters
         counters["nonfinite_skipped"] = counters.get("nonfinite_skipped", 0) + 1
         self._epoch_nonfinite = getattr(self, "_epoch_nonfinite", 0) + 1
-        logger.warning("optimiser step %d: non-finite loss or gradient; the step is skipped (%d "
-                       "in a row, %d in this run)", self.optimizer_step + 1,
+        logger.warning("training step %d: non-finite loss or gradient; the step is skipped (%d "
+                       "in a row, %d in this run)", self.attempted_steps,
                        self.nonfinite_in_a_row, counters["nonfinite_skipped"])
         if self.nonfinite_in_a_row > self.nonfinite_patience:
             raise NonFiniteError(
@@ -184,6 +184,11 @@ class AVSEBrain(sb.core.Brain):
                 f"{getattr(self.checkpointer, 'checkpoints_dir', '(none)')} is unaffected: lower "
                 "the learning rate, set max_grad_norm, or check the data, then run the same "
                 "command to resume")
+
+    @property
+    def attempted_steps(self) -> int:
+        """Optimiser steps taken plus those skipped as non-finite (survives a resume)."""
+        return self.optimizer_step + int(self.run_state.counters.get("nonfinite_skipped", 0))
 
     # ------------------------------------------------------------------ forward / loss
     def compute_forward(self, batch, stage):
@@ -219,7 +224,7 @@ class AVSEBrain(sb.core.Brain):
         if stage == sb.Stage.TRAIN:  # auxiliary heads (e.g. speaker classifiers) train only
             for name, spec in (getattr(hp, "aux_losses", None) or {}).items():
                 loss = loss + self._aux_loss(name, spec, output, batch, active)
-            if fault_point("loss", index=self.optimizer_step + 1) == "nan":  # tests only
+            if fault_point("loss", index=self.attempted_steps + 1) == "nan":  # tests only
                 loss = loss * float("nan")
         if stage != sb.Stage.TRAIN:
             self._track(output.estimate.detach().float(), batch, stage, active)  # bf16/fp16 too

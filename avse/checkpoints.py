@@ -171,9 +171,10 @@ class Checkpointer(sb.utils.checkpoints.Checkpointer):
             kept = f"the previous checkpoint {previous.path} is intact" if previous \
                 else "there is no earlier checkpoint"
             raise CheckpointWriteError(
-                f"could not write the checkpoint {final}: {'; '.join(e for e in errors if e)}. "
-                f"Nothing was made visible and {kept}; free disk space (or raise the file-size "
-                "limit) and run the same command again to resume")
+                f"could not write the checkpoint {final} ({_free(self.checkpoints_dir)}): "
+                f"{'; '.join(e for e in errors if e)}. Nothing was made visible and {kept}; "
+                "free disk space (or raise the file-size limit) and run the same command again "
+                "to resume")
         ddp_barrier()
         if if_main_process():
             logger.log(verbosity, "Saved an %s checkpoint in %s",
@@ -236,6 +237,13 @@ class Checkpointer(sb.utils.checkpoints.Checkpointer):
             if self._verified[path.name] is None:
                 good.append(path)
         return good
+
+
+def _free(folder) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e9:.1f} GB free there"
+    except OSError:
+        return "free space unknown"
 
 
 def _gather(error):

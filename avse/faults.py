@@ -25,8 +25,8 @@ Actions:
 
 Points used in the code: ``train_step`` (after each optimiser step, index = the global
 optimiser step), ``valid_batch`` (each validation batch), ``ckpt_save`` (a checkpoint's files
-written, before it is made visible), ``loss`` (index = optimiser step + 1: ``nan`` turns the
-training loss into NaN), ``stage_entry`` (the recipes: after each staged entry),
+written, before it is made visible), ``loss`` (index = the training step about to be taken,
+skipped ones included: ``nan`` turns its loss into NaN), ``stage_entry`` (the recipes: after each staged entry),
 ``shard_write`` (after each shard written, before it is renamed into place) and
 ``extract_write`` (``avse-extract``: the output written, before its rename).
 """
