@@ -26,7 +26,8 @@ Actions:
 Points used in the code: ``train_step`` (after each optimiser step, index = the global
 optimiser step), ``valid_batch`` (each validation batch), ``ckpt_save`` (a checkpoint's files
 written, before it is made visible), ``loss`` (index = the training step about to be taken,
-skipped ones included: ``nan`` turns its loss into NaN), ``stage_entry`` (the recipes: after each staged entry),
+skipped ones included: ``nan`` turns its loss into NaN), ``stage_entry`` (the recipes:
+after each staged entry),
 ``shard_write`` (after each shard written, before it is renamed into place) and
 ``extract_write`` (``avse-extract``: the output written, before its rename).
 """
@@ -64,8 +65,8 @@ def _rules() -> dict:
             rules.setdefault(point.strip(), []).append(
                 (int(first), int(last or first), action.strip(), rank))
         except ValueError:
-            raise ValueError(f"{ENV}: cannot read {item!r}; the form is "
-                             "<point>=<n>[-<m>]:<action>[@<rank>], e.g. train_step=5:kill") from None
+            raise ValueError(f"{ENV}: cannot read {item!r}; the form is <point>=<n>[-<m>]:"
+                             "<action>[@<rank>], e.g. train_step=5:kill") from None
     _parsed = (spec, rules)
     return rules
 

@@ -16,7 +16,8 @@ def make_split(out, split, speakers, n_per_spk, visual, rng, shard_size=4, multi
             frames = int(rng.integers(30, 50))
             key = f"{s}/vid{split}{c:05d}x/{c:05d}"
             sample = {"__key__": key,
-                      "flac": (0.3 * rng.standard_normal(frames * 640)).clip(-1, 1).astype(np.float32),
+                      "flac": (0.3 * rng.standard_normal(frames * 640)).clip(-1, 1)
+                      .astype(np.float32),
                       "json": {"key": key, "spk": s, "split": split, "duration": frames / 25,
                                "num_frames": frames}}
             if visual == "lips":
