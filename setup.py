@@ -34,8 +34,9 @@ setup(
         "eval": ["pesq>=0.0.4", "pystoi>=0.3"],
         # opencv: tests/integration/test_lipread_opencv.py runs the original OpenCV
         # preprocessing of the published lip-reading front-end (4.x: numpy 2 wheels)
-        "dev": ["pytest>=7", "pytest-timeout", "fast_bss_eval", "scikit-image>=0.21",
-                "opencv-python-headless>=4.10"],
+        # pytest-xdist: `make test` runs the suite on every core (pytest.ini: -n auto)
+        "dev": ["pytest>=7", "pytest-timeout", "pytest-xdist>=3", "fast_bss_eval",
+                "scikit-image>=0.21", "opencv-python-headless>=4.10"],
         # the real-face test and demo videos (avse.video.scenes) use scikit-image's photo
         "scenes": ["scikit-image>=0.21"],
     },
