@@ -34,13 +34,9 @@ looks at neighbouring frames), or from a ``--face_centred`` clip (:mod:`avse.emb
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import shutil
 import sys
-import tempfile
-import time
 
 import numpy as np
 import torch
@@ -120,12 +116,15 @@ class AVSEExtractor:
 
     @classmethod
     def from_hparams(cls, source: str, device: str = "cpu", crop: str | None = None,
-                     key: str = "si_sdr", precision: str = "fp32", **gate):
+                     key: str = "si_sdr", precision: str = "fp32", trust_code: bool = False,
+                     **gate):
         """Load from an experiment or exported folder (SpeechBrain ``Pretrained`` style);
-        ``gate``: the constructor's ``gate``, ``gate_threshold`` and ``gate_db``."""
+        ``gate``: the constructor's ``gate``, ``gate_threshold`` and ``gate_db``;
+        ``trust_code``: let ``model.yaml`` name classes by import path
+        (:func:`avse.models.io.load_model`)."""
         from avse.models.io import frontend_path, load_inference_config, load_model
 
-        model = load_model(source, key=key)
+        model = load_model(source, key=key, trust_code=trust_code)
         if gate.get("gate") and not getattr(model, "has_activity_head", False):
             raise ValueError(f"the model in {source} {NO_HEAD}")
         inference = load_inference_config(source)
@@ -222,16 +221,20 @@ class AVSEExtractor:
         """
         if video is None:
             raise ValueError("extract() needs the target's video (mp4) or lip embedding (.npy)")
+        from avse.video.preflight import check_mixture_length
+
+        source = "the mixture"
         if mixture is None:
             if str(video).endswith(".npy"):
                 raise ValueError("no mixture given: only an mp4 carries its own audio")
-            mixture = read_audio(str(video))
+            mixture, source = read_audio(str(video)), str(video)
         elif isinstance(mixture, (str, os.PathLike)):
-            mixture = read_audio(str(mixture))
+            mixture, source = read_audio(str(mixture)), str(mixture)
         else:
             mixture = np.asarray(mixture, dtype=np.float32).reshape(-1)
             if sample_rate and sample_rate != SAMPLE_RATE:
                 mixture = resample(mixture, sample_rate, SAMPLE_RATE)
+        check_mixture_length(len(mixture), source)
         visual = self.load_visual(video)
         visual, diff = fit_visual_to_audio(visual, len(mixture))
         if diff:
@@ -247,7 +250,9 @@ class AVSEExtractor:
                       overlap_seconds: float = 1.0, work_dir: str | None = None,
                       mux: bool = True, progress: bool = False, keep_work: bool = False,
                       **scan_opts) -> dict:
-        """Every face of any video: track the faces, extract each one's voice in chunks.
+        """Every face of any video: track the faces, extract each one's voice in chunks
+        (:func:`avse.video.pipeline.extract_video`). The inputs are checked first
+        (:mod:`avse.video.preflight`); the outputs appear only when all are complete.
 
         Arguments
         ---------
@@ -275,201 +280,64 @@ class AVSEExtractor:
         with an activity head, ``gate`` (its options) and ``speaking``: track id ->
         :func:`avse.gating.speaking_summary` (also in ``faces.json``, per track).
         """
-        from avse.video import faces as F
-        from avse.video.longform import extract_track, file_peak
-        from avse.video.frames import decode_audio, probe
+        from avse.video.pipeline import extract_video
 
-        emb = self.model.visual_input == "emb"
-        if emb and self.frontend is None:
-            raise ValueError("this model takes lip embeddings and its model.yaml names no "
-                             "front-end to compute them: record one with avse-embed --frontend "
-                             "FILE --model DIR (or avse-convert-seanet --frontend)")
-        t0 = time.perf_counter()
-        info = probe(video)
-        origin = info.video_start if mixture else info.audio_start
-        if origin is None:
-            raise MediaError(f"{video}: no audio stream; give the mixture with --mixture")
-        work = tempfile.mkdtemp(prefix="avse-extract-", dir=work_dir)
-        written, speaking = [], {}
-        try:
-            scan = F.require_faces(F.detect_and_track(video, origin=origin, info=info,
-                                                      progress=progress, **scan_opts), video)
-            chosen = select_faces(scan, face, single=out_wav is not None, video=video)
-            F.write_face_frames(scan, video, work, tracks=chosen, progress=progress,
-                                preset=self.crop)  # the preset's gray (lipread: through RGB)
-            mix_wav = os.path.join(work, "mixture.wav")
-            decode_audio(mixture or video, mix_wav, origin=None if mixture else origin)
-            gain = file_peak(mix_wav)
-            t1 = time.perf_counter()
-            if out_dir:
-                os.makedirs(out_dir, exist_ok=True)
-            from tqdm import tqdm
-
-            total = sum(len(scan.track(k).frames) for k in chosen)
-            with tqdm(total=total, desc="extract", unit="frame", disable=not progress,
-                      leave=False) as bar:
-                for k in chosen:
-                    target = out_wav or os.path.join(out_dir, f"face{k}.wav")
-                    visual, lms, preset = scan.faces(k), scan.landmarks(k), self.crop
-                    if emb:  # the whole track through the front-end, not chunk by chunk
-                        from avse.embed import embed_track
-
-                        visual = embed_track(self.frontend, visual, lms, scan.track(k).frames,
-                                             self.crop, os.path.join(work, f"face{k}_emb.npy"),
-                                             self.device)
-                        lms, preset = None, None
-                    speaking[k] = extract_track(self, mix_wav, scan.track(k).frames, visual, lms,
-                                                target, preset, gain, chunk_seconds,
-                                                overlap_seconds, progress=bar).get("speaking")
-                    written.append(target)
-                    if out_dir and mux:
-                        from avse.video.mux import mux_audio
-
-                        mp4 = os.path.join(out_dir, f"face{k}.mp4")
-                        mux_audio(video, target, mp4, origin=origin, info=info)
-                        written.append(mp4)
-            t2 = time.perf_counter()
-            seconds = {"faces": t1 - t0, "extract": t2 - t1}
-            summary = {"tracks": len(scan.tracks), "dropped": len(scan.dropped),
-                       "extracted": chosen, "video_seconds": scan.n_frames / FPS,
-                       "seconds": seconds, "crop": self.crop,
-                       "frontend": self.inference["frontend"],
-                       "rtf": {k: v / max(scan.n_frames / FPS, 1e-9) for k, v in seconds.items()}}
-            if self.has_activity:
-                summary["gate"] = {"on": self.gate, **self.gating.options()}
-            if out_dir:  # speaking[k] is None without a head: no speaking keys
-                F.write_faces_json(scan, os.path.join(out_dir, "faces.json"),
-                                   {"extraction": summary}, speaking)
-                F.write_faces_png(scan, os.path.join(out_dir, "faces.png"))
-                written += [os.path.join(out_dir, "faces.json"), os.path.join(out_dir, "faces.png")]
-            if self.has_activity:
-                summary["speaking"] = speaking
-            summary.update(files=written, scan=scan)
-            return summary
-        finally:
-            if not keep_work:
-                shutil.rmtree(work, ignore_errors=True)
+        return extract_video(self, video, out_dir=out_dir, mixture=mixture, face=face,
+                             out_wav=out_wav, chunk_seconds=chunk_seconds,
+                             overlap_seconds=overlap_seconds, work_dir=work_dir, mux=mux,
+                             progress=progress, keep_work=keep_work, **scan_opts)
 
 
 def select_faces(scan, face, single: bool = False, video: str = "") -> list:
-    """Track ids to extract: ``"all"``, ``"largest"`` or one number; errors list the faces."""
-    from avse.video.faces import format_faces_table, largest_track
+    """:func:`avse.video.pipeline.select_faces`."""
+    from avse.video.pipeline import select_faces as select
 
-    ids = [t.id for t in scan.tracks]
-    table = format_faces_table(scan)
-    if face in (None, "all"):
-        if single and len(ids) > 1:
-            raise ValueError(f"{video}: {len(ids)} faces found; --out writes one face: pick one "
-                             f"with --face N (or --face largest), or use --out_dir for all of "
-                             f"them:\n{table}")
-        return ids
-    if face == "largest":
-        return [largest_track(scan).id]
-    try:
-        k = int(face)
-    except (TypeError, ValueError):
-        raise ValueError(f"--face must be 'all', 'largest' or a face number, got {face!r}") from None
-    if k not in ids:
-        raise ValueError(f"{video}: there is no face {k}; the faces are:\n{table}")
-    return [k]
+    return select(scan, face, single=single, video=video)
 
 
 def list_faces(video: str, out_dir: str | None = None, progress: bool = False, **scan_opts):
-    """Detection and tracking only: print the table; with ``out_dir``, write ``faces.json`` and
-    ``faces.png`` (a few crops per track). Returns the scan."""
-    from avse.video import faces as F
+    """:func:`avse.video.pipeline.list_faces`: detection and tracking only."""
+    from avse.video.pipeline import list_faces as scan_only
 
-    work = tempfile.mkdtemp(prefix="avse-faces-")
-    try:
-        scan = F.scan_faces(video, work, sample_only=6, progress=progress, **scan_opts)
-        if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
-            F.write_faces_json(scan, os.path.join(out_dir, "faces.json"))
-            F.write_faces_png(scan, os.path.join(out_dir, "faces.png"))
-        return scan
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return scan_only(video, out_dir, progress=progress, **scan_opts)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avse-extract", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="experiment or exported model folder")
-    p.add_argument("--video", required=True, help="any video; a face-centred clip with "
-                   "--face_centred; or a .npy lip embedding (embedding models)")
-    p.add_argument("--mixture", help="mixture audio (default: the video's own audio)")
-    p.add_argument("--out_dir", help="one wav + one mp4 per face, faces.json, faces.png")
-    p.add_argument("--out", help="one output wav (one face)")
-    p.add_argument("--face", default="all", help="all | largest | N (a number from faces.json)")
-    p.add_argument("--list_faces", action="store_true", help="detect and track only; print the faces")
-    p.add_argument("--face_centred", action="store_true",
-                   help="the video is already a face-centred clip (as the corpus'): no tracking")
-    p.add_argument("--chunk_seconds", type=float, default=4.0)
-    p.add_argument("--overlap_seconds", type=float, default=1.0,
-                   help="context on each side of a chunk; chunks are cross-faded over half of it")
-    p.add_argument("--detect_every", type=int, default=5, help="detect faces every N frames")
-    p.add_argument("--max_side", type=int, default=640, help="long side the detector sees")
-    p.add_argument("--min_track_seconds", type=float, default=1.0, help="shorter tracks dropped")
-    p.add_argument("--no_merge", action="store_true",
-                   help="do not merge one face's tracks across shot cuts")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--crop", default=None, help="override the model.yaml crop preset")
-    p.add_argument("--precision", default="fp32", choices=sorted(AVSEExtractor.PRECISIONS),
-                   help="bf16: faster on CPUs with AMX/AVX512-BF16, outputs differ slightly")
-    p.add_argument("--gate", action="store_true",
-                   help="attenuate frames judged silent (a model with an activity head)")
-    p.add_argument("--gate_threshold", type=float, default=0.5, help="speaking probability threshold")
-    p.add_argument("--gate_db", type=float, default=30.0, help="attenuation of silent frames (dB)")
-    p.add_argument("--work_dir", help="where the face frames are staged (default: the system temp)")
-    p.add_argument("--noprogressbar", action="store_true")
-    return p
-
-
-def _scan_opts(args) -> dict:
-    return {"detect_every": args.detect_every, "max_side": args.max_side,
-            "min_track_s": args.min_track_seconds, "merge": not args.no_merge}
+ERRORS = (MediaError, AlignmentError, ValueError, OSError, RuntimeError, KeyError, EOFError)
+"""What ``avse-extract`` reports as one line and exit code 2 (bad input, model folder or output
+place; the model loaders turn unpickling and yaml errors into ``ModelLoadError``)."""
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from avse.extract_args import EXIT_BAD_INPUT, error_line, parse, scan_opts
+
+    parser, args = parse(argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     progress = not args.noprogressbar and sys.stderr.isatty()
     from avse.video.faces import format_faces_table
 
-    limits = {"detect_every": 1, "max_side": 64, "chunk_seconds": 1 / FPS, "overlap_seconds": 0,
-              "min_track_seconds": 0}  # the smallest value each option takes
-    for name, low in limits.items():
-        if getattr(args, name) < low:
-            parser.error(f"--{name} must be at least {low:g}, got {getattr(args, name)}")
     try:
         if args.list_faces:
-            scan = list_faces(args.video, args.out_dir, progress=progress, **_scan_opts(args))
+            scan = list_faces(args.video, args.out_dir, progress=progress, **scan_opts(args))
             print(format_faces_table(scan))
             print(f"{len(scan.tracks)} face track(s), {len(scan.dropped)} dropped (shorter than "
                   f"{args.min_track_seconds} s)" + (f"; wrote {args.out_dir}/faces.json, faces.png"
                                                      if args.out_dir else ""))
             return 0
-        if not args.model:
-            parser.error("--model is required (except with --list_faces)")
-        if bool(args.out) == bool(args.out_dir):
-            parser.error("give exactly one of --out_dir (every face) and --out (one wav)")
         gate = {k: getattr(args, k) for k in ("gate", "gate_threshold", "gate_db")}
         extractor = AVSEExtractor.from_hparams(args.model, device=args.device, crop=args.crop,
-                                               precision=args.precision, **gate)
+                                               precision=args.precision,
+                                               trust_code=args.trust_model_code, **gate)
         if args.face_centred or args.video.endswith(".npy"):
-            if not args.out:
-                parser.error("--face_centred and .npy inputs write one wav: use --out")
             return _write_one(extractor, args)
         result = extractor.extract_video(args.video, out_dir=args.out_dir, mixture=args.mixture,
                                          face=args.face, out_wav=args.out,
                                          chunk_seconds=args.chunk_seconds,
                                          overlap_seconds=args.overlap_seconds,
                                          work_dir=args.work_dir, progress=progress,
-                                         **_scan_opts(args))
-    except (MediaError, AlignmentError, ValueError, OSError, RuntimeError) as err:
-        print(f"avse-extract: error: {err}", file=sys.stderr)
-        return 2
+                                         **scan_opts(args))
+    except ERRORS as err:
+        print(error_line(err), file=sys.stderr)
+        return EXIT_BAD_INPUT
     sec, rtf = result["seconds"], result["rtf"]
     print(format_faces_table(result["scan"]))
     for path in result["files"]:
@@ -484,11 +352,20 @@ def main(argv=None) -> int:
 
 
 def _write_one(extractor, args) -> int:
+    """A face-centred clip (or a .npy embedding): one wav, written atomically."""
     import soundfile as sf
 
+    from avse.safe_io import OutputStage
+    from avse.video.preflight import check_audio, check_video
+
+    check_video(args.video, have_mixture=bool(args.mixture))
+    if args.mixture:
+        check_audio(args.mixture)
     wav, act = extractor.extract(args.mixture, args.video, return_activity=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    sf.write(args.out, np.clip(wav.numpy(), -1, 1), SAMPLE_RATE, subtype="PCM_16")
+    with OutputStage() as stage:
+        sf.write(stage.file(args.out), np.clip(wav.numpy(), -1, 1), SAMPLE_RATE,
+                 subtype="PCM_16", format="WAV")
+        stage.commit()
     print(f"wrote {args.out} ({len(wav) / SAMPLE_RATE:.2f} s)")
     if act is not None:
         print(format_speaking(speaking_summary(extractor.gating.speaking(act.numpy()))))

@@ -24,8 +24,12 @@ import os
 import torch
 import yaml
 
+from avse.models.safety import ModelLoadError  # noqa: F401  (re-exported)
+
 MODEL_CONFIG = "model.yaml"
 MODEL_WEIGHTS = "model.ckpt"
+FILES_KEY = "files"
+"""``model.yaml`` entry of an exported folder: ``{model.ckpt: {size: int, sha256: str}}``."""
 
 
 INFERENCE_DEFAULTS = {"crop": "voxceleb2", "visual_range": "full", "sample_rate": 16000,
@@ -33,8 +37,6 @@ INFERENCE_DEFAULTS = {"crop": "voxceleb2", "visual_range": "full", "sample_rate"
 INFERENCE_KEY = "inference"
 
 
-class ModelLoadError(RuntimeError):
-    """A model folder or checkpoint is missing, incomplete, or does not match the config."""
 
 
 def key_list(keys, prefix: str = "", limit: int = 8) -> str:
@@ -113,10 +115,30 @@ def save_config(model, folder: str, inference: dict | None = None) -> str:
 
 
 def save_model(model, folder: str, inference: dict | None = None) -> str:
-    """Export ``model`` into ``folder`` (``model.yaml`` + ``model.ckpt``); returns the folder."""
-    save_config(model, folder, inference)
-    torch.save(model.state_dict(), os.path.join(folder, MODEL_WEIGHTS))
+    """Export ``model`` into ``folder`` (``model.yaml`` + ``model.ckpt``); returns the folder.
+
+    ``model.yaml`` gets a ``files:`` entry (``{model.ckpt: {size, sha256}}``) that loading
+    checks, so a truncated or altered checkpoint is refused instead of loaded."""
+    from avse.models.safety import file_manifest
+
+    path = save_config(model, folder, inference)
+    weights = os.path.join(folder, MODEL_WEIGHTS)
+    tmp = os.path.join(folder, f".{MODEL_WEIGHTS}.tmp-{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, weights)
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    config[FILES_KEY] = file_manifest(folder, [MODEL_WEIGHTS])
+    _write_yaml(config, path)
     return folder
+
+
+def _write_yaml(config: dict, path: str) -> None:
+    """Write ``path`` atomically (a hidden temporary, then a rename)."""
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    os.replace(tmp, path)
 
 
 def read_config(folder_or_file: str) -> dict:
@@ -126,8 +148,12 @@ def read_config(folder_or_file: str) -> dict:
         path = os.path.join(path, MODEL_CONFIG)
     if not os.path.isfile(path):
         raise ModelLoadError(f"{path} not found: not an AVSE model folder")
-    with open(path) as f:
-        config = yaml.safe_load(f)
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ModelLoadError(f"{path}: cannot be read as yaml ({str(err).splitlines()[0]}); "
+                             "restore the model folder") from None
     if not isinstance(config, dict) or "separator" not in config:
         raise ModelLoadError(f"{path}: expected the keys audio_encoder, visual_encoder, separator, "
                              "fusion, decoder")
@@ -145,10 +171,7 @@ def update_inference(folder: str, **entries) -> dict:
     config = read_config(folder)
     section = inference_config({**(config.get(INFERENCE_KEY) or {}), **entries})
     config[INFERENCE_KEY] = _written(section)
-    path = os.path.join(folder, MODEL_CONFIG)
-    with open(path + ".tmp", "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-    os.replace(path + ".tmp", path)
+    _write_yaml(config, os.path.join(folder, MODEL_CONFIG))
     return section
 
 
@@ -171,19 +194,33 @@ def frontend_path(folder: str, inference: dict | None = None) -> str | None:
     return path
 
 
-def build_from_config(folder_or_file: str):
+def build_from_config(folder_or_file: str, trust_code: bool = False):
+    """The :class:`AVSEModel` ``model.yaml`` describes (untrained). ``model.yaml`` is data:
+    every ``type`` must be a registered plugin name unless ``trust_code``
+    (:func:`avse.models.safety.check_types`; nothing is imported before that check)."""
     from avse.models.avse_model import AVSEModel
+    from avse.models.registry import RegistryError
+    from avse.models.safety import check_types
 
     config = dict(read_config(folder_or_file))
     config.pop(INFERENCE_KEY, None)
-    return AVSEModel(**config)
+    config.pop(FILES_KEY, None)
+    if not trust_code:
+        check_types(config, folder_or_file)
+    try:
+        return AVSEModel(**config)
+    except (RegistryError, TypeError, ValueError) as err:
+        raise ModelLoadError(f"{folder_or_file}: {MODEL_CONFIG} does not describe a model this "
+                             f"avse builds: {err}") from None
 
 
 def load_state(model, ckpt_path: str, strict: bool = True):
-    """Load weights with ``weights_only=True``; missing/unexpected keys and shapes are named."""
-    if not os.path.isfile(ckpt_path):
-        raise ModelLoadError(f"{ckpt_path} not found")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    """Load weights with ``weights_only=True`` (:func:`avse.models.safety.load_weights`: a
+    pickle that would run code is refused unrun); missing/unexpected keys and shapes are
+    named."""
+    from avse.models.safety import load_weights
+
+    state = load_weights(ckpt_path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     for name, module in model.named_modules():  # keys of older layouts (the cnn encoder's)
@@ -198,28 +235,39 @@ def load_state(model, ckpt_path: str, strict: bool = True):
 
 
 def find_best_checkpoint(save_folder: str, key: str = "si_sdr") -> str:
-    """The ``CKPT+*`` folder with the highest ``key`` in its meta (else the most recent)."""
-    ckpts = []
-    for name in os.listdir(save_folder) if os.path.isdir(save_folder) else []:
-        meta_path = os.path.join(save_folder, name, "CKPT.yaml")
-        if name.startswith("CKPT") and os.path.isfile(meta_path):
-            with open(meta_path) as f:
-                meta = yaml.safe_load(f) or {}
-            ckpts.append((meta.get(key, float("-inf")), meta.get("unixtime", 0), name))
-    if not ckpts:
-        raise ModelLoadError(f"no CKPT+* checkpoint in {save_folder}")
-    return os.path.join(save_folder, max(ckpts)[2])
+    """The ``CKPT+*`` folder with the highest ``key`` in its meta (else the most recent) among
+    the complete ones (:func:`avse.models.safety.checkpoint_candidates`)."""
+    from avse.models.safety import checkpoint_candidates
+
+    return checkpoint_candidates(save_folder, key)[0]
 
 
-def load_model(folder: str, key: str = "si_sdr"):
+def load_model(folder: str, key: str = "si_sdr", trust_code: bool = False):
     """An :class:`AVSEModel` with its weights from an exported folder or an experiment folder.
 
-    Exported: ``folder/model.yaml`` + ``folder/model.ckpt``. Experiment: ``model.yaml`` and
-    ``save/CKPT+*/model.ckpt`` (the checkpoint with the best validation ``key``).
+    Exported: ``folder/model.yaml`` + ``folder/model.ckpt`` (checked against the ``files:``
+    manifest of ``model.yaml`` when it has one). Experiment: ``model.yaml`` and
+    ``save/CKPT+*/model.ckpt``: the complete checkpoint with the best validation ``key``; one
+    that cannot be loaded is skipped with a warning and the next best used.
+    ``trust_code``: see :func:`build_from_config`.
     """
-    model = build_from_config(folder)
+    from avse.models.safety import check_manifest, checkpoint_candidates, logger
+
+    model = build_from_config(folder, trust_code=trust_code)
     weights = os.path.join(folder, MODEL_WEIGHTS)
-    if not os.path.isfile(weights):
-        weights = os.path.join(find_best_checkpoint(os.path.join(folder, "save"), key), MODEL_WEIGHTS)
-    load_state(model, weights)
-    return model.eval()
+    if os.path.lexists(weights) or FILES_KEY in read_config(folder):
+        check_manifest(folder, read_config(folder).get(FILES_KEY), MODEL_CONFIG)
+        return load_state(model, weights).eval()
+    problems = []
+    for ckpt in checkpoint_candidates(os.path.join(folder, "save"), key):
+        try:
+            load_state(model, os.path.join(ckpt, MODEL_WEIGHTS))
+        except ModelLoadError as err:
+            logger.warning("skipping checkpoint %s: %s", ckpt, err)
+            problems.append(str(err))
+            continue
+        if problems:
+            logger.warning("using %s instead (the best loadable checkpoint)", ckpt)
+        return model.eval()
+    raise ModelLoadError(f"no loadable checkpoint in {os.path.join(folder, 'save')}: "
+                         + "; ".join(problems))

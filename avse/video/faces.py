@@ -421,7 +421,9 @@ def write_faces_png(scan: FaceScan, path: str, strip: int = 6, thumb: int = 96) 
     for row in rows:
         out.paste(row, (0, y))
         y += row.height
-    tmp = path + ".tmp.png"
+    from avse.safe_io import temp_name
+
+    tmp = temp_name(path)
     out.save(tmp)
     os.replace(tmp, path)
     return path

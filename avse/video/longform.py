@@ -120,13 +120,16 @@ def extract_span(run, read_audio, read_visual, n_frames: int, write, chunk_frame
 
 
 class WavWriter:
-    """A 16 kHz mono 16-bit wav written block by block to ``path + '.tmp.wav'`` and renamed by
-    :meth:`close`; :meth:`pad_to` writes silence."""
+    """A 16 kHz mono 16-bit wav written block by block to a hidden temporary name
+    (:func:`avse.safe_io.temp_name`) and renamed by :meth:`close`; :meth:`pad_to` writes
+    silence."""
 
     def __init__(self, path: str, sample_rate: int = SAMPLE_RATE):
         import soundfile as sf
 
-        self.path, self.tmp = path, path + ".tmp.wav"
+        from avse.safe_io import temp_name
+
+        self.path, self.tmp = path, temp_name(path)
         self.file = sf.SoundFile(self.tmp, "w", samplerate=sample_rate, channels=1,
                                  subtype="PCM_16", format="WAV")
         self.n = 0
