@@ -51,7 +51,8 @@ from urllib.parse import urlparse
 
 import webdataset as wds
 
-from avse.data.shards import ShardError, check_meta, read_meta, shard_urls, split_speakers
+from avse.data.shards import (ShardError, check_meta, member_key, read_meta, shard_urls,
+                              split_speakers)
 
 wds_gopen = importlib.import_module("webdataset.gopen")  # the module, not wds.gopen()
 HTTP_TIMEOUT = 60.0  # seconds without data before a read fails
@@ -156,34 +157,62 @@ class ShardSplit:
     local_dir: str | None = None  # a local split folder
     speakers_url: str | None = None  # elsewhere
 
-    def speakers(self) -> list:
-        """Sorted speaker ids: ``speakers.txt`` when it matches meta.json, else a scan."""
-        if self.local_dir is not None:
+    def speakers(self, urls=None, tolerant: bool = False) -> list:
+        """Sorted speaker ids: ``speakers.txt`` when it matches meta.json, else a scan of the
+        ``json`` members of ``urls`` (default: every shard). ``tolerant``: the scan passes
+        over shards and samples that cannot be read (the training loader skips and counts
+        them when it reads them)."""
+        if self.local_dir is not None and urls is None and not tolerant:
             return split_speakers(self.local_dir)
-        data = read_url(self.speakers_url, missing_ok=True) if self.speakers_url else None
+        if self.local_dir is not None:
+            data = read_url(os.path.join(self.local_dir, "speakers.txt"), missing_ok=True)
+        else:
+            data = read_url(self.speakers_url, missing_ok=True) if self.speakers_url else None
         if data is not None:
             speakers = [s.strip() for s in data.decode().splitlines() if s.strip()]
             if len(speakers) == self.meta.get("speakers"):
                 return sorted(speakers)
-        warnings.warn(f"{self.name}: no speakers.txt matching meta.json at {self.speakers_url}; "
-                      "reading the json member of every shard to list the speakers. Put one "
-                      "there (avse.data.shards.write_speakers_file) or pass speakers",
-                      UserWarning, stacklevel=3)
-        return scan_speakers_of(self.urls)
+        if self.local_dir is None:
+            warnings.warn(f"{self.name}: no speakers.txt matching meta.json at "
+                          f"{self.speakers_url}; reading the json member of every shard to list "
+                          "the speakers. Put one there (avse.data.shards.write_speakers_file) "
+                          "or pass speakers", UserWarning, stacklevel=3)
+        return scan_speakers_of(self.urls if urls is None else urls, tolerant)
 
 
-def scan_speakers_of(urls) -> list:
-    """Sorted speaker ids from the ``json`` members of shards at any URLs WebDataset reads."""
+def _ignore(url, key, err, n_samples):
+    """An ``on_error`` that passes over what cannot be read (the loader reports it later)."""
+
+
+def scan_speakers_of(urls, tolerant: bool = False) -> list:
+    """Sorted speaker ids from the ``json`` members of shards at any URLs WebDataset reads
+    (``tolerant``: passing over shards and members that cannot be read)."""
     pipe = wds.DataPipeline(wds.SimpleShardList(list(urls)),
-                            partial(tar_samples, select=lambda name: name.endswith(".json")))
-    return sorted({json.loads(s["json"]).get("spk") or s["__key__"].split("/")[0]
-                   for s in pipe if "json" in s})
+                            partial(tar_samples, select=lambda name: name.endswith(".json"),
+                                    on_error=_ignore if tolerant else None,
+                                    skip_unopened=tolerant))
+    speakers = set()
+    for s in pipe:
+        try:
+            speakers.add(json.loads(s["json"]).get("spk") or s["__key__"].split("/")[0])
+        except (KeyError, ValueError, AttributeError):
+            if not tolerant:
+                raise ShardError(f"{s.get('__url__')}: sample {s['__key__']} has no readable "
+                                 "json member; re-run the recipe's shard stage") from None
+    return sorted(speakers)
 
 
-def _members(shards, select=None):
-    """``{fname, data, __url__}`` of the regular members of opened shards, ``{}`` after each."""
+def _members(shards, select=None, on_error=None):
+    """``{fname, data, __url__}`` of the regular members of opened shards, ``{}`` after each.
+
+    ``on_error(url, key, error, n_samples)``: called when a shard fails to read (``key``: the
+    sample being read, None between samples; ``n_samples``: the samples already given from
+    this shard); it returns to go on with the next shard, or raises. With it, the members of
+    a sample are held back until the sample is complete, so a sample cut short by a
+    truncated tar is never given. Without it, a failure raises :class:`ShardError`."""
     for shard in shards:
         stream, url = shard["stream"], shard["url"]
+        held, key, n_done = [], None, 0
         try:
             seekable = getattr(stream, "seekable", lambda: False)()
             # a file: random access (one read a member); a stream: 1 MB reads, not 10 kB
@@ -191,11 +220,22 @@ def _members(shards, select=None):
                               bufsize=1 << 20) as tar:
                 for member in tar:
                     if member.isreg() and (select is None or select(member.name)):
-                        yield {"fname": member.name, "data": tar.extractfile(member).read(),
-                               "__url__": url}
+                        if on_error is not None:
+                            name = member_key(member.name)[0]
+                            if name != key and held:
+                                yield from held
+                                held, n_done = [], n_done + 1
+                            key = name
+                        item = {"fname": member.name, "data": tar.extractfile(member).read(),
+                                "__url__": url}
+                        if on_error is None:
+                            yield item
+                        else:
+                            held.append(item)
                     if not seekable:
                         tar.members = []
             stream.close()  # here a failed pipe: command is an error
+            yield from held
             yield {}
         except Exception as exn:
             try:  # a pipe: command that failed gives an empty stream: say how it exited
@@ -203,22 +243,43 @@ def _members(shards, select=None):
             except Exception as closing:  # noqa: BLE001 (WebDataset raises a plain Exception)
                 exn = closing
             exn.args = exn.args + (url,)
-            reraise_shard_error(exn)
+            if on_error is None:
+                reraise_shard_error(exn)
+            try:
+                on_error(url, key, exn, n_done)
+            except ShardError:
+                raise
+            except Exception as err:  # noqa: BLE001
+                reraise_shard_error(err)
+            yield {}  # the partial sample (held) is dropped
         finally:
             with contextlib.suppress(Exception):  # the reader stopped mid-shard
                 stream.close()
 
 
-def tar_samples(src, select=None):
+def tar_samples(src, select=None, on_error=None, skip_unopened: bool = False):
     """Stage: ``{"url": ...}`` items -> raw samples (``__key__``, ``__url__``, bytes per field).
 
     ``wds.tarfile_to_samples`` with WebDataset's URL opening and grouping, but a local
     shard is read with one read a member and a stream in 1 MB reads (WebDataset 1.0.2
     reads every stream in 10 kB records: 40 % of the training loader's time on 1 MB lips).
-    ``select(member name)``: which members to keep.
+    ``select(member name)``: which members to keep. ``on_error``: see :func:`_members`;
+    ``skip_unopened``: a shard that cannot be opened goes to ``on_error`` too (else raises).
     """
-    shards = wds.tariterators.url_opener(src, handler=reraise_shard_error)
-    return wds.tariterators.group_by_keys(_members(shards, select), handler=reraise_shard_error)
+    def opening_failed(exn):
+        url = next((a for a in reversed(exn.args) if isinstance(a, str)), "?")
+        try:
+            on_error(url, None, exn, 0)
+        except ShardError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            reraise_shard_error(err)
+        return True  # go on with the next shard
+
+    handler = opening_failed if on_error is not None and skip_unopened else reraise_shard_error
+    shards = wds.tariterators.url_opener(src, handler=handler)
+    return wds.tariterators.group_by_keys(_members(shards, select, on_error),
+                                          handler=reraise_shard_error)
 
 
 def _describe(exn: Exception) -> str:
@@ -253,11 +314,13 @@ def _check_files(urls, name):
         raise ShardError(f"{name}: {len(missing)} shard(s) not found, e.g. {missing[0]}")
 
 
-def resolve_split(source, meta: str | None = None) -> ShardSplit:
+def resolve_split(source, meta: str | None = None, missing_ok: bool = False) -> ShardSplit:
     """Shard URLs and meta.json of a split named by a folder, an http(s) prefix or a URL spec.
 
     See the module docstring for the forms. ``meta``: where meta.json is, needed for a
-    ``pipe:`` spec. A spec must expand to meta.json's ``num_shards`` URLs.
+    ``pipe:`` spec. A spec must expand to meta.json's ``num_shards`` URLs. Local shards
+    that do not exist are an error unless ``missing_ok`` (then :func:`check_shards` says
+    which).
     """
     if not isinstance(source, (list, tuple)):
         source = os.fspath(source)
@@ -266,7 +329,10 @@ def resolve_split(source, meta: str | None = None) -> ShardSplit:
                 raise ShardError(f"{source}: a split folder or prefix has its meta.json beside "
                                  "the shards; meta= is for URL specs (patterns, lists, pipe:)")
             if is_local(source):
-                return ShardSplit(shard_urls(source), read_meta(source), source, local_dir=source)
+                info = read_meta(source)
+                urls = ([os.path.join(source, info["shard_pattern"] % i)
+                         for i in range(info["num_shards"])] if missing_ok else shard_urls(source))
+                return ShardSplit(urls, info, source, local_dir=source)
             base = source.rstrip("/")
             info = _load_meta(base + "/meta.json")
             urls = [f"{base}/{info['shard_pattern'] % i}" for i in range(info["num_shards"])]
@@ -293,8 +359,57 @@ def resolve_split(source, meta: str | None = None) -> ShardSplit:
     if len(urls) != info["num_shards"]:
         raise ShardError(f"{name}: {len(urls)} shard URL(s) but {meta} lists "
                          f"{info['num_shards']}; name every shard of the split")
-    _check_files(urls, name)
+    if not missing_ok:
+        _check_files(urls, name)
     return ShardSplit(urls, info, name, local_dir=local_dir, speakers_url=speakers_url)
+
+
+def shard_problem(url: str) -> str | None:
+    """Why a local shard cannot be read (missing, empty, no tar header), or None: it exists
+    and its first tar header reads. Other URLs (http, ``pipe:``) are not checked here."""
+    if not is_local(url):
+        return None
+    path = local_path(url)
+    if not os.path.isfile(path):
+        return "missing"
+    try:
+        with open(path, "rb") as f:
+            block = f.read(tarfile.BLOCKSIZE)
+        if not block:
+            return "empty file"
+        tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+    except tarfile.EOFHeaderError:  # zeros: an empty tar (its readers say so)
+        return None
+    except tarfile.TarError as err:
+        return f"not a tar ({err})"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    return None
+
+
+def check_shards(urls, name: str, skip: bool = False):
+    """``(good urls, {bad url: why})``: every local shard must exist and start with a tar
+    header. Bad ones raise one :class:`ShardError` naming them, or (``skip``) are left out
+    with a warning. Every rank finds the same, so all still split the same shards."""
+    bad = {}
+    for url in urls:
+        problem = shard_problem(url)
+        if problem:
+            bad[url] = problem
+    if not bad:
+        return list(urls), bad
+    listed = "; ".join(f"{u}: {why}" for u, why in list(bad.items())[:5]) + (
+        f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    good = [u for u in urls if u not in bad]
+    if not skip:
+        raise ShardError(f"{name}: {len(bad)} of {len(urls)} shard(s) cannot be read: {listed}. "
+                         "Re-run the recipe's shard stage, or set skip_bad_shards: true to "
+                         "train without them")
+    if not good:
+        raise ShardError(f"{name}: none of its {len(urls)} shard(s) can be read: {listed}")
+    warnings.warn(f"{name}: skipping {len(bad)} of {len(urls)} shard(s) that cannot be read "
+                  f"(skip_bad_shards): {listed}", UserWarning, stacklevel=3)
+    return good, bad
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -52,6 +52,10 @@ class AVBatch:
         float32 ``[B, Tv]``: 1 in the video frames where the target speaks, 0 where it is
         silent (conditions ``absent`` / ``sparse``, :mod:`avse.data.activity`) and in
         padding; ordinary examples are all ones over their length.
+    faults : list or None
+        the bad samples a loader's worker skipped since its previous batch, as
+        ``(shard, key, reason)``; the training loaders take them into ``loader.faults`` and
+        leave None (:mod:`avse.data.loaders.bad_samples`).
     """
 
     mixture: torch.Tensor
@@ -65,6 +69,7 @@ class AVBatch:
     interferer_keys: list
     visual_keys: list
     activity: Optional[torch.Tensor] = None
+    faults: Optional[list] = None
 
     def __len__(self):
         return len(self.keys)
@@ -111,7 +116,8 @@ def collate_examples(examples) -> AVBatch:
         interferer_keys=[tuple(e["interferer_keys"]) for e in examples],
         visual_keys=[e["lips_key"] for e in examples],
         activity=torch.from_numpy(np.stack([
-            fit_length(_activity(e), n_max) for e in examples]).astype(np.float32)))
+            fit_length(_activity(e), n_max) for e in examples]).astype(np.float32)),
+        faults=[event for e in examples for event in e.get("faults", ())] or None)
 
 
 def _activity(example) -> np.ndarray:

@@ -59,11 +59,13 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from avse.data.activity import rest_frames
+from avse.data.loaders.bad_samples import (DATA_ERRORS, BadSample, FaultCounter, FaultLog,
+                                           attach, diagnose)
 from avse.data.loaders.batch import collate_examples, decode_utterance, finish_example
 from avse.data.mixing import MixtureConfig, random_crop
 from avse.data.partition import (check_shard_split, dist_info, node_splitter, split_shards,
                                  worker_splitter)
-from avse.data.remote import resolve_split, tar_samples
+from avse.data.remote import check_shards, resolve_split, tar_samples
 from avse.data.shards import ShardError, resolve_visual_field
 
 
@@ -82,17 +84,19 @@ def count(src, read: list):
         yield item
 
 
-def check_progress(src, read: list, every: int, where: str):
+def check_progress(src, read: list, every: int, where: str, log: FaultLog | None = None):
     """Stage: pass shards on; raise when ``every`` of them gave no sample (``read[0]``, counted
-    after reading, stays)."""
+    after reading, stays; with a ``log``: no usable sample)."""
     last, n = read[0], 0
     for shard in src:
         yield shard
         n += 1
         if n % every == 0:
             if read[0] == last:
+                bad = (f"; {log.total} bad sample(s) skipped, the last: {log.last}"
+                       if log is not None and log.total else "; are the shards empty?")
                 raise ShardError(f"{where}: {every} shard(s) read and no sample, e.g. "
-                                 f"{shard['url']}; are the shards empty?")
+                                 f"{shard['url']}{bad}")
             last = read[0]
 
 
@@ -105,23 +109,30 @@ class DynamicMixDataset(IterableDataset):
 
     def __init__(self, urls, config: MixtureConfig, batch_size: int, epoch_steps: int,
                  speakers, visual_field: str, shuffle_buffer: int = 100, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, resampled: bool = False):
+                 rank: int = 0, world_size: int = 1, resampled: bool = False,
+                 skip_bad_shards: bool = False):
         super().__init__()
         self.urls, self.config, self.batch_size = list(urls), config, int(batch_size)
         self.epoch_steps, self.visual_field = int(epoch_steps), visual_field
         self.labels = {s: i for i, s in enumerate(speakers or [])}
         self.shuffle_buffer, self.seed = max(1, int(shuffle_buffer)), int(seed)
         self.rank, self.world_size, self.epoch, self.skip = rank, world_size, 0, 0
-        self.resampled = bool(resampled)
+        self.resampled, self.skip_bad_shards = bool(resampled), bool(skip_bad_shards)
 
     def __len__(self):
         return self.epoch_steps
 
     def decode(self, raw, rng):
         """Map stage: a raw sample -> ``{key, spk, wav [640 n], visual [n, ...]}``, a random crop."""
-        key = raw["__key__"]
+        key, needed = raw["__key__"], ("flac", self.visual_field)
         if "flac" not in raw or self.visual_field not in raw:
-            raise ShardError(f"{raw.get('__url__')}: sample {key} lacks flac or {self.visual_field}")
+            raise diagnose(raw.get("__url__"), key, raw, needed)
+        try:
+            return self._decode(raw, key, rng)
+        except DATA_ERRORS as err:
+            raise diagnose(raw.get("__url__"), key, raw, needed, err) from err
+
+    def _decode(self, raw, key, rng):
         rest = None
         if self.config.silent_targets:  # lips at rest from the whole utterance's pauses
             wav, vis = decode_utterance(key, raw["flac"], raw[self.visual_field])
@@ -170,34 +181,59 @@ class DynamicMixDataset(IterableDataset):
                 [u["key"] for u in chosen], tgt["key"], crop=True, noise=noise,
                 activity=cfg.sample_activity(target, len(tgt["visual"]), rng), rest=tgt["rest"])
 
-    def samples(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
+    def decoded(self, src, rng, log: FaultLog, read: list):
+        """Stage: raw samples -> decoded (:meth:`decode`); a bad one is skipped and logged."""
+        for raw in src:
+            try:
+                item = self.decode(raw, rng)
+            except BadSample as bad:
+                log.skip(bad)
+                continue
+            read[0] += 1
+            yield item
+
+    def fault_log(self, worker_id: int = 0) -> FaultLog:
+        return FaultLog(f"rank {self.rank} worker {worker_id}", self.skip_bad_shards)
+
+    def samples(self, rng, worker_id: int = 0, num_workers: int = 1, log: FaultLog | None = None,
+                read: list | None = None) -> wds.DataPipeline:
         """The endless raw samples (``__key__``, ``__url__``, bytes per field) that one
-        (rank, worker) reads: a ``wds.DataPipeline`` of the shard stages + tar reading."""
-        where, read = f"rank {self.rank} worker {worker_id}", [0]
+        (rank, worker) reads: a ``wds.DataPipeline`` of the shard stages + tar reading.
+        ``log``: where a truncated tar (and, with ``skip_bad_shards``, a shard that cannot be
+        read) goes; ``read``: the usable samples, counted by the caller (default: all)."""
+        where, counted = f"rank {self.rank} worker {worker_id}", read is None
+        read, log = [0] if read is None else read, log or self.fault_log(worker_id)
         if self.resampled:
             shards = [wds.ResampledShards(self.urls, seed=int(rng.integers(2 ** 31)),
                                           worker_seed=lambda: 0, deterministic=True),
-                      partial(check_progress, read=read, every=4 * len(self.urls), where=where)]
+                      partial(check_progress, read=read, every=4 * len(self.urls), where=where,
+                              log=log)]
         else:
             mine = split_shards(self.urls, self.rank, self.world_size, worker_id, num_workers)
             if not mine:
                 raise ShardError(f"{where}: no shard (see check_shard_split)")
             shards = [wds.SimpleShardList(self.urls), node_splitter(self.rank, self.world_size),
                       worker_splitter(worker_id, num_workers), partial(shuffled_passes, rng=rng),
-                      partial(check_progress, read=read, every=len(mine), where=where)]
-        return wds.DataPipeline(*shards, tar_samples, partial(count, read=read))
+                      partial(check_progress, read=read, every=len(mine), where=where, log=log)]
+        reading = partial(tar_samples, on_error=log.tar_error, skip_unopened=self.skip_bad_shards)
+        return wds.DataPipeline(*shards, reading, *([partial(count, read=read)] if counted else []))
 
-    def examples(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
+    def examples(self, rng, worker_id: int = 0, num_workers: int = 1,
+                 log: FaultLog | None = None) -> wds.DataPipeline:
         """The endless mixed examples (dicts, before batching) of one (rank, worker):
-        :meth:`samples` -> decode -> mix."""
-        return self.samples(rng, worker_id, num_workers).compose(
-            wds.map(partial(self.decode, rng=rng)),
+        :meth:`samples` -> decode (bad samples skipped into ``log``) -> mix."""
+        log, read = log or self.fault_log(worker_id), [0]
+        return self.samples(rng, worker_id, num_workers, log, read).compose(
+            partial(self.decoded, rng=rng, log=log, read=read),
             partial(self.mix, rng=rng, where=f"rank {self.rank} worker {worker_id}"))
 
     def pipeline(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
-        """The endless batches of one (rank, worker): :meth:`examples` -> ``wds.batched``."""
-        return self.examples(rng, worker_id, num_workers).compose(
-            wds.batched(self.batch_size, collation_fn=collate_examples, partial=False))
+        """The endless batches of one (rank, worker): :meth:`examples` -> ``wds.batched``;
+        each batch carries the bad samples skipped since the previous one (``faults``)."""
+        log = self.fault_log(worker_id)
+        return self.examples(rng, worker_id, num_workers, log).compose(
+            wds.batched(self.batch_size, collation_fn=collate_examples, partial=False),
+            partial(attach, log=log))
 
     def __iter__(self):
         info = get_worker_info()
@@ -217,12 +253,22 @@ class EpochLoader(DataLoader):
     when resuming. Workers are started per epoch, so they see the current epoch.
     ``skip_batches(n)`` makes the next epoch yield ``len - n`` batches (an intra-epoch
     resume), from a stream seeded with ``n`` too (not the skipped run's remaining batches).
+    ``faults``: the bad samples this rank skipped since the loader was made
+    (:mod:`avse.data.loaders.bad_samples`).
     """
 
-    def __init__(self, dataset, num_workers: int = 0, pin_memory: bool = False, **kwargs):
+    def __init__(self, dataset, num_workers: int = 0, pin_memory: bool = False,
+                 skipped_shards: dict | None = None, **kwargs):
         super().__init__(dataset, batch_size=None, num_workers=num_workers,
                          pin_memory=pin_memory, persistent_workers=False, **kwargs)
         self.epoch, self._skip = 0, 0
+        self.fault_counter = FaultCounter(skipped_shards)
+
+    @property
+    def faults(self) -> dict:
+        """``{"skipped", "reasons", "bad_samples", "skipped_shards", "dropped_rows"}`` of this
+        rank, since the loader was made (see :mod:`avse.data.loaders.bad_samples`)."""
+        return self.fault_counter.as_dict()
 
     def set_epoch(self, epoch: int):
         self.epoch = int(epoch)
@@ -233,7 +279,7 @@ class EpochLoader(DataLoader):
     def __iter__(self):
         self.dataset.epoch, self.dataset.skip = self.epoch, self._skip
         self.epoch, self._skip = self.epoch + 1, 0
-        return super().__iter__()
+        return self.fault_counter.counted(super().__iter__())
 
 
 def make_train_loader(shard_dir, config: MixtureConfig | None = None, batch_size: int = 8,
@@ -241,7 +287,8 @@ def make_train_loader(shard_dir, config: MixtureConfig | None = None, batch_size
                       shuffle_buffer: int = 100, seed: int = 0, visual_field: str = "auto",
                       speakers="auto", rank: int | None = None, world_size: int | None = None,
                       strict_split: bool = False, pin_memory: bool = False,
-                      meta: str | None = None, resampled: bool = False) -> EpochLoader:
+                      meta: str | None = None, resampled: bool = False,
+                      skip_bad_shards: bool = False) -> EpochLoader:
     """Dynamic-mixing training loader over one shard split.
 
     Arguments
@@ -277,6 +324,15 @@ def make_train_loader(shard_dir, config: MixtureConfig | None = None, batch_size
         draw shards with replacement on every (rank, worker) instead of splitting them
         (``wds.ResampledShards``): any shard count works, epochs stay ``epoch_steps``
         batches per rank, but an utterance may be read more or less often than once.
+    skip_bad_shards : bool
+        every local shard must exist and start with a tar header (checked here, before
+        training): else a ShardError names them. True: such shards are left out with a
+        warning (``loader.faults["skipped_shards"]``), and a shard that cannot be opened
+        later (http, ``pipe:``) is skipped and counted instead of stopping the run.
+
+    Bad samples (FLAC or npy that do not decode, a missing field, a truncated tar) are
+    always skipped, with a warning line naming shard and key, and counted in
+    ``loader.faults``; every rank still yields ``epoch_steps`` batches.
 
     Returns
     -------
@@ -287,20 +343,26 @@ def make_train_loader(shard_dir, config: MixtureConfig | None = None, batch_size
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(speakers, str) and speakers != "auto":
         raise ValueError(f"speakers must be 'auto' or a list of speaker ids, got {speakers!r}")
-    split = resolve_split(shard_dir, meta)
+    split = resolve_split(shard_dir, meta, missing_ok=True)
     info, where = split.meta, split.name
+    urls, bad = check_shards(split.urls, where, skip_bad_shards)
     rank, world_size = dist_info(rank, world_size)
     if not resampled:
-        check_shard_split(len(split.urls), world_size, num_workers, strict_split)
+        check_shard_split(len(urls), world_size, num_workers, strict_split)
     if info.get("speakers", 2) < 2:
         raise ShardError(f"{where}: {info.get('speakers')} speaker(s); mixing needs >= 2")
+    n_utts = info["count"]
+    if bad and len(info.get("shard_counts") or ()) == len(split.urls):
+        n_utts = sum(n for u, n in zip(split.urls, info["shard_counts"]) if u not in bad)
     if epoch_steps is None:
-        epoch_steps = info["count"] // (batch_size * world_size)
+        epoch_steps = n_utts // (batch_size * world_size)
     if epoch_steps < 1:
-        raise ValueError(f"{where}: epoch_steps {epoch_steps} < 1 ({info['count']} utterances, "
+        raise ValueError(f"{where}: epoch_steps {epoch_steps} < 1 ({n_utts} utterances, "
                          f"batch_size {batch_size}, {world_size} rank(s)); pass epoch_steps >= 1")
-    speakers = split.speakers() if isinstance(speakers, str) else speakers
-    dataset = DynamicMixDataset(split.urls, config, batch_size, epoch_steps, speakers,
+    if isinstance(speakers, str):
+        speakers = split.speakers(urls, tolerant=True)
+    dataset = DynamicMixDataset(urls, config, batch_size, epoch_steps, speakers,
                                 resolve_visual_field(info, visual_field), shuffle_buffer, seed,
-                                rank, world_size, resampled)
-    return EpochLoader(dataset, num_workers=num_workers, pin_memory=pin_memory)
+                                rank, world_size, resampled, skip_bad_shards)
+    return EpochLoader(dataset, num_workers=num_workers, pin_memory=pin_memory,
+                       skipped_shards=bad)

@@ -12,6 +12,21 @@ Speaker labels: the sorted target speakers of the selected rows (as SEANet); unk
 speakers get -1. Randomness: numpy Generators seeded by ``(seed, epoch, row)`` (no epoch
 for valid/test).
 
+Bad shards and samples (:mod:`avse.data.loaders.bad_samples`): every shard is checked
+when the loader is made (:class:`~avse.data.loaders.checked.CheckedIndex`: missing,
+unreadable or truncated is a ShardError naming it, or with ``skip_bad_shards`` left out and
+the rows that need what is lost dropped, the same on every rank). A row whose utterance
+does not decode (bad FLAC or npy, a missing field) is, by ``bad_rows``:
+
+- ``"substitute"`` (training): replaced by another row drawn from ``(seed, epoch, row)``
+  (the same on every run), so every rank keeps its number of batches;
+- ``"drop"`` (validation): left out of its batch (a batch of bad rows only is left out):
+  the run goes on, the metrics are over the other rows;
+- ``"raise"`` (test): a ShardError naming shard, key and row: test numbers are over the
+  whole list or not at all.
+
+Skipped rows are logged (one warning line each) and counted in ``loader.faults``.
+
 Example
 -------
 >>> import tempfile
@@ -28,21 +43,27 @@ Example
 """
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from avse.data.align import FPS, SAMPLES_PER_FRAME
 from avse.data.lists import ListError, format_row, parse_row, read_list  # noqa: F401 (doctest)
+from avse.data.loaders.bad_samples import BadSample, FaultCounter, SkippedBatch
 from avse.data.loaders.batch import collate_examples, finish_example
+from avse.data.loaders.checked import CheckedIndex, load_checked, read_npy_checked
 from avse.data.mixing import MixtureConfig, pad_to
-from avse.data.noise import read_noise
+from avse.data.noise import combine_pieces
 from avse.data.partition import dist_info
-from avse.data.shards import ShardIndex, decode_npy, read_meta, resolve_visual_field
+from avse.data.shards import ShardError, ShardIndex, read_meta, resolve_visual_field
 
 STAGE_SETS = {"train": "train", "valid": "val", "test": "test"}
+BAD_ROWS = {"train": "substitute", "valid": "drop", "test": "raise"}
+MAX_SUBSTITUTES = 8  # bad rows in a row before a training batch gives up
+logger = logging.getLogger("avse.data.loaders")
 
 
 class ListMixDataset(Dataset):
@@ -50,35 +71,85 @@ class ListMixDataset(Dataset):
 
     def __init__(self, rows, index: ShardIndex, config: MixtureConfig, crop: bool, visual_field,
                  speakers, mismatched: dict | None = None, seed: int = 0,
-                 noise_index: ShardIndex | None = None):
+                 noise_index: ShardIndex | None = None, bad_rows: str = "raise", rank: int = 0):
         self.rows, self.index, self.config, self.crop = rows, index, config, crop
         self.visual_field, self.labels = visual_field, {s: i for i, s in enumerate(speakers or [])}
         self.mismatched, self.seed, self.noise_index = mismatched, seed, noise_index
+        self.bad_rows, self.rank = bad_rows, rank
 
     def __len__(self):
         return len(self.rows)
 
     def __getitem__(self, item):
+        """Row ``i``'s example; a bad row is replaced, dropped or raised (``bad_rows``), the
+        skipped ones carried in the example's ``faults`` (the batch hands them over)."""
         i, epoch = item if isinstance(item, tuple) else (item, 0)
+        events, j = [], i
+        for attempt in range(MAX_SUBSTITUTES + 1):
+            try:
+                example = self.example(j, epoch, i)
+            except BadSample as bad:
+                if self.bad_rows == "raise":
+                    raise ShardError(f"{bad}: row {j} ({format_row(self.rows[j])}) cannot be made. "
+                                     "Re-run the recipe's shard stage for that shard, or leave "
+                                     "the row out of the list") from None
+                info = get_worker_info()
+                logger.warning("rank %d worker %d: skipped a bad row %d (%s) of epoch %d: %s",
+                               self.rank, info.id if info else 0, j, self.rows[j].target.key,
+                               epoch, bad)
+                events.append(bad.event)
+                if self.bad_rows == "drop":
+                    return {"dropped": True, "faults": events}
+                j = int(np.random.default_rng([self.seed, epoch, i, attempt + 1]).integers(len(self)))
+                continue
+            if events:
+                example["faults"] = events
+            return example
+        raise ShardError(f"{MAX_SUBSTITUTES + 1} rows in a row are bad (row {i} and its "
+                         f"substitutes), the last: {events[-1]}: too many corrupt samples; "
+                         "re-run the recipe's shard stage")
+
+    def example(self, i, epoch, seed_row=None):
+        """Row ``i``'s example, its randomness from row ``seed_row`` (default ``i``); an
+        utterance that does not decode raises a BadSample."""
         mix = self.rows[i]
-        rng = np.random.default_rng([self.seed, epoch if self.crop else 0, i])
+        rng = np.random.default_rng([self.seed, epoch if self.crop else 0,
+                                     i if seed_row is None else seed_row])
         n = max(1, int(math.floor(mix.length * FPS + 1e-6)))
         tgt = mix.target
-        wav_t, visual = pad_to(*self.index.load(tgt.key, self.visual_field), n)
+        wav_t, visual = pad_to(*load_checked(self.index, tgt.key, self.visual_field), n)
         lips_key = tgt.key
         if self.mismatched is not None:
             lips_key = self.mismatched[i]
-            visual = pad_to(None, decode_npy(self.index.read(lips_key, self.visual_field)), n)[1]
-        inter = [self.index.load(s.key)[0][:n * SAMPLES_PER_FRAME] for s in mix.interferers]
+            visual = pad_to(None, read_npy_checked(self.index, lips_key, self.visual_field), n)[1]
+        inter = [load_checked(self.index, s.key)[0][:n * SAMPLES_PER_FRAME]
+                 for s in mix.interferers]
         if mix.noise and self.noise_index is None:
             raise ListError(f"row {i} ({format_row(mix)}) adds noise: pass "
                             "noise_dirs (the MUSAN recipe's noise shards)")
-        row_noise = [(read_noise(self.noise_index, nz.keys, len(wav_t), rng if self.crop else None),
-                      nz.snr) for nz in mix.noise]  # from sample 0 for valid/test
+        row_noise = [(self._noise(nz.keys, len(wav_t), rng if self.crop else None), nz.snr)
+                     for nz in mix.noise]  # from sample 0 for valid/test
         return finish_example(self.config, tgt.key, self.labels.get(tgt.spk, -1), wav_t, visual,
                                inter, [s.snr for s in mix.interferers], rng,
                                [s.key for s in mix.interferers], lips_key, crop=self.crop,
                                row_noise=row_noise, activity=mix.activity)
+
+    def _noise(self, keys, n_samples, rng):
+        """A row's noise (:func:`avse.data.noise.read_noise`), a bad piece a BadSample."""
+        return combine_pieces([load_checked(self.noise_index, k)[0] for k in keys], n_samples,
+                              rng)
+
+
+def collate_rows(examples):
+    """:func:`~avse.data.loaders.batch.collate_examples` of the rows that were not dropped,
+    with the dropped rows' fault events; a :class:`SkippedBatch` when none is left."""
+    events = [ev for e in examples for ev in e.get("faults", ())]
+    kept = [e for e in examples if not e.get("dropped")]
+    if not kept:
+        return SkippedBatch(events)
+    batch = collate_examples(kept)
+    batch.faults = events or None
+    return batch
 
 
 class EpochSampler(Sampler):
@@ -113,7 +184,22 @@ class EpochSampler(Sampler):
 
 
 class ListLoader(DataLoader):
-    """A DataLoader with ``set_epoch`` and ``skip_batches`` (for its :class:`EpochSampler`)."""
+    """A DataLoader with ``set_epoch`` and ``skip_batches`` (for its :class:`EpochSampler`)
+    and ``faults``: the bad rows this rank skipped since it was made
+    (:mod:`avse.data.loaders.bad_samples`)."""
+
+    def __init__(self, *args, skipped_shards: dict | None = None, dropped_rows: int = 0,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fault_counter = FaultCounter(skipped_shards, dropped_rows)
+
+    @property
+    def faults(self) -> dict:
+        """``{"skipped", "reasons", "bad_samples", "skipped_shards", "dropped_rows"}``."""
+        return self.fault_counter.as_dict()
+
+    def __iter__(self):
+        return self.fault_counter.counted(super().__iter__())
 
     def set_epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)
@@ -148,7 +234,7 @@ def mismatch_map(rows, seed):
     return out
 
 
-def index_noise(rows, noise_dirs, where, skip_missing):
+def index_noise(rows, noise_dirs, where, skip_missing, skip_bad_shards=False):
     """``(rows, ShardIndex of the rows' noise pieces or None)``; clear errors when missing."""
     noisy = [(i, m) for i, m in enumerate(rows) if m.noise]
     if not noisy:
@@ -161,23 +247,26 @@ def index_noise(rows, noise_dirs, where, skip_missing):
             "OUT/shards/<split>> to make_list_loader (yaml: train_noise_shards, "
             "valid_noise_shards, or noise_shards in a test set)")
     rows, index = index_rows(rows, noise_dirs, lambda m: [k for nz in m.noise for k in nz.keys],
-                              where, "noise piece(s)", skip_missing)
+                              where, "noise piece(s)", skip_missing, skip_bad_shards)
     if not rows:
         raise ListError(f"{where}: no rows left")
     return rows, index
 
 
-def index_rows(rows, dirs, keys_of, where, what, skip_missing):
-    """``(rows, ShardIndex)`` over the keys ``keys_of(row)`` of every row in shard ``dirs``;
-    keys not found: a ListError naming them, or (``skip_missing``) their rows dropped."""
+def index_rows(rows, dirs, keys_of, where, what, skip_missing, skip_bad_shards=False):
+    """``(rows, CheckedIndex)`` over the keys ``keys_of(row)`` of every row in shard ``dirs``;
+    keys not found: a ListError naming them, or (``skip_missing``, or ``skip_bad_shards``
+    when some shard was bad) their rows dropped. Bad shards: see :class:`CheckedIndex`."""
     dirs = [dirs] if isinstance(dirs, str) else list(dirs)
     needed = {k for m in rows for k in keys_of(m)}
-    index = ShardIndex(dirs, needed)
+    index = CheckedIndex(dirs, needed, skip_bad_shards=skip_bad_shards)
     missing = sorted(needed - set(index.entries))
     if missing:
         msg = (f"{where}: {len(missing)} {what} not found in {', '.join(dirs)}: "
                + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
-        if not skip_missing:
+        if index.bad:
+            msg += f" (lost with {len(index.bad)} bad shard(s), e.g. {next(iter(index.bad))})"
+        if not (skip_missing or index.bad):
             raise ListError(msg + " (skip_missing=True drops their rows)")
         lost = set(missing)
         rows = [m for m in rows if not any(k in lost for k in keys_of(m))]
@@ -191,7 +280,8 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
                      visual_from: str = "target", skip_missing: bool = False,
                      set_name: str | None = None, speakers="auto", rank: int | None = None,
                      world_size: int | None = None, pin_memory: bool = False,
-                     noise_dirs=None) -> ListLoader:
+                     noise_dirs=None, skip_bad_shards: bool = False,
+                     bad_rows: str | None = None) -> ListLoader:
     """Loader over the rows of a VoxMix list, utterances read from shards by key.
 
     Arguments
@@ -228,6 +318,13 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
         summed at equal power (:func:`avse.data.noise.combine_pieces`), and the noise is
         scaled to the row's SNR relative to the target and added to ``interference``.
         Rows with noise get no noise from ``config``.
+    skip_bad_shards : bool
+        a shard (utterances or noise) that is missing, unreadable or truncated is a
+        ShardError naming it (here, before training); True: its readable samples are used
+        and the rows needing the rest dropped (a warning; ``faults["dropped_rows"]``).
+    bad_rows : str, optional
+        a row whose utterance does not decode: ``"substitute"``, ``"drop"`` or ``"raise"``
+        (module docstring); default by stage: train substitute, valid drop, test raise.
 
     Returns
     -------
@@ -241,12 +338,17 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
     dirs = [shard_dirs] if isinstance(shard_dirs, str) else list(shard_dirs)
     where = list_path if isinstance(list_path, str) else "mixture list"
     mixtures = read_list(list_path) if isinstance(list_path, str) else list(list_path)
+    bad_rows = bad_rows or BAD_ROWS[stage]
+    if bad_rows not in ("substitute", "drop", "raise"):
+        raise ValueError(f"bad_rows must be 'substitute', 'drop' or 'raise', got {bad_rows!r}")
     rows = select_rows(mixtures, set_name or STAGE_SETS[stage], where)
+    n_selected = len(rows)
     rows, index = index_rows(rows, dirs, lambda m: [s.key for s in m.sources], where,
-                              "utterance(s)", skip_missing)
+                              "utterance(s)", skip_missing, skip_bad_shards)
     if not rows:
         raise ListError(f"{where}: no rows left for stage {stage!r}")
-    rows, noise_index = index_noise(rows, noise_dirs, where, skip_missing)
+    rows, noise_index = index_noise(rows, noise_dirs, where, skip_missing, skip_bad_shards)
+    bad_shards = {**index.bad, **getattr(noise_index, "bad", {})}
     visual_field = resolve_visual_field(read_meta(dirs[0]), visual_field)
     if isinstance(speakers, str):
         speakers = sorted({m.target.spk for m in rows})
@@ -254,7 +356,8 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
     rank, world_size = dist_info(rank, world_size)
     train = stage == "train"
     dataset = ListMixDataset(rows, index, config, train, visual_field, speakers, mismatched, seed,
-                             noise_index)
+                             noise_index, bad_rows, rank)
     sampler = EpochSampler(len(rows), rank, world_size, shuffle=train, seed=seed)
     return ListLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_examples, drop_last=train, pin_memory=pin_memory)
+                      collate_fn=collate_rows, drop_last=train, pin_memory=pin_memory,
+                      skipped_shards=bad_shards, dropped_rows=n_selected - len(rows))
