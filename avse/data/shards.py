@@ -38,6 +38,7 @@ import warnings
 import numpy as np
 
 from avse.data.align import FPS, SAMPLE_RATE, align_av
+from avse.faults import fault_point
 
 FORMAT_VERSION = 1
 SHARD_PATTERN = "shard-%06d.tar"
@@ -167,7 +168,10 @@ def write_split(samples, out_dir: str, shard_size: int = 1000, multiple: int = 1
         number of samples, when ``samples`` is a generator (else ``len(samples)``).
 
     Returns the meta dict (also written to ``meta.json``, last, so its presence marks a
-    finished split).
+    finished split). What a previous attempt left in ``out_dir`` (shards, meta.json,
+    speakers.txt, temporary files) is removed first; each shard is written under a
+    temporary name and renamed (fault point ``shard_write`` between the two), so a killed
+    write leaves no half shard under a shard's name and no meta.json.
     """
     import webdataset as wds
 
@@ -175,8 +179,9 @@ def write_split(samples, out_dir: str, shard_size: int = 1000, multiple: int = 1
         samples = list(samples)
         n_samples = len(samples)
     os.makedirs(out_dir, exist_ok=True)
-    for name in os.listdir(out_dir):  # a half-written previous attempt
-        if name.startswith("shard-") or name == "meta.json":
+    for name in os.listdir(out_dir):  # a previous or half-written attempt, its temporary files
+        if name.startswith("shard-") or name in ("meta.json", "speakers.txt") or \
+                name.endswith(".tmp"):
             os.remove(os.path.join(out_dir, name))
     plan = plan_shards(n_samples, shard_size, multiple)
     if plan and len(plan) % multiple:
@@ -191,7 +196,7 @@ def write_split(samples, out_dir: str, shard_size: int = 1000, multiple: int = 1
     it = iter(samples)
     for shard_idx, count in enumerate(plan):
         path = os.path.join(out_dir, SHARD_PATTERN % shard_idx)
-        with wds.TarWriter(path) as sink:
+        with wds.TarWriter(path + ".tmp") as sink:
             for _ in range(count):
                 sample = next(it)
                 meta = sample.get("json") or {}
@@ -202,6 +207,8 @@ def write_split(samples, out_dir: str, shard_size: int = 1000, multiple: int = 1
                 enc = encode_sample(sample)
                 fields.update(k for k in enc if not k.startswith("__"))
                 sink.write(enc)
+        fault_point("shard_write")
+        os.replace(path + ".tmp", path)  # a shard is complete under its name, or absent
         counts.append(count)
     meta = {
         "format_version": FORMAT_VERSION,

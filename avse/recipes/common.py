@@ -83,6 +83,73 @@ class Rejections:
         atomic_write(self.path, buf.getvalue())
 
 
+class Journal:
+    """``OUT/.done/<stage>.partial``: the entries a stage has finished, so that a killed stage
+    resumes where it stopped instead of starting over.
+
+    One json object a line, each appended and flushed as its entry finishes; the first line
+    holds the hash of the stage's parameters (a journal of other parameters is ignored) and
+    a torn last line (the kill came mid-write) is dropped. The stage removes the journal once
+    its results are written.
+    """
+
+    def __init__(self, out_dir: str, stage: str, params: dict | None = None):
+        self.path = os.path.join(out_dir, ".done", f"{stage}.partial")
+        self.head = {"params_hash": params_hash(params or {})}
+        self._file = None
+
+    def load(self) -> dict:
+        """``{key: row}`` finished by an interrupted run with the same parameters, else ``{}``."""
+        try:
+            with open(self.path) as f:
+                lines = f.read().split("\n")[:-1]  # the part after the last newline is torn
+        except OSError:
+            return {}
+        rows = {}
+        try:
+            if not lines or json.loads(lines[0]) != self.head:
+                return {}
+            for line in lines[1:]:
+                row = json.loads(line)
+                rows[row["key"]] = row
+        except (ValueError, KeyError, TypeError):  # a damaged journal: resume what is readable
+            pass
+        return rows
+
+    def start(self, rows=()) -> None:
+        """Begin a fresh journal holding ``rows`` (the finished entries carried over)."""
+        atomic_write(self.path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n"
+                                        for r in [self.head, *rows]))
+        self._file = open(self.path, "a")
+
+    def add(self, row: dict) -> None:
+        """Record one finished entry (a dict with ``key``)."""
+        self._file.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+        self._file.flush()
+
+    def remove(self) -> None:
+        """The stage's results are written: the journal is no longer needed."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def remove_temp_files(folder: str, recursive: bool = True) -> int:
+    """Delete the ``*.tmp`` files a killed run left below ``folder`` (the temporary names of
+    :func:`atomic_write`); returns how many."""
+    removed = 0
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            if name.endswith(".tmp"):
+                os.remove(os.path.join(root, name))
+                removed += 1
+        if not recursive:
+            break
+    return removed
+
+
 def params_hash(params: dict) -> str:
     """A short stable digest of ``params`` (json with sorted keys)."""
     return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]

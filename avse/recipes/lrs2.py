@@ -85,14 +85,17 @@ def read_filelists(corpus_dir: str, splits=SPLITS):
     return entries, rejected
 
 
-def stage_manifest(corpus_dir: str, out_dir: str, splits=SPLITS, nj: int = 1) -> list[dict]:
-    """Stage 1: write ``OUT/manifest.jsonl`` from the filelists. Returns the kept entries."""
+def stage_manifest(corpus_dir: str, out_dir: str, splits=SPLITS, nj: int = 1,
+                   retry_rejected: bool = False) -> list[dict]:
+    """Stage 1: write ``OUT/manifest.jsonl`` from the filelists. Returns the kept entries.
+
+    Clips rejected by an earlier run are probed again only with ``retry_rejected``."""
     splits = check_names(splits, SPLITS, "--splits")
     params = {"corpus_dir": os.path.abspath(corpus_dir), "splits": list(splits), "lists_mtime": [
         os.path.getmtime(p) if os.path.isfile(p) else None
         for p in (os.path.join(corpus_dir, f"{s}.txt") for s in splits)]}
     return stages.run_manifest(out_dir, params, lambda: read_filelists(corpus_dir, splits), nj,
-                               task=probe_with_transcript)
+                               task=probe_with_transcript, retry_rejected=retry_rejected)
 
 
 # --------------------------------------------------------------------------- driver
@@ -121,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus_dir", required=True, help=LAYOUT_HINT)
     p.add_argument("--splits", default=",".join(SPLITS),
                    help="filelists to prepare, e.g. train,val,test (no pretrain)")
+    p.add_argument("--retry_rejected", action="store_true",
+                   help="probe again the clips an earlier run rejected")
     p = sub.add_parser("tokens", parents=[common], help="stage 3: train sentencepiece")
     p.add_argument("--vocab_size", type=int, default=500, help="upper bound on the pieces")
     p.add_argument("--model_type", default="unigram", choices=("unigram", "bpe", "char", "word"))
@@ -136,7 +141,8 @@ def _shards(args) -> None:
 
 def _run(args) -> None:
     if args.stage == "manifest":
-        stage_manifest(args.corpus_dir, args.out_dir, args.splits, args.nj)
+        stage_manifest(args.corpus_dir, args.out_dir, args.splits, args.nj,
+                       args.retry_rejected)
     elif args.stage == "tokens":
         stage_tokens(args.out_dir, args.vocab_size, args.model_type, args.byte_fallback)
     else:

@@ -73,12 +73,15 @@ def scan_corpus(corpus_dir: str, subsets=("test",)):
     return entries, rejected
 
 
-def stage_manifest(corpus_dir: str, out_dir: str, subsets=("test",), nj: int = 1) -> list[dict]:
-    """Stage 1: write ``OUT/manifest.jsonl``. Returns the kept entries."""
+def stage_manifest(corpus_dir: str, out_dir: str, subsets=("test",), nj: int = 1,
+                   retry_rejected: bool = False) -> list[dict]:
+    """Stage 1: write ``OUT/manifest.jsonl``. Returns the kept entries.
+
+    Clips rejected by an earlier run are probed again only with ``retry_rejected``."""
     subsets = check_names(subsets, SUBSETS, "--subsets")
     params = {"corpus_dir": os.path.abspath(corpus_dir), "subsets": list(subsets)}
     return stages.run_manifest(out_dir, params, lambda: scan_corpus(corpus_dir, subsets), nj,
-                               task=probe_with_transcript)
+                               task=probe_with_transcript, retry_rejected=retry_rejected)
 
 
 def prepare_lrs3(corpus_dir: str, out_dir: str, nj: int = 1, subsets=("test",),
@@ -103,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("manifest", parents=[common], help="stage 1: scan the corpus")
     p.add_argument("--corpus_dir", required=True, help=LAYOUT_HINT)
     p.add_argument("--subsets", default="test", help="comma list of pretrain,trainval,test")
+    p.add_argument("--retry_rejected", action="store_true",
+                   help="probe again the clips an earlier run rejected")
     parsers = stages.add_stage_parsers(sub, common, "lrs3", DEFAULT_MIXTURES)
     parsers["shards"].add_argument("--tokenizer", help="sentencepiece model (e.g. LRS2's "
                                    "tokenizer/spm.model): add token ids to the json")
@@ -116,7 +121,8 @@ def _shards(args) -> None:
 
 def _run(args) -> None:
     if args.stage == "manifest":
-        stage_manifest(args.corpus_dir, args.out_dir, args.subsets, args.nj)
+        stage_manifest(args.corpus_dir, args.out_dir, args.subsets, args.nj,
+                       args.retry_rejected)
     else:
         stages.run_stage(args, _shards, SUBSETS)
 

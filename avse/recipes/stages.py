@@ -3,8 +3,9 @@
 A corpus module finds its utterances and assigns their splits; everything after that is
 here, working on ``OUT/manifest.jsonl`` and the files below ``OUT``:
 
-- manifest: :func:`run_manifest` probes every entry (:func:`probe_entry`) and writes
-  ``OUT/manifest.jsonl`` with the rejections, the ``.done`` marker and the summary line.
+- manifest: :func:`run_manifest` probes every entry (:func:`probe_entry`: readable, the
+  streams it needs, usable frame size and rate) and writes ``OUT/manifest.jsonl`` with the
+  rejections, the ``.done`` marker and the summary line (:mod:`avse.recipes.manifest`).
   An entry holds ``key`` (no dots: a WebDataset key), ``spk``, ``video``, ``clip``,
   ``subset``, ``split``, ``media`` (the mp4) and optional ``audio`` / ``emb`` files that
   replace the mp4's audio / mouth crop (:func:`manifest_entry`).
@@ -19,7 +20,16 @@ here, working on ``OUT/manifest.jsonl`` and the files below ``OUT``:
 
 :func:`add_stage_parsers` and :func:`run_stage` give every corpus the same ``extract``,
 ``shards`` and ``lists`` subcommands. Every stage is idempotent; what it skips goes to
-``OUT/rejected.tsv`` with the reason and never stops a run.
+``OUT/rejected.tsv`` with the reason and never stops a run, and a re-run does not try it
+again unless ``--retry_rejected``.
+
+Every stage survives a kill (``kill -9``, a power cut): re-run the same command and it
+completes. Files are written under a temporary name and renamed (left-over ``*.tmp`` files
+are removed on start); the manifest and extract stages journal each finished entry
+(:class:`~avse.recipes.common.Journal`) and resume after it; a shard split is written
+again unless its ``meta.json`` and ``.done`` marker are complete. Fault points
+(:mod:`avse.faults`): ``stage_entry`` after each entry probed or extracted and after each
+list written, ``shard_write`` after each shard written, before its rename.
 """
 from __future__ import annotations
 
@@ -33,8 +43,10 @@ import numpy as np
 from avse.data.align import EMB_DIM, FPS, SAMPLE_RATE, align_av
 from avse.data.lists import generate_mixtures, read_list, write_list
 from avse.data.shards import encode_flac, encode_npy, write_speakers_file
+from avse.faults import fault_point
 from avse.video.media import MOUTH_CROPS, MediaError, decode_media, read_audio
 from avse.recipes.common import (
+    Journal,
     RecipeError,
     Rejections,
     Summary,
@@ -47,107 +59,21 @@ from avse.recipes.common import (
     parallel_map,
     params_hash,
     read_jsonl,
+    remove_temp_files,
     shards_note,
-    write_jsonl,
+)
+from avse.recipes.manifest import (  # noqa: F401 (the manifest stage, part of this API)
+    id_problem,
+    manifest_entry,
+    probe_duration,
+    probe_entry,
+    probe_media,
+    run_manifest,
 )
 
 DEFAULT_MIXTURES = {"train": 20000, "val": 5000, "test": 3000}  # VoxMix sizes
 TRACKED_CROPS = ("landmarks", "lipread")  # presets cut from the tracked face (avse.video.crops)
 CROPS = tuple(sorted(MOUTH_CROPS)) + TRACKED_CROPS
-
-
-# --------------------------------------------------------------------------- manifest
-def manifest_entry(key: str, spk: str, video: str, clip: str, subset: str, media: str,
-                   split: str | None = None) -> dict:
-    """One utterance of a manifest (``audio``/``emb`` unset: the mp4 gives both).
-
-    Example
-    -------
-    >>> manifest_entry("6330/main/00011", "6330", "6330", "00011", "main", "x.mp4", "test")["spk"]
-    '6330'
-    """
-    entry = {"key": key, "spk": spk, "video": video, "clip": clip, "subset": subset,
-             "media": media, "audio": None, "emb": None}
-    if split is not None:
-        entry["split"] = split
-    return entry
-
-
-def id_problem(vid: str, clip: str) -> str | None:
-    """Why ``<vid>/<clip>`` cannot be part of an utterance key; None when it can.
-
-    Example
-    -------
-    >>> id_problem("6330", "00011"), id_problem("6330", "0.1")
-    (None, 'ids must not contain dots (WebDataset keys)')
-    """
-    if not vid or not clip or "/" in clip:
-        return "expected '<video id>/<clip>'"
-    if "." in vid or "." in clip:
-        return "ids must not contain dots (WebDataset keys)"
-    return None
-
-
-def probe_duration(path: str) -> float:
-    """Duration in seconds from the container header (no decoding)."""
-    if path.endswith((".wav", ".flac")):
-        import soundfile as sf
-
-        return float(sf.info(path).duration)
-    import av
-
-    try:
-        with av.open(path) as container:
-            if container.duration is not None:
-                return container.duration / 1_000_000
-            stream = (container.streams.video or container.streams.audio)[0]
-            return float(stream.duration * stream.time_base)
-    except Exception as err:
-        raise MediaError(f"{path}: cannot open ({err})") from err
-
-
-def probe_entry(entry: dict):
-    """Manifest worker: ``(entry with its duration, None)`` or ``(entry, reason)``."""
-    try:
-        entry["duration"] = round(probe_duration(entry["audio"] or entry["media"]), 4)
-        return entry, None
-    except Exception as err:  # any unreadable file is a rejection, never a crash
-        return entry, str(err)
-
-
-def run_manifest(out_dir: str, params: dict, scan, nj: int = 1, task=probe_entry) -> list[dict]:
-    """The manifest stage: ``scan() -> (entries, rejected rows)``, then ``task`` on every entry.
-
-    Skips everything when ``OUT/.done/manifest`` was written with the same ``params``.
-    ``task(entry) -> (entry, error or None)`` (default: probe the duration) runs with
-    ``nj`` processes; its failures join the rejected rows. Writes ``OUT/manifest.jsonl``,
-    the manifest rows of rejected.tsv, the marker and the summary line; returns the kept
-    entries. Raises RecipeError (after writing rejected.tsv) when no entry is kept.
-    """
-    manifest_path = os.path.join(out_dir, "manifest.jsonl")
-    marker = os.path.join(out_dir, ".done", "manifest")
-    if is_done(marker, params) and os.path.isfile(manifest_path):
-        print(f"[manifest] {manifest_path} is up to date; skipping")
-        return read_jsonl(manifest_path)
-    summary = Summary("manifest")
-    entries, rejected = scan()
-    kept = []
-    for entry, error in parallel_map(task, entries, nj, desc="manifest", unit="clip"):
-        if error:
-            rejected.append({"key": entry["key"], "path": entry["media"], "reason": error})
-        else:
-            kept.append(entry)
-    Rejections(out_dir).replace("manifest", rejected)
-    if not kept:
-        raise RecipeError(f"all {len(rejected)} clips were rejected; see "
-                          f"{os.path.join(out_dir, 'rejected.tsv')}")
-    kept.sort(key=lambda e: (e["split"], e["key"]))
-    write_jsonl(kept, manifest_path)
-    splits = {s: sum(e["split"] == s for e in kept) for s in sorted({e["split"] for e in kept})}
-    mark_done(marker, params, count=len(kept))
-    summary.line(len(kept), len(rejected), sum(e["duration"] for e in kept),
-                 note="splits " + ", ".join(f"{k}={v}" for k, v in splits.items()))
-    return kept
 
 
 # --------------------------------------------------------------------------- extract
@@ -232,14 +158,19 @@ def stage_extract(out_dir: str, nj: int = 1, crop: str = "voxceleb2", min_durati
                   max_diff_frames: int = 1, retry_rejected: bool = False) -> list[dict]:
     """Decode every manifest entry not yet extracted (:func:`extract_utterance`).
 
-    An entry is done when its json exists; one rejected earlier stays rejected unless
-    ``retry_rejected``. Returns the infos (json) of every kept utterance.
+    An entry is done when its json exists (written last); one rejected earlier, or by a
+    killed run (its journal), stays rejected unless ``retry_rejected``. Returns the infos
+    (json) of every kept utterance.
     """
     if crop not in CROPS:
         raise RecipeError(f"unknown --crop {crop!r}; known: {list(CROPS)}")
     entries = read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
+    remove_temp_files(os.path.join(out_dir, "extract"))  # what a killed run was writing
     rejections = Rejections(out_dir)
+    journal = Journal(out_dir, "extract")  # the rejections of a killed run
     old_rejected = {r["key"]: r for r in rejections.for_stage("extract")}
+    old_rejected.update({k: {f: r[f] for f in ("key", "path", "reason")}
+                         for k, r in journal.load().items()})
     summary = Summary("extract")
     opts = {"crop": crop, "min_duration": min_duration, "max_diff_frames": max_diff_frames}
     todo, infos, rejected = [], [], []
@@ -253,12 +184,16 @@ def stage_extract(out_dir: str, nj: int = 1, crop: str = "voxceleb2", min_durati
         else:
             todo.append((e, out_dir, opts))
     skipped = len(infos) + len(rejected)
+    journal.start(rejected)
     for entry, info, error in parallel_map(_extract_one, todo, nj, desc="extract", unit="clip"):
         if error:
             rejected.append({"key": entry["key"], "path": entry["media"], "reason": error})
+            journal.add(rejected[-1])
         else:
             infos.append(info)
+        fault_point("stage_entry")
     rejections.replace("extract", rejected)
+    journal.remove()
     summary.line(len(infos), len(rejected), sum(i["duration"] for i in infos),
                  processed=len(todo),
                  note=f"{skipped} already done, {len(todo)} processed")
@@ -365,6 +300,7 @@ def _rewrite_list(lists: str, known: set, lists_dir: str):
             keep.append(mix)
     out = os.path.join(lists_dir, os.path.basename(lists))
     write_list(keep, out)
+    fault_point("stage_entry")
     return out, len(keep), dropped
 
 
@@ -392,6 +328,7 @@ def _generate_lists(infos, mixtures: dict, snr_range, num_speakers, seed: int,
         out = os.path.join(lists_dir, f"voxmix_{k}mix.csv")
         write_list(rows, out)
         written[out] = len(rows)
+        fault_point("stage_entry")
     return written
 
 

@@ -153,8 +153,11 @@ def select_entries(corpus_dir: str, lists: str | None = None, audio_path: str | 
 
 def stage_manifest(corpus_dir: str, out_dir: str, lists: str | None = None,
                    audio_path: str | None = None, visual_path: str | None = None,
-                   val_fraction: float = 0.05, seed: int = 0, nj: int = 1) -> list[dict]:
-    """Stage 1: write ``OUT/manifest.jsonl`` (one utterance a line). Returns the entries."""
+                   val_fraction: float = 0.05, seed: int = 0, nj: int = 1,
+                   retry_rejected: bool = False) -> list[dict]:
+    """Stage 1: write ``OUT/manifest.jsonl`` (one utterance a line). Returns the entries.
+
+    Clips rejected by an earlier run are probed again only with ``retry_rejected``."""
     for name, path in (("--audio_path", audio_path), ("--visual_path", visual_path)):
         if path and not os.path.isdir(path):
             raise RecipeError(f"{name} {path} does not exist")
@@ -164,7 +167,8 @@ def stage_manifest(corpus_dir: str, out_dir: str, lists: str | None = None,
     if lists:
         params["lists_mtime"] = os.path.getmtime(lists) if os.path.isfile(lists) else None
     return stages.run_manifest(out_dir, params, lambda: select_entries(
-        corpus_dir, lists, audio_path, visual_path, val_fraction, seed), nj)
+        corpus_dir, lists, audio_path, visual_path, val_fraction, seed), nj,
+        retry_rejected=retry_rejected)
 
 
 # --------------------------------------------------------------------------- driver
@@ -192,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio_path", help="official aac tree or <spk>/<video>/<clip>.wav tree")
     p.add_argument("--visual_path", help="lip embeddings <spk>/<video>/<clip>.npy [T, 512]")
     p.add_argument("--val_fraction", type=float, default=0.05)
+    p.add_argument("--retry_rejected", action="store_true",
+                   help="probe again the clips an earlier run rejected")
     parsers = stages.add_stage_parsers(sub, common, "voxceleb2", DEFAULT_MIXTURES)
     parsers["lists"].add_argument("--lists", help="VoxMix csv to re-write for the kept utterances")
     return parser
@@ -204,7 +210,8 @@ def _shards(args) -> None:
 def _run(args) -> None:
     if args.stage == "manifest":
         stage_manifest(args.corpus_dir, args.out_dir, args.lists, args.audio_path,
-                       args.visual_path, args.val_fraction, args.seed, args.nj)
+                       args.visual_path, args.val_fraction, args.seed, args.nj,
+                       args.retry_rejected)
     else:
         stages.run_stage(args, _shards)
 

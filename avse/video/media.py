@@ -62,6 +62,54 @@ class MediaError(RuntimeError):
     """A media file could not be decoded (corrupt, truncated, missing stream)."""
 
 
+#: the largest video frame decoded (pixels, width x height): 4096 x 4096. Larger frames
+#: (8K video, or a header that lies to make a decoder allocate gigabytes) are refused
+#: before any frame is decoded.
+MAX_FRAME_PIXELS = 4096 * 4096
+
+
+def file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be read as a media file before any decoder sees it, else None:
+    ``no such file``, a symlink loop, not a regular file, an empty file, or a read that
+    fails (permissions, I/O error). Opens the file and reads one byte.
+
+    Example
+    -------
+    >>> file_problem("/nonexistent/clip.mp4")
+    'no such file'
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as err:  # ELOOP: a symlink loop; ENAMETOOLONG, EACCES on a folder ...
+        return f"cannot stat ({err.strerror or err})"
+    if not os.path.isfile(path):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        return f"cannot read ({err.strerror or err})"
+    return None
+
+
+def frame_size_problem(width: int, height: int) -> str | None:
+    """Why frames of ``width x height`` are not decoded (:data:`MAX_FRAME_PIXELS`), else None.
+
+    Example
+    -------
+    >>> frame_size_problem(8000, 8000)
+    'frame 8000x8000 is larger than 4096x4096 pixels (MAX_FRAME_PIXELS); downscale the video'
+    """
+    if width * height > MAX_FRAME_PIXELS:
+        return (f"frame {width}x{height} is larger than 4096x4096 pixels (MAX_FRAME_PIXELS); "
+                "downscale the video")
+    return None
+
+
 AUDIO_FILE_EXTS = (".wav", ".flac")
 
 
@@ -216,14 +264,16 @@ def decode_media(
 
     Raises
     ------
-    MediaError naming the file when it cannot be opened or a wanted stream is missing,
-    empty or corrupt.
+    MediaError naming the file when it cannot be read (:func:`file_problem`) or opened,
+    a wanted stream is missing, empty or corrupt, or its frames are too large
+    (:func:`frame_size_problem`).
     """
     import av
     from av.video.reformatter import VideoReformatter
 
-    if not os.path.isfile(path):
-        raise MediaError(f"{path}: no such file")
+    problem = file_problem(path)
+    if problem:
+        raise MediaError(f"{path}: {problem}")
     try:
         container = av.open(path)
     except Exception as err:
@@ -235,6 +285,11 @@ def decode_media(
             raise MediaError(f"{path}: no video stream")
         if want_audio and not astreams:
             raise MediaError(f"{path}: no audio stream")
+        if vstreams:
+            problem = frame_size_problem(vstreams[0].codec_context.width,
+                                         vstreams[0].codec_context.height)
+            if problem:
+                raise MediaError(f"{path}: {problem}")
         streams = vstreams[:1] + astreams[:1]
         declared_audio = None
         if astreams and astreams[0].duration and astreams[0].time_base:
