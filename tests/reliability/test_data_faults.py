@@ -72,12 +72,12 @@ def truncate_last(path) -> str:
     return last.name.split(".", 1)[0]
 
 
-def corrupt_four(split) -> dict:
+def corrupt_four(split, visual="emb.npy") -> dict:
     """Break one sample in each of shards 0-3 (ranks 0, 1, 0, 1 of 2): ``{shard: key}``."""
     shards = [os.path.join(split, f"shard-{i:06d}.tar") for i in range(4)]
     bad = {}
-    for shard, (field, how) in zip(shards[:3], (("flac", "garbage"), ("emb.npy", "cut"),
-                                                ("emb.npy", "drop"))):
+    for shard, (field, how) in zip(shards[:3], (("flac", "garbage"), (visual, "cut"),
+                                                (visual, "drop"))):
         key = shard_keys(shard)[0]
         rewrite(shard, key, field, how)
         bad[shard] = key
