@@ -21,11 +21,27 @@ class RecipeError(RuntimeError):
     """A recipe cannot run: missing input, empty tree, inconsistent options."""
 
 
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux the worker gets SIGKILL when the recipe process dies (a
+    kill -9 leaves no orphan still decoding and writing), elsewhere nothing."""
+    parent = os.getppid()
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
+
+
 def parallel_map(fn, items, nj: int = 1, desc: str = "", unit: str = "it"):
     """Apply ``fn`` to every item with ``nj`` worker processes; yield results as they finish.
 
     Order is not preserved for ``nj > 1``; ``fn`` must be a module-level function and should
-    return its own item id with its result. A progress bar goes to stderr.
+    return its own item id with its result. A progress bar goes to stderr. The workers die
+    with the calling process (Linux).
     """
     items = list(items)
     bar = tqdm(total=len(items), desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0,
@@ -37,7 +53,7 @@ def parallel_map(fn, items, nj: int = 1, desc: str = "", unit: str = "it"):
                 bar.update(1)
         else:
             ctx = mp.get_context("fork")
-            with ctx.Pool(min(nj, len(items))) as pool:
+            with ctx.Pool(min(nj, len(items)), initializer=_die_with_parent) as pool:
                 for result in pool.imap_unordered(fn, items, chunksize=1):
                     yield result
                     bar.update(1)
