@@ -3,7 +3,7 @@ throws at the staging recipes and ``avse-extract``, written with PyAV and numpy 
 
 Each ``write_*`` function writes one file at ``path`` (its folder created) and returns the
 path; :data:`FUZZ_CASES` names them all with what a user should expect (``reject`` with a
-word of the reason, or ``keep``). The unreadable file needs an in-process patch (tests run
+word of the reason, or ``keep``; :data:`HANGING_CASES`: those that hang an unchecked reader). The unreadable file needs an in-process patch (tests run
 as root, so permissions do not stop a read): :func:`unreadable` patches ``open``/``av.open``
 for one path.
 """
@@ -149,6 +149,14 @@ def write_symlink_loop(path):
     return path
 
 
+def write_fifo(path):
+    """A named pipe under an .mp4 name: a reader that opens it without checking blocks for
+    ever (no writer ever comes)."""
+    path = _folder(path)
+    os.mkfifo(path)
+    return path
+
+
 @contextlib.contextmanager
 def unreadable(*paths):
     """Make ``paths`` unreadable in this process (root reads everything): ``open``,
@@ -197,4 +205,10 @@ FUZZ_CASES = {
     "lying_short": (lambda p: write_lying_duration(p, factor=0.25), ("keep", None)),
     "symlink_loop": (write_symlink_loop, ("reject", "symbolic links")),
     "unreadable": (write_av, ("reject", "Permission denied")),
+}
+
+#: more cases, kept out of :data:`FUZZ_CASES` because a reader that does not check them
+#: first hangs instead of failing (a FIFO blocks ``open``)
+HANGING_CASES = {
+    "fifo": (write_fifo, ("reject", "not a regular file")),
 }

@@ -26,9 +26,9 @@ from avse.video.media import MediaError, decode_media
 from tests.recipe_helpers import read_rejected, read_split
 from tests.reliability.staging_media import (
     FUZZ_CASES,
+    HANGING_CASES,
     unreadable,
     write_av,
-    write_huge_frame,
     write_lying_duration,
     write_random_bytes,
 )
@@ -36,16 +36,19 @@ from tests.reliability.staging_media import (
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _vox_tree(root, good: int = 3, cases=FUZZ_CASES) -> dict:
+CASES = {**FUZZ_CASES, **HANGING_CASES}
+
+
+def _vox_tree(root, good: int = 3) -> dict:
     """``good`` clips of distinct speakers + one clip per fuzz case, VoxCeleb2 dev layout;
     returns ``{case name: (key, path)}``."""
     for i in range(good):
         write_av(root / "dev" / "mp4" / f"id0000{i}" / f"video{i}" / "00001.mp4", seed=i)
     out = {}
-    for name in cases:
+    for name, (write, _) in CASES.items():
         spk = "fz" + name.replace("_", "")
         path = root / "dev" / "mp4" / spk / "v" / "00001.mp4"
-        FUZZ_CASES[name][0](path)
+        write(path)
         out[name] = (f"{spk}/v/00001", str(path))
     return out
 
@@ -77,7 +80,7 @@ def test_fuzzed_media_are_rejected_with_reasons_and_the_run_completes(tmp_path, 
     rejected, kept = read_rejected(out), read_split(os.path.join(out, "shards", "train"))
     stats = {"fuzzed": len(cases), "rejected": {}, "kept": []}
     for name, (key, path) in cases.items():
-        verdict, word = FUZZ_CASES[name][1]
+        verdict, word = CASES[name][1]
         if verdict == "reject":
             assert key in rejected and key not in kept, name
             assert word in rejected[key]["reason"] and rejected[key]["path"] == path, \
@@ -141,10 +144,14 @@ def test_lrs3_manifest_shares_the_probe(tmp_path):
     assert read_rejected(out) == rejected
 
 
-def test_decode_refuses_a_huge_frame_before_decoding(tmp_path):
-    path = write_huge_frame(tmp_path / "bomb.mp4")
-    with pytest.raises(MediaError, match="bomb.mp4: frame 8000x8000 is larger than"):
-        decode_media(path, crop=stages.MOUTH_CROPS["voxceleb2"])
+def test_decode_refuses_what_it_cannot_read_before_decoding(tmp_path):
+    crop = stages.MOUTH_CROPS["voxceleb2"]
+    for name, (write, (_, word)) in CASES.items():
+        if name in ("huge_frame", "unreadable", "symlink_loop", "empty", "fifo"):
+            path = write(tmp_path / f"{name}.mp4")
+            with unreadable(tmp_path / "unreadable.mp4"), pytest.raises(MediaError) as err:
+                decode_media(path, crop=crop)
+            assert str(err.value).startswith(path + ": ") and word in str(err.value), name
 
 
 def test_journal_drops_a_torn_line_and_other_parameters(tmp_path):
