@@ -111,6 +111,7 @@ def test_dynamic_mixing_skips_and_counts_bad_samples_per_rank(tmp_path, caplog):
                "bad_flac" in line for line in lines)
 
 
+@pytest.mark.filterwarnings("ignore::avse.data.partition.ShardSplitWarning")  # 5 shards left
 def test_missing_or_unreadable_shards_are_named_before_training_or_skipped(tmp_path,
                                                                            monkeypatch):
     split = tmp_path / "train"
@@ -177,6 +178,7 @@ def _rows(keys, n_rows, seed=0):
     return rows
 
 
+@pytest.mark.filterwarnings("ignore:.*bad shard.*:UserWarning")  # asserted once below
 def test_list_mode_substitutes_drops_or_raises_by_stage(tmp_path):
     split = tmp_path / "train"
     keys = make_split(split)
