@@ -7,8 +7,11 @@ Per DDP rank and DataLoader worker, a ``wds.DataPipeline`` of these stages::
       -> each pass over this reader's shards in a new random order, endlessly
          (resampled=True instead: wds.ResampledShards, shards drawn with replacement,
           no split, every reader draws from all shards)
-      -> tar_samples: raw samples (bytes per field; wds url_opener + group_by_keys)
-      -> map: decode a random aligned crop (crop_seconds, starting on a video frame)
+      -> tar_samples: raw samples (bytes per field; wds url_opener + group_by_keys; a tar
+         cut short loses the sample being read and the rest of that shard for this pass)
+      -> decode a random aligned crop (crop_seconds, starting on a video frame); a bad
+         sample (FLAC, npy, a missing field) is skipped, logged and counted
+         (:mod:`avse.data.loaders.bad_samples`: ``loader.faults``, per rank)
       -> mix: shuffle buffer of ``shuffle_buffer`` utterances; target = a random buffer
          item; 1 or 2 interferers = buffer items of OTHER speakers, at SNRs relative to
          the target -> (noise) -> (a silent target: conditions absent / sparse) -> peak
@@ -17,7 +20,8 @@ Per DDP rank and DataLoader worker, a ``wds.DataPipeline`` of these stages::
 With silent-target conditions the decode stage reads the whole utterance (not only the
 crop) and keeps its lips at rest (:func:`avse.data.activity.rest_frames`, at most 25
 frames, from its longest pause), which stand for the target's face while it is silent.
-      -> wds.batched -> AVBatch; ``with_epoch``: this worker's share of ``epoch_steps``
+      -> wds.batched -> AVBatch (+ the worker's skipped samples since its last batch, in
+         ``faults``); ``with_epoch``: this worker's share of ``epoch_steps``
 
 The SNR holds on the cropped span the model sees. An example gets fewer interferers
 when the buffer holds fewer other speakers than drawn; with none, up to 4 x
