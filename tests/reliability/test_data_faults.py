@@ -129,7 +129,8 @@ def test_missing_or_unreadable_shards_are_named_before_training_or_skipped(tmp_p
     monkeypatch.setattr(builtins, "open", deny)
     with pytest.raises(ShardError) as err:
         make_train_loader(str(split), CFG, batch_size=2, epoch_steps=2)
-    for path, why in ((gone, "missing"), (garbage, "not a tar"), (locked, "cannot be read (Permission denied)")):
+    for path, why in ((gone, "missing"), (garbage, "not a tar"),
+                      (locked, "cannot be read (Permission denied)")):
         assert f"{path}: {why}" in str(err.value)
     assert "skip_bad_shards: true" in str(err.value)
     with pytest.warns(UserWarning, match="skipping 3 of 8 shard"):

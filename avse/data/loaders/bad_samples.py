@@ -109,8 +109,9 @@ class FaultLog:
         if n_read == 0 and key is None and not self.skip_shards:
             raise err
         reason = "bad_tar" if n_read or key else "bad_shard"
+        rest = "; the rest of the shard is skipped" if n_read else ""
         self.skip(BadSample(url, key or "(start of shard)", reason,
-                            _text(err.args[0] if err.args else err) + ("; the rest of the shard is skipped" if n_read else "")),
+                            _text(err.args[0] if err.args else err) + rest),
                   "shard" if reason == "bad_shard" else "sample")
 
 

@@ -100,7 +100,8 @@ class ListMixDataset(Dataset):
                 events.append(bad.event)
                 if self.bad_rows == "drop":
                     return {"dropped": True, "faults": events}
-                j = int(np.random.default_rng([self.seed, epoch, i, attempt + 1]).integers(len(self)))
+                j = int(np.random.default_rng([self.seed, epoch, i, attempt + 1])
+                        .integers(len(self)))
                 continue
             if events:
                 example["faults"] = events
