@@ -236,7 +236,10 @@ class AVSEExtractor:
                 mixture = resample(mixture, sample_rate, SAMPLE_RATE)
         check_mixture_length(len(mixture), source)
         visual = self.load_visual(video)
-        visual, diff = fit_visual_to_audio(visual, len(mixture))
+        try:
+            visual, diff = fit_visual_to_audio(visual, len(mixture))
+        except AlignmentError as err:
+            raise AlignmentError(f"{video} (mixture: {source}): {err}") from None
         if diff:
             logger.warning("audio and video lengths differ by %d frame(s) (%.2f s): the video was "
                            "%s", abs(diff), abs(diff) / FPS, "padded" if diff > 0 else "trimmed")

@@ -155,7 +155,7 @@ def _problem(ckpt_dir: str) -> str | None:
     except ImportError:
         checkpoint_problem = None
     if checkpoint_problem is not None:
-        return checkpoint_problem(ckpt_dir)
+        return checkpoint_problem(ckpt_dir, required=("model.ckpt",))
     try:
         with open(os.path.join(ckpt_dir, CKPT_META)) as f:
             meta = yaml.safe_load(f)

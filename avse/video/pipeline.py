@@ -101,10 +101,10 @@ def extract_video(extractor, video: str, out_dir: str | None = None, mixture: st
         raise MediaError(f"{video}: no audio stream; give the mixture with --mixture")
     work = tempfile.mkdtemp(prefix="avse-extract-", dir=work_dir)
     try:
+        mix_wav, gain = _mixture_wav(mixture, video, work, origin)  # cheap: its errors first
         scan = F.require_faces(F.detect_and_track(video, origin=origin, info=info,
                                                   progress=progress, **scan_opts), video)
         chosen = select_faces(scan, face, single=out_wav is not None, video=video)
-        mix_wav, gain = _mixture_wav(mixture, video, work, origin)
         F.write_face_frames(scan, video, work, tracks=chosen, progress=progress,
                             preset=extractor.crop)  # the preset's gray (lipread: through RGB)
         with OutputStage() as stage:
