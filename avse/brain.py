@@ -334,7 +334,8 @@ class AVSEBrain(sb.core.Brain):
         counts = torch.tensor([float(getattr(self, "_epoch_nonfinite", 0)), float(new)],
                               dtype=torch.float64)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(counts)  # samples: summed over ranks
+            counts[0] /= torch.distributed.get_world_size()  # steps: every rank skips the same
         out = {}
         if counts[0] > 0:
             out["skipped_steps"] = int(counts[0])
@@ -386,7 +387,8 @@ class AVSEBrain(sb.core.Brain):
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         checksum = sum(float(p.detach().double().sum()) for p in self.modules.parameters())
         record = {"rank": rank, "epoch": epoch, "optimizer_step": self.optimizer_step,
-                  "param_checksum": checksum, **self._trace}
+                  "param_checksum": checksum, **self._trace,
+                  "data_faults": getattr(getattr(self, "train_loader", None), "faults", None)}
         with open(os.path.join(trace_dir, f"rank{rank}_epoch{epoch}.json"), "w") as f:
             json.dump(record, f)
         self._trace = {}

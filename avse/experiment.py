@@ -10,7 +10,9 @@
   location of its meta.json; ``train_shards_resampled: true`` draws shards with
   replacement, see :mod:`avse.data.loaders.dynamic`), ``valid_shards`` + ``valid_list``,
   ``mixture_config`` (an ``avse.data.mixing.MixtureConfig``), ``batch_size``,
-  ``num_workers``, ``epoch_steps`` (nominal epoch length, same on every rank);
+  ``num_workers``, ``epoch_steps`` (nominal epoch length, same on every rank),
+  ``skip_bad_shards`` (false: a missing or unreadable shard is an error before training
+  starts; true: it is left out with a warning, README "Reliability");
 - ``test_sets: {name: {shards: [...], list: csv, visual_from: target|mismatched}}``
   evaluated with the best checkpoint into ``<output_folder>/eval/<name>.{csv,json}``, then
   ``eval/summary.json`` and one table of means over the sets, ``eval/table.{txt,csv}``;
@@ -52,7 +54,8 @@ def make_loaders(hparams):
                                  config=config, batch_size=hparams["batch_size"],
                                  num_workers=hparams.get("num_workers", 0),
                                  seed=hparams.get("seed", 0),
-                                 noise_dirs=hparams.get("train_noise_shards"))
+                                 noise_dirs=hparams.get("train_noise_shards"),
+                                 skip_bad_shards=hparams.get("skip_bad_shards", False))
     else:
         train = make_train_loader(hparams["train_shards"], config, hparams["batch_size"],
                                   num_workers=hparams.get("num_workers", 0),
@@ -60,14 +63,16 @@ def make_loaders(hparams):
                                   shuffle_buffer=hparams.get("shuffle_buffer", 100),
                                   seed=hparams.get("seed", 0),
                                   meta=hparams.get("train_shards_meta"),
-                                  resampled=hparams.get("train_shards_resampled", False))
+                                  resampled=hparams.get("train_shards_resampled", False),
+                                  skip_bad_shards=hparams.get("skip_bad_shards", False))
     valid = None
     if hparams.get("valid_list"):
         valid = make_list_loader(hparams["valid_shards"], hparams["valid_list"], stage="valid",
                                  config=hparams.get("eval_mixture_config", config),
                                  batch_size=hparams.get("valid_batch_size", 1),
                                  seed=hparams.get("seed", 0),
-                                 noise_dirs=hparams.get("valid_noise_shards"))
+                                 noise_dirs=hparams.get("valid_noise_shards"),
+                                 skip_bad_shards=hparams.get("skip_bad_shards", False))
     return train, valid
 
 
