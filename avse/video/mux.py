@@ -186,9 +186,10 @@ def mux_audio(video_path: str, wav_path: str, out_path: str, origin: float,
         wav = sf.SoundFile(wav_path)
     except Exception as err:
         raise MediaError(f"{wav_path}: cannot read the wav to mux ({err})") from err
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(out_path)}.tmp{os.getpid()}.mp4")
+    from avse.safe_io import temp_name
+
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = temp_name(out_path)
     try:
         with wav:
             if wav.channels != 1:
