@@ -22,7 +22,8 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--out_dir", help="one wav + one mp4 per face, faces.json, faces.png")
     p.add_argument("--out", help="one output wav (one face)")
     p.add_argument("--face", default="all", help="all | largest | N (a number from faces.json)")
-    p.add_argument("--list_faces", action="store_true", help="detect and track only; print the faces")
+    p.add_argument("--list_faces", action="store_true",
+                   help="detect and track only; print the faces")
     p.add_argument("--face_centred", action="store_true",
                    help="the video is already a face-centred clip (as the corpus'): no tracking")
     p.add_argument("--chunk_seconds", type=float, default=4.0)
@@ -39,7 +40,8 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
                    help="bf16: faster on CPUs with AMX/AVX512-BF16, outputs differ slightly")
     p.add_argument("--gate", action="store_true",
                    help="attenuate frames judged silent (a model with an activity head)")
-    p.add_argument("--gate_threshold", type=float, default=0.5, help="speaking probability threshold")
+    p.add_argument("--gate_threshold", type=float, default=0.5,
+                   help="speaking probability threshold")
     p.add_argument("--gate_db", type=float, default=30.0, help="attenuation of silent frames (dB)")
     p.add_argument("--trust_model_code", action="store_true",
                    help="let the model folder's model.yaml name classes by import path (this "

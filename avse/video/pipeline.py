@@ -36,7 +36,8 @@ def select_faces(scan, face, single: bool = False, video: str = "") -> list:
     try:
         k = int(face)
     except (TypeError, ValueError):
-        raise ValueError(f"--face must be 'all', 'largest' or a face number, got {face!r}") from None
+        raise ValueError(f"--face must be 'all', 'largest' or a face number, "
+                         f"got {face!r}") from None
     if k not in ids:
         raise ValueError(f"{video}: there is no face {k}; the faces are:\n{table}")
     return [k]
