@@ -31,6 +31,15 @@ A model that reads lip embeddings (SEANet, MuSE, ...) takes any video too when i
 stage's shards): the embeddings are computed from each face track's face-centred frames with
 the front-end's crop preset, over the whole track (not per chunk: the front-end's 3-D stem
 looks at neighbouring frames), or from a ``--face_centred`` clip (:mod:`avse.embed`).
+
+Reliability: inputs are checked before any work (:mod:`avse.video.preflight`: unreadable,
+empty, truncated, not media, no video, no audio without ``--mixture``, frames too small or
+too large, a header that lies about the duration, a mixture shorter than one video frame):
+one line on stderr naming the file and what to do, exit code 2. Outputs appear complete or
+not at all (:mod:`avse.safe_io`: hidden temporaries renamed at the end; a killed run leaves
+nothing under the final names). A model folder is data (:mod:`avse.models.safety`): weights
+are read with ``weights_only=True`` and checked against their ``files:`` manifest, and
+``model.yaml`` may name only registered plugins unless ``--trust_model_code`` is given.
 """
 from __future__ import annotations
 
