@@ -188,7 +188,9 @@ class AVSEBrain(sb.core.Brain):
     @property
     def attempted_steps(self) -> int:
         """Optimiser steps taken plus those skipped as non-finite (survives a resume)."""
-        return self.optimizer_step + int(self.run_state.counters.get("nonfinite_skipped", 0))
+        state = getattr(self, "run_state", None)  # (a Brain built without __init__ in tests)
+        skipped = int(state.counters.get("nonfinite_skipped", 0)) if state is not None else 0
+        return getattr(self, "optimizer_step", 0) + skipped
 
     # ------------------------------------------------------------------ forward / loss
     def compute_forward(self, batch, stage):
