@@ -25,7 +25,6 @@ random numbers as an uninterrupted one.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -41,6 +40,7 @@ from speechbrain.utils.distributed import MainProcessContext, ddp_barrier, ddp_b
     if_main_process
 
 from avse.faults import fault_point
+from avse.safe_io import file_manifest, manifest_problem
 
 logger = logging.getLogger(__name__)
 
@@ -51,22 +51,10 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written; the previous one is intact."""
 
 
-def _sha256(path, chunk=1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def manifest(folder) -> dict:
     """``{file name: {size, sha256}}`` of the files in a checkpoint folder (not CKPT.yaml)."""
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name != METAFNAME and os.path.isfile(path):
-            out[name] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
-    return out
+    return file_manifest(folder, [n for n in sorted(os.listdir(folder))
+                                  if n != METAFNAME and os.path.isfile(os.path.join(folder, n))])
 
 
 def read_meta(ckpt_dir) -> dict:
@@ -95,16 +83,7 @@ def checkpoint_problem(ckpt_dir, deep: bool = True, required=()) -> str | None:
     if files is None:
         missing = [n for n in required if not os.path.isfile(os.path.join(ckpt_dir, n))]
         return f"missing {', '.join(missing)}" if missing else None
-    for name, info in files.items():
-        path = os.path.join(ckpt_dir, name)
-        if not os.path.isfile(path):
-            return f"{name} is missing"
-        if os.path.getsize(path) != info.get("size"):
-            return (f"{name} has {os.path.getsize(path)} bytes, the manifest says "
-                    f"{info.get('size')} (truncated?)")
-        if deep and _sha256(path) != info.get("sha256"):
-            return f"{name} does not match its sha256 in {METAFNAME} (altered or corrupt)"
-    return None
+    return manifest_problem(str(ckpt_dir), files, deep=deep)
 
 
 def _fsync(path):

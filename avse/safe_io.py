@@ -26,6 +26,7 @@ True
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -89,6 +90,64 @@ def remove_stale(folder: str) -> list:
         logger.info("removed %d temporary file(s) of an interrupted run in %s", len(removed),
                     folder)
     return removed
+
+
+WORK_RE = re.compile(r"^avse-extract-(?P<pid>\d+)-")
+"""Working folders of ``avse-extract`` in the temp folder: ``avse-extract-<pid>-<random>``."""
+
+
+def work_folder(root: str | None = None) -> str:
+    """A new working folder ``avse-extract-<pid>-*`` under ``root`` (default: the system temp
+    folder), after removing those of processes that no longer run (a killed extraction)."""
+    import tempfile
+
+    root = root or tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        names = []
+    for name in names:
+        match = WORK_RE.match(name)
+        if match and not _alive(int(match["pid"])):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            logger.info("removed %s, the working folder of an interrupted avse-extract", name)
+    return tempfile.mkdtemp(prefix=f"avse-extract-{os.getpid()}-", dir=root)
+
+
+def sha256(path: str, block: int = 1 << 20) -> str:
+    """The sha256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_manifest(folder: str, names) -> dict:
+    """``{name: {"size": bytes, "sha256": hex}}`` of the files ``names`` in ``folder``: what
+    a model folder's ``model.yaml`` and a checkpoint's ``CKPT.yaml`` record as ``files:``."""
+    return {name: {"size": os.path.getsize(os.path.join(folder, name)),
+                   "sha256": sha256(os.path.join(folder, name))} for name in names}
+
+
+def manifest_problem(folder: str, manifest, deep: bool = True) -> str | None:
+    """Why the files in ``folder`` do not match ``manifest`` (see :func:`file_manifest`), or
+    None when every listed file is there with its size (and, with ``deep``, its sha256)."""
+    if not isinstance(manifest, dict):
+        return f"'files' must map file names to {{size, sha256}}, got {type(manifest).__name__}"
+    for name, want in manifest.items():
+        path = os.path.join(folder, str(name))
+        if not isinstance(want, dict) or os.path.isabs(str(name)) or ".." in str(name).split("/"):
+            return f"bad 'files' entry {name!r}"
+        if not os.path.isfile(path):
+            return f"{path} not found"
+        size = os.path.getsize(path)
+        if "size" in want and size != want["size"]:
+            return f"{path}: {size} bytes, the manifest says {want['size']}: truncated or damaged"
+        if deep and "sha256" in want and sha256(path) != want["sha256"]:
+            return (f"{path}: its sha256 differs from the manifest's: changed or damaged after "
+                    "it was written")
+    return None
 
 
 def _make_parents(folder: str) -> list:

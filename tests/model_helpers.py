@@ -22,3 +22,15 @@ def randomise(model, seed=0, scale=0.1):
                 m.running_mean.normal_(0, 0.1, generator=gen)
                 m.running_var.uniform_(0.5, 1.5, generator=gen)
     return model
+
+
+def tiny_model_folder(folder: str) -> str:
+    """A small saved AVSE model (conv / cnn / 2-block TCN, 16 channels) in ``folder``."""
+    from avse.models import AVSEModel, save_model
+
+    torch.manual_seed(0)
+    model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 32},
+                      {"type": "cnn", "out_dim": 16},
+                      {"type": "tcn", "bottleneck": 16, "hidden": 32, "num_blocks": 2,
+                       "num_repeats": 1}, fusion="concat")
+    return save_model(model, folder)

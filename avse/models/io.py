@@ -119,7 +119,7 @@ def save_model(model, folder: str, inference: dict | None = None) -> str:
 
     ``model.yaml`` gets a ``files:`` entry (``{model.ckpt: {size, sha256}}``) that loading
     checks, so a truncated or altered checkpoint is refused instead of loaded."""
-    from avse.models.safety import file_manifest
+    from avse.safe_io import file_manifest
 
     path = save_config(model, folder, inference)
     weights = os.path.join(folder, MODEL_WEIGHTS)

@@ -17,11 +17,12 @@ A leaf under :mod:`avse.models.io` (which re-exports :class:`ModelLoadError`).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 
 import yaml
+
+from avse.safe_io import manifest_problem
 
 logger = logging.getLogger("avse.models.io")
 
@@ -46,42 +47,15 @@ def _first_line(err: BaseException) -> str:
     return lines[0].strip()[:200]
 
 
-def sha256(path: str, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_manifest(folder: str, names) -> dict:
-    """``{name: {"size": bytes, "sha256": hex}}`` of files in ``folder``."""
-    return {name: {"size": os.path.getsize(os.path.join(folder, name)),
-                   "sha256": sha256(os.path.join(folder, name))} for name in names}
-
-
 def check_manifest(folder: str, manifest, where: str) -> None:
     """ModelLoadError unless every file ``manifest`` lists (``where``: the file that holds
     it) is in ``folder`` with its size and sha256. None: nothing to check (older folders)."""
     if manifest is None:
         return
-    if not isinstance(manifest, dict):
-        raise ModelLoadError(f"{os.path.join(folder, where)}: 'files' must map file names to "
-                             f"{{size, sha256}}, got {type(manifest).__name__}")
-    for name, want in manifest.items():
-        path = os.path.join(folder, str(name))
-        if not isinstance(want, dict) or os.path.isabs(str(name)) or ".." in str(name).split("/"):
-            raise ModelLoadError(f"{os.path.join(folder, where)}: bad 'files' entry {name!r}")
-        if not os.path.isfile(path):
-            raise ModelLoadError(f"{path} not found ({where} lists it): the folder is "
-                                 "incomplete; copy it again")
-        size = os.path.getsize(path)
-        if "size" in want and size != want["size"]:
-            raise ModelLoadError(f"{path}: {size} bytes, {where} says {want['size']}: truncated "
-                                 "or damaged; copy it again")
-        if "sha256" in want and sha256(path) != want["sha256"]:
-            raise ModelLoadError(f"{path}: its sha256 differs from the one in {where}: the file "
-                                 "was changed or damaged after it was written; copy it again")
+    problem = manifest_problem(folder, manifest)
+    if problem:
+        raise ModelLoadError(f"{problem} (files listed in {os.path.join(folder, where)}): the "
+                             "folder is incomplete or was altered; copy it again")
 
 
 def load_weights(path: str):

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from avse.data.align import FPS
-from avse.safe_io import OutputStage
+from avse.safe_io import OutputStage, work_folder
 from avse.video.media import MediaError
 
 
@@ -100,7 +100,7 @@ def extract_video(extractor, video: str, out_dir: str | None = None, mixture: st
     origin = info.video_start if mixture else info.audio_start
     if origin is None:
         raise MediaError(f"{video}: no audio stream; give the mixture with --mixture")
-    work = tempfile.mkdtemp(prefix="avse-extract-", dir=work_dir)
+    work = work_folder(work_dir)  # (and those of killed runs removed)
     try:
         mix_wav, gain = _mixture_wav(mixture, video, work, origin)  # cheap: its errors first
         scan = F.require_faces(F.detect_and_track(video, origin=origin, info=info,

@@ -15,6 +15,7 @@ from avse.inference import AVSEExtractor, main
 from avse.video.frames import probe
 from avse.video.media import MouthCrop, decode_media
 from avse.video.scenes import FaceSpec, two_face_scene, write_scene
+from tests.model_helpers import tiny_model_folder
 
 LATE = 2.6  # face 1 enters at this time (s)
 
@@ -38,14 +39,7 @@ def scene(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    from avse.models import AVSEModel, save_model
-
-    torch.manual_seed(0)
-    model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 32},
-                      {"type": "cnn", "out_dim": 16},
-                      {"type": "tcn", "bottleneck": 16, "hidden": 32, "num_blocks": 2,
-                       "num_repeats": 1}, fusion="concat")
-    return save_model(model, str(tmp_path_factory.mktemp("model") / "m"))
+    return tiny_model_folder(str(tmp_path_factory.mktemp("model") / "m"))
 
 
 def test_list_faces_numbers_tracks_left_to_right_with_their_times(scene, tmp_path, capsys):

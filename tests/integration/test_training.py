@@ -11,32 +11,13 @@ import torch
 from avse.data import lists
 from avse.data.shards import write_split
 from tests.conftest import REPO, run_cmd
+from tests.training_helpers import make_split
 
 # AVSE yamls (lip reading, egs/lrs2/hparams/lipreading.yaml: tests/integration/test_lipreading.py)
 YAMLS = sorted(p for p in glob.glob(os.path.join(REPO, "egs", "*", "hparams", "*.yaml"))
                if not os.path.basename(p).startswith("lipreading"))
 TINY = ["--number_of_epochs=1", "--epoch_steps=2", "--batch_size=2", "--num_workers=0",
         "--crop_seconds=1.0", "--noprogressbar", "--device=cpu"]
-
-
-def _make_split(out, split, speakers, n_per_spk, visual, rng):
-    samples = []
-    for s in speakers:
-        for c in range(n_per_spk):
-            frames = int(rng.integers(30, 50))
-            key = f"{s}/vid{split}{c:05d}x/{c:05d}"
-            sample = {"__key__": key,
-                      "flac": (0.3 * rng.standard_normal(frames * 640)).clip(-1, 1).astype(np.float32),
-                      "json": {"key": key, "spk": s, "split": split, "duration": frames / 25,
-                               "num_frames": frames}}
-            if visual == "lips":
-                sample["lips.npy"] = rng.integers(0, 255, (frames, 88, 88), dtype=np.uint8)
-            else:
-                sample["emb.npy"] = rng.standard_normal((frames, 512)).astype(np.float16)
-            samples.append(sample)
-    write_split(samples, os.path.join(out, "shards", split), shard_size=4, multiple=2)
-    return [{"key": x["__key__"], "spk": x["json"]["spk"], "set": split,
-             "duration": x["json"]["duration"]} for x in samples]
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +31,7 @@ def tiny_data(tmp_path_factory):
         for split, spks, n, count in (("train", ["id00001", "id00002", "id00003", "id00004"], 3, 8),
                                       ("val", ["id00001", "id00002"], 1, 2),
                                       ("test", ["id00005", "id00006", "id00007"], 1, 3)):
-            pool = _make_split(root, split, spks, n, visual, rng)
+            pool = make_split(root, split, spks, n, visual, rng)
             rows += lists.generate_mixtures(pool, count, 2, (-5, 5), seed=1, mix_set=split)
         lists.write_list(rows, os.path.join(root, "lists", "voxmix_2mix.csv"))
         _make_noise_and_condition_lists(root, rng)

@@ -76,7 +76,12 @@ def test_ddp_run_survives_corrupt_samples_and_a_nan_on_one_rank(tmp_path):
         assert {(s, k) for r, s, k in skipped if int(r) == rank} == mine
     assert not {k for k in r0["keys"] + r1["keys"]} & set(bad.values())
     train_log = (out / "train_log.txt").read_text()
-    assert "skipped_steps: " in train_log  # (the brain's count)
+    assert re.search(r"skipped_steps: 1\b", train_log)  # one step, skipped by both ranks
     n = int(re.search(r"skipped_samples: (\d+)", train_log).group(1))  # summed over the ranks
     assert n >= len(bad)  # every corrupt sample at least once (once a pass over the shards)
+    faults = [r["data_faults"] for r in (r0, r1)]  # each rank's own count, in its trace
+    assert n == sum(f["skipped"] for f in faults)
+    for rank, f in enumerate(faults):
+        mine = {f"{s}:{k}" for i, (s, k) in enumerate(sorted(bad.items())) if i % 2 == rank}
+        assert set(f["bad_samples"]) == mine
     assert (out / "eval" / "test.json").is_file()

@@ -15,11 +15,11 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from avse.inference import main
 from avse.video.scenes import FaceSpec, write_scene
 from tests.conftest import run_cmd
+from tests.model_helpers import tiny_model_folder
 
 FACE = [FaceSpec(height=120, start_xy=(160, 120), end_xy=(164, 122))]
 
@@ -72,14 +72,7 @@ def _lie_about_duration(src, dst, factor):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from avse.models import AVSEModel, save_model
-
-    torch.manual_seed(0)
-    net = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 32},
-                    {"type": "cnn", "out_dim": 16},
-                    {"type": "tcn", "bottleneck": 16, "hidden": 32, "num_blocks": 2,
-                     "num_repeats": 1}, fusion="concat")
-    return save_model(net, str(tmp_path_factory.mktemp("model") / "m"))
+    return tiny_model_folder(str(tmp_path_factory.mktemp("model") / "m"))
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +252,7 @@ def test_odd_but_usable_inputs_work_with_face_tracking(media, scenes, model, tmp
 def test_a_failed_or_killed_extraction_leaves_nothing_under_the_final_name(media, scenes, model,
                                                                           tmp_path, monkeypatch):
     import avse.faults
+    import avse.safe_io
 
     media = {**media, **scenes}
     out = tmp_path / "t.wav"
@@ -275,10 +269,18 @@ def test_a_failed_or_killed_extraction_leaves_nothing_under_the_final_name(media
     kill = ["--model", model, "--video", media["scene"], "--out_dir", str(folder),
             "--noprogressbar"]
     monkeypatch.setenv("AVSE_FAULTS", "extract_write=1:kill")
+    work_root = tmp_path.parent / f"{tmp_path.name}-work"
+    work_root.mkdir()
+    monkeypatch.setenv("TMPDIR", str(work_root))  # where its working folder goes
     proc = run_cmd(["python", "-m", "avse.inference"] + kill, check=False)
     monkeypatch.delenv("AVSE_FAULTS")
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not folder.exists()
+    stale = [p for p in os.listdir(work_root) if p.startswith("avse-extract-")]
+    assert len(stale) == 1  # the killed run's working folder: the next one removes it
+    fresh = avse.safe_io.work_folder(str(work_root))
+    assert [p for p in os.listdir(work_root) if p.startswith("avse-extract-")] == [
+        os.path.basename(fresh)]
     left = _leftovers(tmp_path)
     assert len(left) == 1 and left[0].startswith(".faces.tmp-"), left
     assert {"face0.wav", "face0.mp4", "faces.json"} <= set(os.listdir(tmp_path / left[0]))

@@ -155,7 +155,7 @@ def test_model_yaml_may_only_name_registered_plugins(tmp_path, inputs, monkeypat
 
 def _checkpoint(save, name, net, score, damage=None):
     """A CKPT+ folder with a files manifest (sizes, sha256) as the trainer writes it."""
-    from avse.models.safety import file_manifest
+    from avse.safe_io import file_manifest
 
     ckpt = save / name
     ckpt.mkdir(parents=True)
