@@ -86,6 +86,16 @@ def test_rerun_is_a_noop(prepared):
     assert "0 processed" in proc.stdout and "up to date" in proc.stdout
 
 
+def test_retry_rejected_probes_the_rejected_clips_again(prepared, tmp_path):
+    corpus, bad, out, _ = prepared
+    copy = tmp_path / "vox2"
+    shutil.copytree(out, copy)
+    proc = run_cmd(RUN + ["--corpus_dir", str(corpus), "--out_dir", str(copy), "--stop_stage",
+                          "2", "--retry_rejected", "true"] + OPTS)
+    assert "up to date" not in proc.stdout.split("[extract]")[0]  # the manifest ran again
+    assert read_rejected(copy) == read_rejected(out)  # still broken: rejected again, same reason
+
+
 def test_generated_lists_name_shard_utterances(prepared):
     _, _, out, _ = prepared
     keys = {}
