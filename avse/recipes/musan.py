@@ -25,8 +25,12 @@ Stages (``recipes/MUSAN/run.sh`` calls them in order; each is idempotent):
 The shards feed :class:`avse.data.noise.MusanNoise` (dynamic mixing) and the noise tuples
 of mixture lists (:func:`avse.data.lists.add_noise`, ``make_list_loader(noise_dirs=...)``).
 
-Unreadable files, duplicate keys, too-short files and silent pieces go to
-``OUT/rejected.tsv``; they never stop a run.
+Unreadable files (missing, empty, a symlink loop, a read error, not audio), duplicate keys,
+too-short files and silent pieces go to ``OUT/rejected.tsv`` with the reason; they never
+stop a run, nor are tried again by a re-run without ``--retry_rejected``. A killed stage
+resumes: manifest from its journal, pieces from each file's ``.done.json`` (rejections
+too), shards from the splits with a current marker (fault points ``stage_entry``, after
+each file of manifest and pieces, and ``shard_write``).
 
 Example
 -------
@@ -46,7 +50,9 @@ import numpy as np
 from avse.data.align import SAMPLE_RATE
 from avse.data.mixing import SILENCE_POWER, power
 from avse.data.shards import encode_flac
+from avse.faults import fault_point
 from avse.recipes.common import (
+    Journal,
     RecipeError,
     Rejections,
     Summary,
@@ -58,10 +64,12 @@ from avse.recipes.common import (
     parallel_map,
     read_jsonl,
     recipe_parser,
+    remove_temp_files,
     run_cli,
     shards_note,
     write_jsonl,
 )
+from avse.video.media import file_problem
 
 CATEGORIES = ("music", "noise", "speech")
 LAYOUT_HINT = "CORPUS/{music,noise,speech}/<subset>/*.wav"
@@ -149,6 +157,8 @@ def _probe_task(entry):
     import soundfile as sf
 
     try:
+        if problem := file_problem(entry["path"]):  # before libsndfile: a FIFO blocks it
+            raise ValueError(problem)
         info = sf.info(entry["path"])
         if info.frames <= 0 or info.samplerate <= 0:
             raise ValueError("no audio samples")
@@ -166,32 +176,58 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
 
 
 def stage_manifest(corpus_dir: str, out_dir: str, val_fraction: float = 0.1,
-                   test_fraction: float = 0.1, seed: int = 0, nj: int = 1) -> list[dict]:
-    """Stage 1: write ``OUT/manifest.jsonl`` (one source file a line). Returns the entries."""
+                   test_fraction: float = 0.1, seed: int = 0, nj: int = 1,
+                   retry_rejected: bool = False) -> list[dict]:
+    """Stage 1: write ``OUT/manifest.jsonl`` (one source file a line). Returns the entries.
+
+    Skipped when done with the same parameters, unless ``retry_rejected``: then only the
+    rejected files are probed again. A killed run's probes (same parameters) are reused."""
     check_fractions(val_fraction, test_fraction)
     params = {"corpus_dir": os.path.abspath(corpus_dir), "val_fraction": val_fraction,
               "test_fraction": test_fraction, "seed": seed}
     manifest_path = os.path.join(out_dir, "manifest.jsonl")
     marker = os.path.join(out_dir, ".done", "manifest")
-    if is_done(marker, params) and os.path.isfile(manifest_path):
+    done = is_done(marker, params) and os.path.isfile(manifest_path)
+    if done and not retry_rejected:
         print(f"[manifest] {manifest_path} is up to date; skipping")
         return read_jsonl(manifest_path)
     summary = Summary("manifest", unit="files")
+    remove_temp_files(out_dir, recursive=False)
     entries, rejected = scan_corpus(corpus_dir)
-    kept = []
-    for entry, error in parallel_map(_probe_task, entries, nj, desc="manifest", unit="file"):
+    journal = Journal(out_dir, "manifest", params)
+    known = journal.load()
+    if done:  # --retry_rejected over a finished manifest: the kept files keep their probe
+        known = {e["key"]: {"key": e["key"], "source": e["source"], "entry": e}
+                 for e in read_jsonl(manifest_path)}
+    if retry_rejected:
+        known = {k: r for k, r in known.items() if "entry" in r}
+    fresh = {e["key"] for e in entries if known.get(e["key"], {}).get("source") == e["source"]}
+    resumed = [known[k] for k in sorted(fresh)]
+    todo = [e for e in entries if e["key"] not in fresh]
+    journal.start(resumed)
+    kept = [r["entry"] for r in resumed if "entry" in r]
+    rejected += [{k: r[k] for k in ("key", "path", "reason")} for r in resumed
+                 if "entry" not in r]
+    for entry, error in parallel_map(_probe_task, todo, nj, desc="manifest", unit="file"):
+        row = {"key": entry["key"], "source": entry["source"]}
         if error:
+            row.update(path=entry["path"], reason=error)
             rejected.append({"key": entry["key"], "path": entry["path"], "reason": error})
         else:
+            row["entry"] = entry
             kept.append(entry)
+        journal.add(row)
+        fault_point("stage_entry")
+    Rejections(out_dir).replace("manifest", rejected)
     if not kept:
+        journal.remove()
         raise RecipeError(f"none of the {len(entries)} wav file(s) under {corpus_dir} could be "
                           f"read; see {os.path.join(out_dir, 'rejected.tsv')}")
     assign_splits(kept, val_fraction, test_fraction, seed)
     kept.sort(key=lambda e: (e["split"], e["key"]))
     write_jsonl(kept, manifest_path)
-    Rejections(out_dir).replace("manifest", rejected)
     mark_done(marker, params, count=len(kept))
+    journal.remove()
     counts = {}
     for e in kept:
         counts.setdefault(e["split"], {}).setdefault(e["category"], 0)
@@ -202,7 +238,10 @@ def stage_manifest(corpus_dir: str, out_dir: str, val_fraction: float = 0.1,
     if rates:
         note += f"; {sum(e['sr'] != SAMPLE_RATE for e in kept)} file(s) at {rates} Hz " \
                 f"will be resampled to {SAMPLE_RATE}"
-    summary.line(len(kept), len(rejected), sum(e["duration"] for e in kept), note=note)
+    if resumed:
+        note += f"; resumed {len(resumed)} probed before"
+    summary.line(len(kept), len(rejected), sum(e["duration"] for e in kept),
+                 processed=len(todo), note=note)
     return kept
 
 
@@ -229,7 +268,7 @@ def _done_path(out_dir: str, entry: dict) -> str:
 
 
 def read_wav(path: str):
-    """``(wav [T] float32 mono @16 kHz, original rate)``: channels averaged, resampled if needed."""
+    """``(wav [T] float32 mono @16 kHz, original rate)``: channels averaged, resampled."""
     import soundfile as sf
 
     wav, sr = sf.read(path, dtype="float32", always_2d=True)
@@ -245,13 +284,15 @@ def read_wav(path: str):
 def _pieces_task(job):
     entry, out_dir, params = job
     try:
+        if problem := file_problem(entry["path"]):
+            raise ValueError(problem)
         wav, sr = read_wav(entry["path"])
+        if len(wav) < params["min_seconds"] * SAMPLE_RATE:
+            return _rejected(out_dir, entry, params, f"{len(wav) / SAMPLE_RATE:.2f} s, shorter "
+                             f"than --min_seconds {params['min_seconds']}")
     except Exception as err:  # any unreadable file is a rejection, never a crash
-        return entry, None, f"cannot read: {' '.join(str(err).split())}"
-    if len(wav) < params["min_seconds"] * SAMPLE_RATE:
-        return entry, None, (f"{len(wav) / SAMPLE_RATE:.2f} s, shorter than --min_seconds "
-                             f"{params['min_seconds']}")
-    infos, dropped = [], []
+        return _rejected(out_dir, entry, params, f"cannot read: {' '.join(str(err).split())}")
+    infos, dropped = [], []  # the pieces, and the silent ones left out
     max_samples = int(round(params["max_seconds"] * SAMPLE_RATE))
     for i, (a, b) in enumerate(piece_bounds(len(wav), max_samples)):
         key = f"{entry['key']}-{i:03d}"
@@ -268,14 +309,19 @@ def _pieces_task(job):
         if sr != SAMPLE_RATE:
             info["resampled_from"] = sr
         base = os.path.join(_piece_dir(out_dir, entry["split"]), key)
-        os.makedirs(os.path.dirname(base), exist_ok=True)
         atomic_write(base + ".flac", encode_flac(piece))
         atomic_write(base + ".json", json.dumps(info, sort_keys=True).encode())
         infos.append(info)
     done = {"params": params, "pieces": infos, "dropped": dropped}
-    os.makedirs(os.path.dirname(_done_path(out_dir, entry)), exist_ok=True)
     atomic_write(_done_path(out_dir, entry), json.dumps(done, sort_keys=True).encode())
     return entry, done, None
+
+
+def _rejected(out_dir: str, entry: dict, params: dict, reason: str):
+    """A rejected file: its done file says why (a re-run tries it only if --retry_rejected)."""
+    done = {"params": params, "pieces": [], "dropped": [], "error": reason}
+    atomic_write(_done_path(out_dir, entry), json.dumps(done, sort_keys=True).encode())
+    return entry, None, reason
 
 
 def _load_done(out_dir: str, entry: dict, params: dict):
@@ -299,18 +345,21 @@ def stage_pieces(out_dir: str, max_seconds: float = 10.0, min_seconds: float = 1
     entries = read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
     params = {"max_seconds": float(max_seconds), "min_seconds": float(min_seconds)}
     marker = os.path.join(out_dir, ".done", "pieces")
-    rejections = Rejections(out_dir)
-    old = {r["key"]: r for r in rejections.for_stage("pieces")}
-    keep_old = is_done(marker, params) and not retry_rejected
+    rejections = Rejections(out_dir)  # older runs kept pieces rejections only in rejected.tsv
+    old = {r["key"]: r for r in rejections.for_stage("pieces")
+           if is_done(marker, params) and not retry_rejected}
     summary = Summary("pieces", unit="files")
     todo, infos, rejected, n_done = [], [], [], 0
+    remove_temp_files(os.path.join(out_dir, "pieces"))
     for e in entries:
         done = _load_done(out_dir, e, params)
-        if done is not None:
+        if done is not None and "error" in done and not retry_rejected:
+            rejected.append({"key": e["key"], "path": e["path"], "reason": done["error"]})
+        elif done is not None and "error" not in done:
             infos += done["pieces"]
             rejected += done["dropped"]
             n_done += 1
-        elif keep_old and e["key"] in old:
+        elif e["key"] in old:
             rejected.append(old[e["key"]])
         else:
             todo.append((e, out_dir, params))
@@ -323,6 +372,7 @@ def stage_pieces(out_dir: str, max_seconds: float = 10.0, min_seconds: float = 1
             rejected += done["dropped"]
             resampled += entry["sr"] != SAMPLE_RATE
             n_kept += 1
+        fault_point("stage_entry")
     rejections.replace("pieces", rejected)
     mark_done(marker, params)
     note = f"{len(infos)} pieces <= {max_seconds:g} s; {n_done} files already done, " \
@@ -397,12 +447,12 @@ def stage_shards(out_dir: str, max_seconds: float = 10.0, min_seconds: float = 1
 def prepare_musan(corpus_dir: str, out_dir: str, nj: int = 1, max_seconds: float = 10.0,
                   min_seconds: float = 1.0, val_fraction: float = 0.1, test_fraction: float = 0.1,
                   shard_size: int = 1000, shard_multiple: int = 1, seed: int = 0,
-                  stage: int = 1, stop_stage: int = 3):
+                  stage: int = 1, stop_stage: int = 3, retry_rejected: bool = False):
     """Run stages ``stage..stop_stage`` (see the module docstring)."""
     if stage <= 1 <= stop_stage:
-        stage_manifest(corpus_dir, out_dir, val_fraction, test_fraction, seed, nj)
+        stage_manifest(corpus_dir, out_dir, val_fraction, test_fraction, seed, nj, retry_rejected)
     if stage <= 2 <= stop_stage:
-        stage_pieces(out_dir, max_seconds, min_seconds, nj)
+        stage_pieces(out_dir, max_seconds, min_seconds, nj, retry_rejected)
     if stage <= 3 <= stop_stage:
         stage_shards(out_dir, max_seconds, min_seconds, shard_size, shard_multiple, seed)
 
@@ -418,8 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus_dir", required=True, help=LAYOUT_HINT)
     p.add_argument("--val_fraction", type=float, default=0.1, help="files per category")
     p.add_argument("--test_fraction", type=float, default=0.1, help="files per category")
+    p.add_argument("--retry_rejected", action="store_true", help="probe rejected files again")
     p = sub.add_parser("pieces", parents=[common, pieces], help="stage 2: cut files into pieces")
-    p.add_argument("--retry_rejected", action="store_true")
+    p.add_argument("--retry_rejected", action="store_true", help="read rejected files again")
     p = sub.add_parser("shards", parents=[common, pieces], help="stage 3: write shards")
     p.add_argument("--shard_size", type=int, default=1000, help="max pieces per shard")
     p.add_argument("--shard_multiple", type=int, default=1,
@@ -430,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args) -> None:
     if args.stage == "manifest":
         stage_manifest(args.corpus_dir, args.out_dir, args.val_fraction, args.test_fraction,
-                       args.seed, args.nj)
+                       args.seed, args.nj, args.retry_rejected)
     elif args.stage == "pieces":
         stage_pieces(args.out_dir, args.max_seconds, args.min_seconds, args.nj,
                      args.retry_rejected)
