@@ -13,7 +13,9 @@ read from the yaml, besides AVSEBrain's:
 
 - ``blank_frames`` (false): feed zeros instead of the lips, the "blind" baseline that shows
   how much the model reads from the lips rather than from the transcripts' statistics;
-- ``curriculum``, ``train_shards``, ``valid_shards``, ``test_sets``: see :func:`make_loaders`.
+- ``curriculum``, ``train_shards``, ``valid_shards``, ``test_sets``, ``skip_bad_shards``: see
+  :func:`make_loaders`. Skipped samples reach ``train_log.txt`` as AVSEBrain's
+  ``skipped_samples`` (the training loader's ``faults``).
 
 Validation and test decode greedily (SpeechBrain's ``ctc_greedy_decode``) and score CER
 (characters, spaces included) and WER with SpeechBrain's ``ErrorRateStats``, in percent;
@@ -235,8 +237,10 @@ def make_loaders(hparams):
     of split folders such as ``[pretrain, train]``; ``train_shards_meta`` for a ``pipe:``
     spec), ``batch_size``, ``epoch_steps``, ``curriculum``, ``shuffle_buffer``,
     ``num_workers``, ``seed``, ``tokenizer`` (optional), ``valid_shards`` (optional),
-    ``valid_batch_size``, ``valid_max_seconds``."""
-    common = dict(seed=hparams.get("seed", 0), tokenizer=hparams.get("tokenizer"))
+    ``valid_batch_size``, ``valid_max_seconds``, ``skip_bad_shards`` (false: a missing or
+    unreadable shard is one error naming them all before training; true: left out, warned)."""
+    common = dict(seed=hparams.get("seed", 0), tokenizer=hparams.get("tokenizer"),
+                  skip_bad_shards=bool(hparams.get("skip_bad_shards", False)))
     train = make_text_loader(hparams["train_shards"], hparams["batch_size"], "train",
                              epoch_steps=hparams.get("epoch_steps"),
                              curriculum=hparams.get("curriculum"),
@@ -257,7 +261,8 @@ def run_tests(brain, hparams) -> dict:
         spec = spec if isinstance(spec, dict) else {"shards": spec}
         loader = make_text_loader(spec["shards"], hparams.get("valid_batch_size", 8), "test",
                                   max_seconds=spec.get("max_seconds"), seed=hparams.get("seed", 0),
-                                  tokenizer=hparams.get("tokenizer"))
+                                  tokenizer=hparams.get("tokenizer"),
+                                  skip_bad_shards=bool(hparams.get("skip_bad_shards", False)))
         results[name] = brain.evaluate_to(loader, out_dir, name)
     if results and sb.utils.distributed.if_main_process():
         write_json(results, os.path.join(out_dir, "summary.json"))
@@ -267,7 +272,8 @@ def run_tests(brain, hparams) -> dict:
 def model_info(hparams) -> dict:
     """What ``lipreading.json`` records: the model config, the training shards' crop preset and
     vocabulary, the tokenizer's location."""
-    splits = resolve_splits(hparams["train_shards"], hparams.get("train_shards_meta"))
+    splits = resolve_splits(hparams["train_shards"], hparams.get("train_shards_meta"),
+                            missing_ok=True)
     model = hparams["modules"]["model"]
     return {"model": getattr(model, "config", None), "crop": splits[0].meta.get("crop"),
             "vocab_size": splits[0].meta.get("vocab_size"),

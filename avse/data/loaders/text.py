@@ -5,11 +5,12 @@ Per DDP rank and DataLoader worker, a ``wds.DataPipeline`` of these stages::
     shard URLs of one or more splits (local, http(s)://, pipe:; avse.data.remote)
       -> node split by rank, then worker split (avse.data.partition)
       -> train: each pass in a new random order, endlessly; eval: one pass in order
-      -> tar_samples: only the ``lips.npy`` and ``json`` members are read
+      -> tar_samples: only the ``lips.npy`` and ``json`` members are read (a tar cut short
+         loses the sample being read and the rest of that shard: ``bad_tar``)
       -> clips: a clip longer than the current maximum (``curriculum``) is cut at word
          boundaries (the json's ``words`` timings) into segments, each with its words'
          tokens re-encoded by the split's sentencepiece model; bad samples are skipped
-         and counted (:data:`SKIP_REASONS`), never raised
+         and counted (:data:`SKIP_REASONS`; ``loader.faults``, per rank), never raised
       -> train: shuffle buffer of ``shuffle_buffer`` clips
       -> batches: lips padded by repeating the last frame, tokens padded with 0,
          relative lengths (SpeechBrain's convention) -> :class:`TextBatch`
@@ -54,11 +55,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from avse.data.align import FPS
 from avse.data.curriculum import check_curriculum, ctc_frames_needed, cut_at_words, max_seconds_at
+from avse.data.loaders.bad_samples import FaultLog
 from avse.data.loaders.dynamic import EpochLoader, count, shuffled_passes
 from avse.data.mixing import pad_to
 from avse.data.partition import (check_shard_split, dist_info, node_splitter, split_shards,
                                  worker_splitter)
-from avse.data.remote import is_url_spec, read_url, resolve_split, tar_samples
+from avse.data.remote import check_shards, is_url_spec, read_url, resolve_split, tar_samples
 from avse.data.shards import ShardError, decode_npy
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,9 @@ class TextBatch:
         transcripts and keys (a segment of a cut clip: ``<key>_seg<i>``).
     skipped : dict
         samples this worker skipped since its previous batch, by reason (:data:`SKIP_REASONS`).
+    faults : list
+        the same as ``(shard, key, reason)`` events (with ``bad_tar``, ``bad_shard``); the
+        loader moves them into ``loader.faults`` (:mod:`avse.data.loaders.bad_samples`).
     """
 
     lips: torch.Tensor
@@ -101,6 +106,7 @@ class TextBatch:
     texts: list
     keys: list
     skipped: dict = field(default_factory=dict)
+    faults: list | None = None
 
     def __len__(self):
         return len(self.keys)
@@ -201,20 +207,20 @@ def load_tokenizer(splits, tokenizer: str | None = None) -> Tokenizer | None:
     return Tokenizer(data, where)
 
 
-def resolve_splits(shards, meta: str | None = None) -> list:
+def resolve_splits(shards, meta: str | None = None, missing_ok: bool = False) -> list:
     """:func:`avse.data.remote.resolve_split` of a split, or of each of a list of split folders
     or http(s) prefixes (e.g. ``[pretrain, train]``); a list of shard URLs is one split."""
     if isinstance(shards, (list, tuple)) and shards and \
             not any(is_url_spec(str(s)) for s in shards):
         if meta is not None:
             raise ShardError("meta= is for one URL spec, not for a list of split folders")
-        return [resolve_split(s) for s in shards]
-    return [resolve_split(shards, meta)]
+        return [resolve_split(s, missing_ok=missing_ok) for s in shards]
+    return [resolve_split(shards, meta, missing_ok)]
 
 
 def text_vocab_size(shards, meta: str | None = None) -> int:
     """The sentencepiece vocabulary size of a split (meta.json ``vocab_size``), for the yaml."""
-    splits = resolve_splits(shards, meta)
+    splits = resolve_splits(shards, meta, missing_ok=True)
     sizes = {s.meta.get("vocab_size") for s in splits}
     if None in sizes or len(sizes) != 1:
         raise ShardError(f"{', '.join(s.name for s in splits)}: meta.json vocab_size "
@@ -234,7 +240,7 @@ class TextDataset(IterableDataset):
     def __init__(self, urls, batch_size: int, train: bool, epoch_steps: int = 0,
                  tokenizer: Tokenizer | None = None, curriculum=None, max_seconds=None,
                  shuffle_buffer: int = 100, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 n_local: int = 0):
+                 n_local: int = 0, skip_bad_shards: bool = False):
         super().__init__()
         self.urls, self.batch_size, self.train = list(urls), int(batch_size), bool(train)
         self.epoch_steps, self.tokenizer = int(epoch_steps), tokenizer
@@ -242,6 +248,7 @@ class TextDataset(IterableDataset):
         self.shuffle_buffer, self.seed = max(1, int(shuffle_buffer)), int(seed)
         self.rank, self.world_size, self.epoch, self.skip = rank, world_size, 0, 0
         self.n_local, self.skipped, self._warned = n_local, Counter(), set()
+        self.skip_bad_shards, self.log = skip_bad_shards, FaultLog(f"rank {rank}", skip_bad_shards)
 
     def __len__(self):
         if self.train:
@@ -254,8 +261,9 @@ class TextDataset(IterableDataset):
             return max_seconds_at(self.curriculum, self.epoch)
         return self.max_seconds
 
-    def _skip(self, reason: str, key: str, detail: str = ""):
+    def _skip(self, reason: str, key: str, detail: str = "", url: str = "?"):
         self.skipped[reason] += 1
+        self.log.pending.append((url, key, reason))
         if reason not in self._warned:
             self._warned.add(reason)
             logger.warning("skipping %s (%s%s); further such samples are counted in "
@@ -266,24 +274,24 @@ class TextDataset(IterableDataset):
         max_s = self.current_max_seconds()
         max_frames = None if max_s is None else int(round(max_s * FPS))
         for raw in src:
-            key = raw.get("__key__", "?")
+            key, url = raw.get("__key__", "?"), raw.get("__url__", "?")
             try:
                 info = json.loads(raw["json"])
                 if not isinstance(info, dict):
                     raise ValueError
             except (KeyError, ValueError):
-                self._skip("bad_json", key)
+                self._skip("bad_json", key, url=url)
                 continue
             text = " ".join(str(info.get("text") or "").split())
             if not text:
-                self._skip("no_text", key)
+                self._skip("no_text", key, url=url)
                 continue
             try:
                 lips = decode_npy(raw["lips.npy"])
                 if lips.ndim != 3 or len(lips) == 0:
                     raise ValueError
             except (KeyError, ValueError, OSError):
-                self._skip("no_lips", key)
+                self._skip("no_lips", key, url=url)
                 continue
             if max_frames is None or len(lips) <= max_frames:
                 tokens = info.get("tokens")
@@ -291,7 +299,7 @@ class TextDataset(IterableDataset):
                     tokens = self.tokenizer.encode(text)
                 pieces = [(key, lips, tokens, text)]
             elif not info.get("words") or self.tokenizer is None:
-                self._skip("no_words", key, "; no tokenizer" if info.get("words") else "")
+                self._skip("no_words", key, "; no tokenizer" if info.get("words") else "", url)
                 continue
             else:
                 pieces = [(f"{key}_seg{i}", lips[a:b], self.tokenizer.encode(" ".join(ws)),
@@ -300,9 +308,10 @@ class TextDataset(IterableDataset):
                                                                       max_s))]
             for k, seg, tokens, words in pieces:
                 if not tokens:
-                    self._skip("no_tokens", k)
+                    self._skip("no_tokens", k, url=url)
                 elif self.train and len(seg) < ctc_frames_needed(tokens):
-                    self._skip("ctc_too_short", k, f": {len(seg)} frames, {len(tokens)} tokens")
+                    self._skip("ctc_too_short", k, f": {len(seg)} frames, {len(tokens)} tokens",
+                               url)
                 else:
                     yield {"key": k, "lips": seg, "tokens": [int(t) for t in tokens], "text": words}
 
@@ -340,17 +349,20 @@ class TextDataset(IterableDataset):
             ready = self._collate(group)
         if ready is not None:
             ready.skipped = dict(Counter(ready.skipped) + self.skipped)
+            ready.faults = (ready.faults or []) + self.log.take()
             self.skipped.clear()
             yield ready
 
     def _collate(self, group):
         batch = collate_clips(group, self.skipped)
+        batch.faults = self.log.take()
         self.skipped.clear()
         return batch
 
     def pipeline(self, rng, worker_id: int = 0, num_workers: int = 1) -> wds.DataPipeline:
         """The batches of one (rank, worker); endless when training."""
         where = f"rank {self.rank} worker {worker_id}"
+        self.log = FaultLog(where, self.skip_bad_shards)  # a truncated tar: skipped, counted
         mine = split_shards(self.urls, self.rank, self.world_size, worker_id, num_workers)
         if not mine and self.train:
             raise ShardError(f"{where}: no shard (see check_shard_split)")
@@ -358,7 +370,8 @@ class TextDataset(IterableDataset):
                   worker_splitter(worker_id, num_workers)]
         if self.train:
             stages.append(partial(shuffled_passes, rng=rng))
-        stages += [partial(tar_samples, select=lambda n: n.endswith((".lips.npy", ".json"))),
+        stages += [partial(tar_samples, select=lambda n: n.endswith((".lips.npy", ".json")),
+                           on_error=self.log.tar_error, skip_unopened=self.skip_bad_shards),
                    partial(count, read=[0]), self.clips]
         if self.train:
             stages.append(partial(self.shuffle, rng=rng))
@@ -378,7 +391,9 @@ class TextDataset(IterableDataset):
 
 class TextLoader(EpochLoader):
     """An :class:`~avse.data.loaders.dynamic.EpochLoader` over :class:`TextDataset` that adds
-    up, in ``skipped`` (a Counter by reason), the samples its workers skipped."""
+    up, in ``skipped`` (a Counter by reason), the samples its workers skipped; ``faults``:
+    this rank's totals as the AVSE loaders give them (``skipped``, ``reasons``,
+    ``bad_samples``, ``skipped_shards``; :mod:`avse.data.loaders.bad_samples`)."""
 
     def __init__(self, dataset, num_workers: int = 0, pin_memory: bool = False, **kwargs):
         super().__init__(dataset, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
@@ -394,7 +409,7 @@ def make_text_loader(shards, batch_size: int = 8, stage: str = "train", epoch_st
                      curriculum=None, max_seconds=None, shuffle_buffer: int = 100, seed: int = 0,
                      num_workers: int = 0, meta: str | None = None, tokenizer: str | None = None,
                      rank: int | None = None, world_size: int | None = None,
-                     pin_memory: bool = False) -> TextLoader:
+                     pin_memory: bool = False, skip_bad_shards: bool = False) -> TextLoader:
     """A loader of :class:`TextBatch` over the lips and transcripts of LRS-layout shards.
 
     Arguments
@@ -423,25 +438,35 @@ def make_text_loader(shards, batch_size: int = 8, stage: str = "train", epoch_st
     tokenizer : str, optional
         the sentencepiece model (path, URL or ``pipe:``) when meta.json's ``tokenizer``
         cannot be reached from the shards (``pipe:`` specs); needed to cut clips.
+    skip_bad_shards : bool
+        every local shard of every split must exist and start with a tar header (checked
+        here, before training): else one ShardError names the bad ones. True: they are left
+        out with a warning (``loader.faults["skipped_shards"]``), and a shard that cannot be
+        opened later (http, ``pipe:``) is skipped and counted instead of stopping the run.
+
+    Bad samples are skipped, never raised: counted by reason in ``loader.skipped`` and in
+    ``loader.faults`` (``{"skipped": n, "reasons": {...}, ...}``, per rank).
     """
     if stage not in ("train", "valid", "test"):
         raise ValueError(f"stage must be 'train', 'valid' or 'test', got {stage!r}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    splits = resolve_splits(shards, meta)
+    splits = resolve_splits(shards, meta, missing_ok=True)
     for split in splits:
         if "lips.npy" not in split.meta.get("fields", ["lips.npy"]):
             raise ShardError(f"{split.name}: the shards hold no lips.npy (fields "
                              f"{split.meta.get('fields')}); lip reading needs mouth ROIs")
-    urls = [u for s in splits for u in s.urls]
+    every = [u for s in splits for u in s.urls]
     counts = [c for s in splits for c in s.meta.get("shard_counts") or
               [s.meta["count"] // max(1, s.meta["num_shards"])] * s.meta["num_shards"]]
+    name = ", ".join(s.name for s in splits)
+    urls, bad = check_shards(every, name, skip_bad_shards)  # before any step: bad ones named
+    counts = [c for u, c in zip(every, counts) if u not in bad]
     rank, world_size = dist_info(rank, world_size)
     train = stage == "train"
     if train:
         check_shard_split(len(urls), world_size, num_workers)
-    total = sum(s.meta["count"] for s in splits)
-    name = ", ".join(s.name for s in splits)
+    total = sum(counts) if bad else sum(s.meta["count"] for s in splits)
     if train and epoch_steps is None:
         epoch_steps = total // (batch_size * world_size)
     if train and int(epoch_steps) < 1:
@@ -454,8 +479,9 @@ def make_text_loader(shards, batch_size: int = 8, stage: str = "train", epoch_st
                          "tokenizer=")
     n_local = sum(counts[i] for i in range(rank, len(urls), world_size))
     dataset = TextDataset(urls, batch_size, train, epoch_steps or 0, tok, curriculum, max_seconds,
-                          shuffle_buffer, seed, rank, world_size, n_local)
-    return TextLoader(dataset, num_workers=num_workers, pin_memory=pin_memory)
+                          shuffle_buffer, seed, rank, world_size, n_local, skip_bad_shards)
+    return TextLoader(dataset, num_workers=num_workers, pin_memory=pin_memory,
+                      skipped_shards=bad)
 
 
 __all__ = ["SKIP_REASONS", "TextBatch", "collate_clips", "check_curriculum", "max_seconds_at",
