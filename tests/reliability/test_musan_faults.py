@@ -181,6 +181,7 @@ def test_kill_9_in_each_stage_then_the_same_command_completes(tmp_path, capsys, 
             assert os.path.isfile(os.path.join(out, name)), (stage, name, _files(out))
         if stage == "pieces":  # 3 files done (+ what the workers finished); a write cut short
             assert len([f for f in _files(out) if f.endswith(".done.json")]) >= 3
+            os.makedirs(os.path.join(out, "pieces", "train"), exist_ok=True)
             open(os.path.join(out, "pieces", "train", "stray.flac.tmp"), "wb").close()
         if stage == "shards":  # the split being written has no meta.json, no marker
             assert not os.path.exists(os.path.join(out, "shards", "train", "meta.json"))
