@@ -15,7 +15,7 @@ retry=(); [ "$retry_rejected" = true ] && retry=(--retry_rejected)
 prep="${PYTHON:-python} -m avse.recipes.musan"
 cut=(--max_seconds "$max_seconds" --min_seconds "$min_seconds")
 if run 1; then
-  $prep manifest --corpus_dir "$corpus_dir" --out_dir "$out_dir" --nj "$nj" --seed "$seed" \
+  $prep manifest --corpus_dir "$corpus_dir" --out_dir "$out_dir" --nj "$nj" --seed "$seed" "${retry[@]}" \
     --val_fraction "$val_fraction" --test_fraction "$test_fraction"
 fi
 if run 2; then $prep pieces --out_dir "$out_dir" --nj "$nj" "${retry[@]}" "${cut[@]}"; fi
