@@ -16,6 +16,8 @@ import time
 
 from tqdm import tqdm
 
+from avse.faults import fault_point
+
 
 class RecipeError(RuntimeError):
     """A recipe cannot run: missing input, empty tree, inconsistent options."""
@@ -110,7 +112,7 @@ class Journal:
     """
 
     def __init__(self, out_dir: str, stage: str, params: dict | None = None):
-        self.path = os.path.join(out_dir, ".done", f"{stage}.partial")
+        self.path, self.stage = os.path.join(out_dir, ".done", f"{stage}.partial"), stage
         self.head = {"params_hash": params_hash(params or {})}
         self._file = None
 
@@ -142,6 +144,33 @@ class Journal:
         """Record one finished entry (a dict with ``key``)."""
         self._file.write(json.dumps(row, sort_keys=True, default=str) + "\n")
         self._file.flush()
+
+    def probe(self, entries, known: dict, task, nj: int, source, path_field: str,
+              unit: str = "clip"):
+        """Run ``task(entry) -> (entry, error or None)`` over ``entries`` in ``nj`` processes,
+        journaling each result (fault point ``stage_entry`` after each); an entry whose row in
+        ``known`` (:meth:`load`) has the same ``source(entry)`` is taken from there instead.
+        Starts the journal. Returns ``(kept entries, rejected rows, resumed rows, todo)``."""
+        resumed, todo = [], []
+        for e in entries:
+            row = known.get(e["key"])
+            (resumed if row and row.get("source") == source(e) else todo).append(row or e)
+        self.start(resumed)
+        kept = [r["entry"] for r in resumed if "entry" in r]
+        rejected = [{k: r[k] for k in ("key", "path", "reason")} for r in resumed
+                    if "entry" not in r]
+        for entry, error in parallel_map(task, todo, nj, desc=self.stage, unit=unit):
+            row = {"key": entry["key"], "source": source(entry)}
+            if error:
+                row.update(path=entry[path_field], reason=error)
+                rejected.append({"key": entry["key"], "path": entry[path_field],
+                                 "reason": error})
+            else:
+                row["entry"] = entry
+                kept.append(entry)
+            self.add(row)
+            fault_point("stage_entry")
+        return kept, rejected, resumed, todo
 
     def remove(self) -> None:
         """The stage's results are written: the journal is no longer needed."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 
-from avse.faults import fault_point
 from avse.recipes.common import (
     Journal,
     RecipeError,
@@ -24,7 +23,6 @@ from avse.recipes.common import (
     Summary,
     is_done,
     mark_done,
-    parallel_map,
     read_jsonl,
     remove_temp_files,
     write_jsonl,
@@ -186,23 +184,8 @@ def run_manifest(out_dir: str, params: dict, scan, nj: int = 1, task=probe_entry
                  for e in read_jsonl(manifest_path)}
     if retry_rejected:
         known = {k: r for k, r in known.items() if "entry" in r}
-    resumed, todo = [], []
-    for e in entries:
-        row = known.get(e["key"])
-        (resumed if row and row.get("source") == _source(e) else todo).append(row or e)
-    journal.start(resumed)
-    kept = [r["entry"] for r in resumed if "entry" in r]
-    rejected += [{k: r[k] for k in ("key", "path", "reason")} for r in resumed if "entry" not in r]
-    for entry, error in parallel_map(task, todo, nj, desc="manifest", unit="clip"):
-        row = {"key": entry["key"], "source": _source(entry)}
-        if error:
-            row.update(path=entry["media"], reason=error)
-            rejected.append({"key": entry["key"], "path": entry["media"], "reason": error})
-        else:
-            row["entry"] = entry
-            kept.append(entry)
-        journal.add(row)
-        fault_point("stage_entry")
+    kept, bad, resumed, todo = journal.probe(entries, known, task, nj, _source, "media")
+    rejected += bad
     Rejections(out_dir).replace("manifest", rejected)
     if not kept:
         journal.remove()

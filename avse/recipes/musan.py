@@ -201,23 +201,9 @@ def stage_manifest(corpus_dir: str, out_dir: str, val_fraction: float = 0.1,
                  for e in read_jsonl(manifest_path)}
     if retry_rejected:
         known = {k: r for k, r in known.items() if "entry" in r}
-    fresh = {e["key"] for e in entries if known.get(e["key"], {}).get("source") == e["source"]}
-    resumed = [known[k] for k in sorted(fresh)]
-    todo = [e for e in entries if e["key"] not in fresh]
-    journal.start(resumed)
-    kept = [r["entry"] for r in resumed if "entry" in r]
-    rejected += [{k: r[k] for k in ("key", "path", "reason")} for r in resumed
-                 if "entry" not in r]
-    for entry, error in parallel_map(_probe_task, todo, nj, desc="manifest", unit="file"):
-        row = {"key": entry["key"], "source": entry["source"]}
-        if error:
-            row.update(path=entry["path"], reason=error)
-            rejected.append({"key": entry["key"], "path": entry["path"], "reason": error})
-        else:
-            row["entry"] = entry
-            kept.append(entry)
-        journal.add(row)
-        fault_point("stage_entry")
+    kept, bad, resumed, todo = journal.probe(entries, known, _probe_task, nj,
+                                             lambda e: e["source"], "path", unit="file")
+    rejected += bad
     Rejections(out_dir).replace("manifest", rejected)
     if not kept:
         journal.remove()
