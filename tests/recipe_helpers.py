@@ -86,3 +86,35 @@ def assert_fails(cmd, message: str, code: int = 2):
     """Run ``cmd``; it must exit with ``code`` and print ``message`` on stderr."""
     proc = run_cmd(cmd, check=False)
     assert proc.returncode == code and message in proc.stderr, (proc.returncode, proc.stderr)
+
+
+def run_recipe_module(module: str, args, faults=None):
+    """``python -m <module> args`` as a subprocess, with ``AVSE_FAULTS=faults`` (or none)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    env.pop("AVSE_FAULTS", None)
+    if faults:
+        env["AVSE_FAULTS"] = faults
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def tree_files(out) -> list:
+    """Every file below ``out``, relative, sorted."""
+    return sorted(os.path.relpath(os.path.join(d, f), out)
+                  for d, _, fs in os.walk(out) for f in fs)
+
+
+def split_content(split_dir) -> dict:
+    """Every raw sample of a split by key (each key must appear once) and its meta.json
+    without the creation date."""
+    samples = list(shards.iter_split(split_dir, decode=False))
+    keys = [s["__key__"] for s in samples]
+    assert len(keys) == len(set(keys)), f"{split_dir}: duplicate keys {keys}"
+    meta = shards.read_meta(split_dir)
+    meta.pop("created")
+    return {"meta": meta, "samples": {s["__key__"]: s for s in samples}}

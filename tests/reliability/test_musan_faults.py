@@ -13,14 +13,13 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import soundfile as sf
 
 from avse.recipes import musan
-from tests.recipe_helpers import read_rejected, read_split
+from tests.recipe_helpers import (read_rejected, read_split, run_recipe_module, split_content,
+                                  tree_files)
 from tests.reliability.staging_media import (
     unreadable,
     write_empty,
@@ -29,7 +28,6 @@ from tests.reliability.staging_media import (
     write_symlink_loop,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPLITS = ["--val_fraction", "0.25", "--test_fraction", "0.25"]
 CUT = ["--max_seconds", "1.0", "--min_seconds", "0.5"]
 SHORT = "noise/sub0/short"  # 0.3 s: rejected by the pieces stage (--min_seconds 0.5)
@@ -125,27 +123,8 @@ def test_fuzzed_audio_is_rejected_with_reasons_and_the_run_completes(tmp_path, m
 
 
 # --------------------------------------------------------------------------- kill -9
-def _run(args, faults):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "AVSE_FAULTS": faults}
-    return subprocess.run([sys.executable, "-m", "avse.recipes.musan", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)
-
-
-def _files(out) -> list:
-    return sorted(os.path.relpath(os.path.join(d, f), out)
-                  for d, _, fs in os.walk(out) for f in fs)
-
-
-def _split_content(split_dir) -> dict:
-    """Every raw sample of a split by key (each key once) and meta.json without its date."""
-    from avse.data import shards
-
-    samples = list(shards.iter_split(split_dir, decode=False))
-    keys = [s["__key__"] for s in samples]
-    assert len(keys) == len(set(keys)), f"{split_dir}: duplicate keys {keys}"
-    meta = shards.read_meta(split_dir)
-    meta.pop("created")
-    return {"meta": meta, "samples": {s["__key__"]: s for s in samples}}
+def _run(args, faults=None):
+    return run_recipe_module("avse.recipes.musan", args, faults)
 
 
 def test_kill_9_in_each_stage_then_the_same_command_completes(tmp_path, capsys, monkeypatch):
@@ -158,7 +137,7 @@ def test_kill_9_in_each_stage_then_the_same_command_completes(tmp_path, capsys, 
     ref, out = str(tmp_path / "ref"), str(tmp_path / "out")
     for stage, extra in args.items():  # the uninterrupted run
         assert musan.main([stage, "--out_dir", ref] + extra) == 0
-    n_test_shards = _split_content(os.path.join(ref, "shards", "test"))["meta"]["num_shards"]
+    n_test_shards = split_content(os.path.join(ref, "shards", "test"))["meta"]["num_shards"]
     capsys.readouterr()
 
     kills = [  # (stage, fault, what the killed run must leave, what the re-run must print)
@@ -178,9 +157,9 @@ def test_kill_9_in_each_stage_then_the_same_command_completes(tmp_path, capsys, 
         assert "Traceback" not in killed.stderr, killed.stderr  # the workers died with it
         figures["kill_points"] += 1
         for name in left:
-            assert os.path.isfile(os.path.join(out, name)), (stage, name, _files(out))
+            assert os.path.isfile(os.path.join(out, name)), (stage, name, tree_files(out))
         if stage == "pieces":  # 3 files done (+ what the workers finished); a write cut short
-            assert len([f for f in _files(out) if f.endswith(".done.json")]) >= 3
+            assert len([f for f in tree_files(out) if f.endswith(".done.json")]) >= 3
             os.makedirs(os.path.join(out, "pieces", "train"), exist_ok=True)
             open(os.path.join(out, "pieces", "train", "stray.flac.tmp"), "wb").close()
         if stage == "shards":  # the split being written has no meta.json, no marker
@@ -194,21 +173,21 @@ def test_kill_9_in_each_stage_then_the_same_command_completes(tmp_path, capsys, 
             redo = re.search(r"(\d+) files already done, (\d+) processed", said).groups()
             assert int(redo[1]) <= n_files - 3, said  # the killed run's files are not redone
 
-    files = _files(out)
-    assert files == _files(ref)
+    files = tree_files(out)
+    assert files == tree_files(ref)
     assert not [f for f in files if f.endswith((".tmp", ".partial"))], files
     for name in files:  # the same bytes as the uninterrupted run, shards read sample by sample
         if name.endswith("meta.json"):
             split_dir = os.path.join(out, os.path.dirname(name))
-            got, want = _split_content(split_dir), _split_content(split_dir.replace(out, ref))
+            got, want = split_content(split_dir), split_content(split_dir.replace(out, ref))
             assert got == want, name
         elif not name.endswith(".tar"):
             with open(os.path.join(out, name), "rb") as a, open(os.path.join(ref, name),
                                                                   "rb") as b:
                 assert a.read().replace(out.encode(), ref.encode()) == b.read(), name
-    want = sum(len(_split_content(os.path.join(ref, "shards", s))["samples"])
+    want = sum(len(split_content(os.path.join(ref, "shards", s))["samples"])
                for s in ("train", "val", "test"))
-    got = sum(len(_split_content(os.path.join(out, "shards", s))["samples"])
+    got = sum(len(split_content(os.path.join(out, "shards", s))["samples"])
               for s in ("train", "val", "test"))
     assert got == want > n_files and set(read_rejected(out)) == {"music/sub0/broken", SHORT}
     figures["pieces_lost"] = want - got

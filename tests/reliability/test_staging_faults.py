@@ -13,17 +13,15 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from avse.data import shards
 from avse.recipes import lrs3, stages, voxceleb2
 from avse.recipes.common import Journal
 from avse.video.media import MediaError, decode_media
-from tests.recipe_helpers import read_rejected, read_split
+from tests.recipe_helpers import (read_rejected, read_split, run_recipe_module, split_content,
+                                  tree_files)
 from tests.reliability.staging_media import (
     FUZZ_CASES,
     HANGING_CASES,
@@ -33,7 +31,6 @@ from tests.reliability.staging_media import (
     write_random_bytes,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 CASES = {**FUZZ_CASES, **HANGING_CASES}
@@ -168,27 +165,7 @@ def test_journal_drops_a_torn_line_and_other_parameters(tmp_path):
 
 # --------------------------------------------------------------------------- kill -9
 def _run(args, faults=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    env.pop("AVSE_FAULTS", None)
-    if faults:
-        env["AVSE_FAULTS"] = faults
-    return subprocess.run([sys.executable, "-m", "avse.recipes.voxceleb2", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)
-
-
-def _files(out) -> list:
-    return sorted(os.path.relpath(os.path.join(d, f), out)
-                  for d, _, fs in os.walk(out) for f in fs)
-
-
-def _split_content(split_dir) -> dict:
-    """Every raw sample of a split by key; each key must appear once."""
-    samples = list(shards.iter_split(split_dir, decode=False))
-    keys = [s["__key__"] for s in samples]
-    assert len(keys) == len(set(keys)), f"{split_dir}: duplicate keys {keys}"
-    meta = shards.read_meta(split_dir)
-    meta.pop("created")
-    return {"meta": meta, "samples": {s["__key__"]: s for s in samples}}
+    return run_recipe_module("avse.recipes.voxceleb2", args, faults)
 
 
 # (stage, fault, what the killed run must leave, what the re-run must print)
@@ -225,7 +202,7 @@ def test_kill_9_in_each_stage_then_the_same_command_completes(tmp_path):
         assert "Traceback" not in killed.stderr, killed.stderr  # the workers died with it
         figures["kill_points"] += 1
         for name in left:
-            assert os.path.isfile(os.path.join(out, name)), (stage, name, _files(out))
+            assert os.path.isfile(os.path.join(out, name)), (stage, name, tree_files(out))
         if stage == "extract":  # as if the kill had come inside a file's write
             stray = os.path.join(out, "extract", "train", "id00003", "vid", "00001.flac.tmp")
             os.makedirs(os.path.dirname(stray))
@@ -241,19 +218,19 @@ def test_kill_9_in_each_stage_then_the_same_command_completes(tmp_path):
             redo = re.search(r"(\d+) already done, (\d+) processed", done.stdout).groups()
             assert int(redo[0]) >= 4 and sum(map(int, redo)) == 7, done.stdout
 
-    files = _files(out)
-    assert files == _files(ref)
+    files = tree_files(out)
+    assert files == tree_files(ref)
     assert not [f for f in files if f.endswith((".tmp", ".partial"))], files
     for name in files:  # the same bytes as the uninterrupted run, shards read sample by sample
         if name.endswith("meta.json"):
             split_dir = os.path.dirname(os.path.join(out, name))
-            got, want = _split_content(split_dir), _split_content(split_dir.replace(out, ref))
+            got, want = split_content(split_dir), split_content(split_dir.replace(out, ref))
             assert got == want, name
         elif not name.endswith(".tar"):
             with open(os.path.join(out, name), "rb") as a, open(os.path.join(ref, name),
                                                                   "rb") as b:
                 assert a.read().replace(out.encode(), ref.encode()) == b.read(), name
-    kept = sum(len(_split_content(os.path.join(out, "shards", s))["samples"])
+    kept = sum(len(split_content(os.path.join(out, "shards", s))["samples"])
                for s in ("train", "test"))
     assert kept == 6 and len(read_rejected(out)) == 2
     figures["entries_lost"] = 6 - kept
