@@ -118,3 +118,22 @@ def split_content(split_dir) -> dict:
     meta = shards.read_meta(split_dir)
     meta.pop("created")
     return {"meta": meta, "samples": {s["__key__"]: s for s in samples}}
+
+
+def assert_same_output(out: str, ref: str) -> list:
+    """``out`` (a resumed run) holds the same files as ``ref`` (an uninterrupted one) with the
+    same bytes (shards compared sample by sample, paths inside files mapped), and no
+    temporary or journal; returns the file list."""
+    files = tree_files(out)
+    assert files == tree_files(ref)
+    assert not [f for f in files if f.endswith((".tmp", ".partial"))], files
+    for name in files:
+        if name.endswith("meta.json"):
+            split_dir = os.path.dirname(os.path.join(out, name))
+            got, want = split_content(split_dir), split_content(split_dir.replace(out, ref))
+            assert got == want, name
+        elif not name.endswith(".tar"):
+            with open(os.path.join(out, name), "rb") as a, open(os.path.join(ref, name),
+                                                                  "rb") as b:
+                assert a.read().replace(out.encode(), ref.encode()) == b.read(), name
+    return files

@@ -181,6 +181,19 @@ class Journal:
             os.remove(self.path)
 
 
+def manifest_status(out_dir: str, params: dict, retry_rejected: bool = False):
+    """``(manifest path, its marker, done, rows)`` of a manifest stage: ``done`` when it was
+    finished with the same ``params``; ``rows``: the finished manifest when the stage has
+    nothing to do (done and no ``retry_rejected``; it says so), else None."""
+    path = os.path.join(out_dir, "manifest.jsonl")
+    marker = os.path.join(out_dir, ".done", "manifest")
+    done = is_done(marker, params) and os.path.isfile(path)
+    if done and not retry_rejected:
+        print(f"[manifest] {path} is up to date; skipping")
+        return path, marker, done, read_jsonl(path)
+    return path, marker, done, None
+
+
 def remove_temp_files(folder: str, recursive: bool = True) -> int:
     """Delete the ``*.tmp`` files a killed run left below ``folder`` (the temporary names of
     :func:`atomic_write`); returns how many."""

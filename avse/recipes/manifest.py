@@ -21,7 +21,7 @@ from avse.recipes.common import (
     RecipeError,
     Rejections,
     Summary,
-    is_done,
+    manifest_status,
     mark_done,
     read_jsonl,
     remove_temp_files,
@@ -168,12 +168,9 @@ def run_manifest(out_dir: str, params: dict, scan, nj: int = 1, task=probe_entry
     rejected.tsv, the marker and the summary line; returns the kept entries. Raises
     RecipeError (after writing rejected.tsv) when no entry is kept.
     """
-    manifest_path = os.path.join(out_dir, "manifest.jsonl")
-    marker = os.path.join(out_dir, ".done", "manifest")
-    done = is_done(marker, params) and os.path.isfile(manifest_path)
-    if done and not retry_rejected:
-        print(f"[manifest] {manifest_path} is up to date; skipping")
-        return read_jsonl(manifest_path)
+    manifest_path, marker, done, finished = manifest_status(out_dir, params, retry_rejected)
+    if finished is not None:
+        return finished
     summary = Summary("manifest")
     remove_temp_files(out_dir, recursive=False)
     entries, rejected = scan()

@@ -59,6 +59,7 @@ from avse.recipes.common import (
     atomic_write,
     hash_seed,
     is_done,
+    manifest_status,
     mark_done,
     pack_split,
     parallel_map,
@@ -185,12 +186,9 @@ def stage_manifest(corpus_dir: str, out_dir: str, val_fraction: float = 0.1,
     check_fractions(val_fraction, test_fraction)
     params = {"corpus_dir": os.path.abspath(corpus_dir), "val_fraction": val_fraction,
               "test_fraction": test_fraction, "seed": seed}
-    manifest_path = os.path.join(out_dir, "manifest.jsonl")
-    marker = os.path.join(out_dir, ".done", "manifest")
-    done = is_done(marker, params) and os.path.isfile(manifest_path)
-    if done and not retry_rejected:
-        print(f"[manifest] {manifest_path} is up to date; skipping")
-        return read_jsonl(manifest_path)
+    manifest_path, marker, done, finished = manifest_status(out_dir, params, retry_rejected)
+    if finished is not None:
+        return finished
     summary = Summary("manifest", unit="files")
     remove_temp_files(out_dir, recursive=False)
     entries, rejected = scan_corpus(corpus_dir)
