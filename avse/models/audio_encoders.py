@@ -42,6 +42,10 @@ class ConvEncoder(AudioEncoder):
         hop in samples; default ``kernel_size // 2`` (50 % overlap).
     activation : str
         ``"relu"`` (reference; non-negative features for masking) or ``"none"``.
+
+    ``lookahead`` (samples) is one window, L: the decoder's overlap-add gives sample n from
+    the frames that cover it, the last of which ends up to L - 1 samples after n
+    (:meth:`AVSEModel.latency_samples <avse.models.avse_model.AVSEModel.latency_samples>`).
     """
 
     def __init__(self, out_channels: int = 256, kernel_size: int = 40, stride: int | None = None,
@@ -54,6 +58,11 @@ class ConvEncoder(AudioEncoder):
         self.out_dim = int(out_channels)
         self.activation = activation
         self.conv = nn.Conv1d(1, self.out_dim, self.kernel_size, stride=self.stride, bias=False)
+
+    @property
+    def lookahead(self) -> int:
+        """Samples of look-ahead of an encoder/decoder pair with causal parts between: L."""
+        return self.kernel_size
 
     def num_frames(self, length: int) -> int:
         """L for a waveform of ``length`` samples (after the end padding)."""

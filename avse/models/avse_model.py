@@ -2,13 +2,30 @@
 an activity head (does the target speak in each video frame?)."""
 from __future__ import annotations
 
+import inspect
 import json
 
 import torch
 from torch import nn
 
+from avse.models import registry
 from avse.models.base import ModelOutput, build_slot
 from avse.models.activity import ActivityHead
+
+SAMPLE_RATE = 16000
+
+
+def _causal_spec(kind: str, spec):
+    """``spec`` as a dict with ``causal: True``; ValueError when the plugin has no such option."""
+    if isinstance(spec, nn.Module):
+        if not getattr(spec, "causal", False):
+            raise ValueError(f"causal=True: give the {kind} as a spec, not a built module")
+        return spec
+    spec = dict(spec) if isinstance(spec, dict) else {"type": spec}
+    cls = registry.get(kind, spec.get("type"))
+    if "causal" not in inspect.signature(cls.__init__).parameters:
+        raise ValueError(f"causal=True: the {kind} {spec.get('type')!r} has no causal form")
+    return {**spec, "causal": True}
 
 
 class AVSEModel(nn.Module):
@@ -31,6 +48,11 @@ class AVSEModel(nn.Module):
         the defaults): a per-frame estimate of whether the target speaks, returned as logits
         ``aux["activity"] [B, Tv]`` (trained with the ``bce`` aux loss against the batch's
         ``activity``; ``avse-extract --gate`` uses it). None (default): no head.
+    causal : bool
+        False (default): the parts as their specs say. True: ``causal: true`` is added to the
+        visual encoder's, the fusion's and the separator's specs (ValueError for a plugin that
+        has no causal form, and with an activity head, which looks ahead); the output at
+        sample n then depends on input up to n + :meth:`latency_samples` only.
 
     Example
     -------
@@ -44,13 +66,22 @@ class AVSEModel(nn.Module):
     """
 
     def __init__(self, audio_encoder, visual_encoder, separator, fusion="concat", decoder=None,
-                 activity_head=None):
+                 activity_head=None, causal: bool = False):
         super().__init__()
         specs = {"audio_encoder": audio_encoder, "visual_encoder": visual_encoder,
                  "separator": separator, "fusion": fusion, "decoder": decoder}
         if activity_head not in (None, False):
             activity_head = {} if activity_head is True else dict(activity_head)
             specs["activity_head"] = activity_head
+        self.causal = bool(causal)
+        if self.causal:  # only then: a default model's config (model.yaml) is as before
+            specs["causal"] = True
+            if "activity_head" in specs:
+                raise ValueError("causal=True: the activity head looks ahead (centred convs, "
+                                 "whole-utterance norm); leave activity_head out")
+            visual_encoder = _causal_spec("visual_encoder", visual_encoder)
+            separator = _causal_spec("separator", separator)
+            fusion = _causal_spec("fusion", fusion)
         try:  # plain-data specs are kept so the model can be exported and rebuilt (models.io)
             self.config = json.loads(json.dumps(specs))
         except TypeError:  # built modules or classes: not serialisable
@@ -68,6 +99,33 @@ class AVSEModel(nn.Module):
             self.activity_head = ActivityHead(audio_dim=self.audio_encoder.out_dim,
                                               visual_dim=self.visual_encoder.out_dim,
                                               **specs["activity_head"])
+
+    def latency_samples(self) -> int | None:
+        """Algorithmic latency in samples (None: not causal, the whole utterance).
+
+        Causal parts look at no future frame (the visual stream is held: each audio frame
+        sees the latest video frame), so the latency is the audio encoder's ``lookahead``:
+        for ``conv`` one window L (an output sample needs the window that covers it, which
+        ends up to L - 1 samples later; the block is the L / 2 hop inside it). None when the
+        model is not causal or its audio encoder states no ``lookahead``.
+        """
+        lookahead = getattr(self.audio_encoder, "lookahead", None)
+        if not self.causal or lookahead is None:
+            return None
+        return int(lookahead)
+
+    def latency_ms(self) -> float | None:
+        """:meth:`latency_samples` in milliseconds at 16 kHz (None: non-causal).
+
+        >>> m = AVSEModel({"type": "conv", "out_channels": 8, "kernel_size": 32},
+        ...               {"type": "embedding", "hidden": 8, "num_blocks": 1, "norm": "cln"},
+        ...               {"type": "tcn", "bottleneck": 8, "hidden": 8, "num_blocks": 1,
+        ...                "num_repeats": 1, "norm": "cln"}, causal=True)
+        >>> m.latency_ms()
+        2.0
+        """
+        samples = self.latency_samples()
+        return None if samples is None else 1000.0 * samples / SAMPLE_RATE
 
     @property
     def has_activity_head(self) -> bool:

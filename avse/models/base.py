@@ -78,10 +78,20 @@ def align_visual(visual: torch.Tensor, length: int, mode: str = "nearest") -> to
     """Resample visual features ``[B, D, Tv]`` to ``[B, D, length]`` audio frames.
 
     ``nearest`` repeats each video frame over the audio frames it spans (what the
-    reference models do with ``F.interpolate``); ``linear`` interpolates.
+    reference models do with ``F.interpolate``); ``linear`` interpolates (towards the next
+    frame: it looks ahead); ``hold`` (causal) gives audio frame ``l`` the latest video frame
+    started at or before it, ``floor(l * Tv / length)`` in exact integer arithmetic.
+
+    >>> align_visual(torch.arange(3.0).view(1, 1, 3), 7, "hold")
+    tensor([[[0., 0., 0., 1., 1., 2., 2.]]])
     """
     if visual.shape[-1] == length:
         return visual
+    if mode == "hold":
+        frames = visual.shape[-1]
+        index = torch.div(torch.arange(length, device=visual.device) * frames, length,
+                          rounding_mode="floor")
+        return visual.index_select(-1, index)
     if mode == "linear":
         return F.interpolate(visual, size=length, mode="linear", align_corners=False)
     return F.interpolate(visual, size=length, mode=mode)

@@ -92,6 +92,14 @@ class Frontend(nn.Module):
 registry.set_base("frontend", Frontend)
 
 
+class LeftPadConv3d(nn.Conv3d):
+    """A ``Conv3d`` over ``[B, C, T, H, W]`` with no time padding of its own that pads
+    ``kernel_size[0] - 1`` frames on the left: frame t sees frames <= t (causal)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (0, 0, 0, 0, self.kernel_size[0] - 1, 0)))
+
+
 @register("frontend", "cnn")
 class CNNFrontend(Frontend):
     """Small, fast per-frame CNN for CPU demos: ``[B, Tv, 88, 88]`` -> ``[B, Tv, hidden]``.
@@ -145,7 +153,8 @@ class ResNet18Frontend(Frontend):
     + PReLU (or ReLU) + MaxPool3d (1x3x3, stride 1x2x2); then per frame torchvision ResNet-18
     ``layer1..layer4`` + global average pool. State-dict keys ``frontend3D.{0,1,2}.*`` and
     ``trunk.layer{1..4}.*`` (torchvision BasicBlocks), the naming of the common lip-reading
-    front ends.
+    front ends. ``causal=True`` pads the stem's 5 frames on the left only (no look-ahead;
+    same parameters).
 
     Example
     -------
@@ -156,15 +165,19 @@ class ResNet18Frontend(Frontend):
     roi_size = 88
     frame_dim = 512
 
-    def __init__(self, act: str = "prelu", mean: float = 0.421, std: float = 0.165):
+    def __init__(self, act: str = "prelu", mean: float = 0.421, std: float = 0.165,
+                 causal: bool = False):
         if act not in ("prelu", "relu"):
             raise ValueError(f"act must be 'prelu' or 'relu', got {act!r}")
-        super().__init__(act=act, mean=float(mean), std=float(std))
+        super().__init__(act=act, mean=float(mean), std=float(std),
+                         **({"causal": True} if causal else {}))  # default config unchanged
         from torchvision.models import resnet18
 
-        self.mean, self.std = float(mean), float(std)
+        self.mean, self.std, self.causal = float(mean), float(std), bool(causal)
+        stem = LeftPadConv3d if causal else nn.Conv3d
         self.frontend3D = nn.Sequential(
-            nn.Conv3d(1, 64, (5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
+            stem(1, 64, (5, 7, 7), stride=(1, 2, 2), padding=(0 if causal else 2, 3, 3),
+                 bias=False),
             nn.BatchNorm3d(64),
             nn.PReLU(64) if act == "prelu" else nn.ReLU(),
             nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)))

@@ -40,14 +40,16 @@ class ConcatFusion(Fusion):
     bias : bool
         bias of the 1x1 conv (the reference has none).
     align : str
-        ``"nearest"`` (default) or ``"linear"`` resampling of the visual stream.
+        ``"nearest"`` (default), ``"linear"`` or ``"hold"`` resampling of the visual stream.
+    causal : bool
+        use ``"hold"`` whatever ``align`` says (each audio frame sees the latest video frame).
     """
 
     def __init__(self, audio_dim: int, visual_dim: int, out_dim: int | None = None,
-                 bias: bool = False, align: str = "nearest"):
+                 bias: bool = False, align: str = "nearest", causal: bool = False):
         super().__init__()
         self.out_dim = int(out_dim or audio_dim)
-        self.align = align
+        self.align = "hold" if causal else align
         self.audio_proj = nn.Conv1d(audio_dim, self.out_dim, 1, bias=bias)
         self.visual_proj = nn.Conv1d(visual_dim, self.out_dim, 1, bias=False)
 
@@ -70,13 +72,16 @@ class FiLMFusion(Fusion):
     audio_dim, visual_dim : int
         C and Dv; ``out_dim = C``.
     align : str
-        ``"nearest"`` (default) or ``"linear"``.
+        ``"nearest"`` (default), ``"linear"`` or ``"hold"``.
+    causal : bool
+        use ``"hold"`` whatever ``align`` says.
     """
 
-    def __init__(self, audio_dim: int, visual_dim: int, align: str = "nearest"):
+    def __init__(self, audio_dim: int, visual_dim: int, align: str = "nearest",
+                 causal: bool = False):
         super().__init__()
         self.out_dim = int(audio_dim)
-        self.align = align
+        self.align = "hold" if causal else align
         self.gamma = nn.Conv1d(visual_dim, audio_dim, 1)
         self.beta = nn.Conv1d(visual_dim, audio_dim, 1)
         for conv in (self.gamma, self.beta):

@@ -16,6 +16,11 @@ frontend        models that read lip embeddings: the file name (inside the model
                 of the visual front-end that computes them from video (``crop`` is then
                 the front-end's preset); null: embeddings must be given (``.npy``)
 ==============  ===========================================================================
+
+``latency_ms`` (top level) is the model's algorithmic latency
+(:meth:`~avse.models.avse_model.AVSEModel.latency_ms`: look-ahead plus block, in ms at
+16 kHz), or null for a non-causal model (it needs the whole utterance). It is written for
+readers; loading ignores it (the model's own configuration is what counts).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from avse.models.safety import ModelLoadError  # noqa: F401  (re-exported)
 MODEL_CONFIG = "model.yaml"
 MODEL_WEIGHTS = "model.ckpt"
 FILES_KEY = "files"
+LATENCY_KEY = "latency_ms"
 """``model.yaml`` entry of an exported folder: ``{model.ckpt: {size: int, sha256: str}}``."""
 
 
@@ -108,7 +114,8 @@ def save_config(model, folder: str, inference: dict | None = None) -> str:
     # the path may not exist where the folder is loaded
     specs = {slot: {k: v for k, v in spec.items() if k != "pretrained"}
              if isinstance(spec, dict) else spec for slot, spec in model.config.items()}
-    config = {**specs, INFERENCE_KEY: _written(inference_config(inference))}
+    latency = model.latency_ms() if hasattr(model, "latency_ms") else None
+    config = {**specs, LATENCY_KEY: latency, INFERENCE_KEY: _written(inference_config(inference))}
     with open(path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
     return path
@@ -205,6 +212,7 @@ def build_from_config(folder_or_file: str, trust_code: bool = False):
     config = dict(read_config(folder_or_file))
     config.pop(INFERENCE_KEY, None)
     config.pop(FILES_KEY, None)
+    config.pop(LATENCY_KEY, None)  # derived from the rest; written for readers
     if not trust_code:
         check_types(config, folder_or_file)
     try:

@@ -28,11 +28,13 @@ N epochs).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from avse.models.base import VisualEncoder
 from avse.models.frontends import build_frontend, check_rois, load_frontend_weights
 from avse.models.registry import register
+from avse.models.separators.tcn import ChannelNorm
 
 __all__ = ["VisualConvBlock", "VTCN", "EmbeddingVisualEncoder", "FrontendVisualEncoder",
            "ResNet18VisualEncoder", "SmallCNNVisualEncoder", "DLRVisualEncoder", "make_norm1d"]
@@ -42,13 +44,30 @@ def make_norm1d(kind: str, channels: int) -> nn.Module:
     """A normalisation over ``[B, C, T]``.
 
     ``"gln"``: global layer norm (statistics over C and T per utterance, per-channel affine;
-    ``GroupNorm(1, C)``, as in SEANet); ``"bn"``: ``BatchNorm1d`` (as in MuSE).
+    ``GroupNorm(1, C)``, as in SEANet); ``"bn"``: ``BatchNorm1d`` (as in MuSE); ``"cln"``:
+    the TCN separator's channel-wise layer norm (statistics over C per frame: causal).
     """
     if kind == "gln":
         return nn.GroupNorm(1, channels, eps=1e-8)
     if kind == "bn":
         return nn.BatchNorm1d(channels)
-    raise ValueError(f"unknown norm {kind!r}; use 'gln' or 'bn'")
+    if kind == "cln":
+        return ChannelNorm(channels)
+    raise ValueError(f"unknown norm {kind!r}; use 'gln', 'bn' or 'cln'")
+
+
+def check_causal_norm(causal: bool, norm: str) -> None:
+    """ValueError when ``causal`` asks for a norm that looks at the whole utterance."""
+    if causal and norm == "gln":
+        raise ValueError("causal=True needs a causal norm: norm='cln' or 'bn', not 'gln'")
+
+
+class LeftPadConv1d(nn.Conv1d):
+    """A ``Conv1d`` (``padding=0``) that pads ``dilation * (kernel_size - 1)`` zeros on the left
+    of time only: output frame t sees input frames <= t (causal). Same parameters as Conv1d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (self.dilation[0] * (self.kernel_size[0] - 1), 0)))
 
 
 class VisualConvBlock(nn.Module):
@@ -62,8 +81,9 @@ class VisualConvBlock(nn.Module):
 
         x + pw(norm(prelu(dw(norm(relu(expand(norm(relu(x)))))))))
 
-    ``dw`` is a depthwise conv (``kernel_size``, "same" padding, ``dilation``) and ``pw`` a
-    pointwise conv back to C; convs have no bias.
+    ``dw`` is a depthwise conv (``kernel_size``, "same" padding, ``dilation``; with
+    ``causal`` left padding only, a :class:`LeftPadConv1d`) and ``pw`` a pointwise conv back
+    to C; convs have no bias.
 
     Arguments
     ---------
@@ -74,22 +94,30 @@ class VisualConvBlock(nn.Module):
     kernel_size, dilation : int
         of the depthwise conv (odd kernel).
     norm : str
-        ``"gln"`` or ``"bn"`` (:func:`make_norm1d`).
+        ``"gln"``, ``"bn"`` or ``"cln"`` (:func:`make_norm1d`).
+    causal : bool
+        left-only padding of the depthwise conv (needs ``norm`` ``"cln"`` or ``"bn"``).
     """
 
     def __init__(self, channels: int, hidden: int | None = None, kernel_size: int = 3,
-                 dilation: int = 1, norm: str = "gln"):
+                 dilation: int = 1, norm: str = "gln", causal: bool = False):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd to keep Tv, got {kernel_size}")
+        check_causal_norm(causal, norm)
         width = channels if hidden is None else hidden
         layers = [nn.ReLU()]
         if hidden is not None:
             layers += [make_norm1d(norm, channels), nn.Conv1d(channels, width, 1, bias=False),
                        nn.ReLU()]
-        layers += [make_norm1d(norm, width),
-                   nn.Conv1d(width, width, kernel_size, padding=dilation * (kernel_size - 1) // 2,
-                             dilation=dilation, groups=width, bias=False),
+        if causal:
+            depthwise = LeftPadConv1d(width, width, kernel_size, dilation=dilation, groups=width,
+                                      bias=False)
+        else:
+            depthwise = nn.Conv1d(width, width, kernel_size,
+                                  padding=dilation * (kernel_size - 1) // 2, dilation=dilation,
+                                  groups=width, bias=False)
+        layers += [make_norm1d(norm, width), depthwise,
                    nn.PReLU(),
                    make_norm1d(norm, width),
                    nn.Conv1d(width, channels, 1, bias=False)]
@@ -108,19 +136,20 @@ class VTCN(nn.Module):
 
     Defaults reproduce SEANet's visual front (512 -> 256, 5 blocks expanding to 512, gLN);
     ``out_dim=512, hidden=None, norm="bn"`` gives MuSE's (5 blocks at 512, BatchNorm, no
-    projection).
+    projection). ``causal=True``: left-padded blocks (see :class:`VisualConvBlock`).
     """
 
     def __init__(self, in_dim: int = 512, out_dim: int = 256, hidden: int | None = 512,
                  num_blocks: int = 5, kernel_size: int = 3, norm: str = "gln",
-                 project: bool | None = None):
+                 project: bool | None = None, causal: bool = False):
         super().__init__()
         if project is None:
             project = in_dim != out_dim
         if not project and in_dim != out_dim:
             raise ValueError(f"project=False needs in_dim == out_dim, got {in_dim} != {out_dim}")
         self.proj = nn.Conv1d(in_dim, out_dim, 1, bias=False) if project else nn.Identity()
-        self.blocks = nn.Sequential(*[VisualConvBlock(out_dim, hidden, kernel_size, norm=norm)
+        self.blocks = nn.Sequential(*[VisualConvBlock(out_dim, hidden, kernel_size, norm=norm,
+                                                      causal=causal)
                                       for _ in range(num_blocks)])
         self.in_dim, self.out_dim = in_dim, out_dim
 
@@ -157,6 +186,9 @@ class EmbeddingVisualEncoder(VisualEncoder):
     pretrained, trainable :
         accepted so that one yaml can swap ROI and embedding encoders; this encoder has no
         front-end (the embedding stage ran it), so ``pretrained`` must be None.
+    causal : bool
+        a causal V-TCN (needs ``norm`` ``"cln"`` or ``"bn"``; the embeddings must come from a
+        per-frame or causal front-end).
 
     Example
     -------
@@ -169,7 +201,7 @@ class EmbeddingVisualEncoder(VisualEncoder):
 
     def __init__(self, in_dim: int = 512, out_dim: int = 256, hidden: int | None = 512,
                  num_blocks: int = 5, kernel_size: int = 3, norm: str = "gln",
-                 pretrained: str | None = None, trainable: bool = True):
+                 pretrained: str | None = None, trainable: bool = True, causal: bool = False):
         super().__init__()
         if pretrained:
             raise ValueError(f"the 'embedding' visual encoder reads precomputed embeddings and has "
@@ -177,7 +209,7 @@ class EmbeddingVisualEncoder(VisualEncoder):
                              "with that front-end (python -m avse.recipes.embed --frontend FILE) "
                              "and set pretrained to null")
         self.in_dim, self.out_dim = in_dim, out_dim
-        self.vtcn = VTCN(in_dim, out_dim, hidden, num_blocks, kernel_size, norm)
+        self.vtcn = VTCN(in_dim, out_dim, hidden, num_blocks, kernel_size, norm, causal=causal)
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         """emb ``[B, Tv, in_dim]`` (any float dtype) -> ``[B, out_dim, Tv]``."""
@@ -212,6 +244,8 @@ class FrontendVisualEncoder(VisualEncoder):
         its type and config must match (ValueError naming the file and the fields).
     input_scale : float
         float ROIs are on the 0..``input_scale`` scale (255: the uint8 scale; 1: 0..1).
+    causal : bool
+        a causal V-TCN; the subclass makes its front-end causal (its ``frontend_config``).
     """
 
     input_kind = "roi"
@@ -219,13 +253,14 @@ class FrontendVisualEncoder(VisualEncoder):
 
     def __init__(self, frontend_config: dict, out_dim: int, hidden: int | None,
                  num_blocks: int, kernel_size: int, norm: str, trainable: bool,
-                 pretrained: str | None, input_scale: float):
+                 pretrained: str | None, input_scale: float, causal: bool = False):
         super().__init__()
         self.out_dim, self.input_scale = out_dim, float(input_scale)
         self.frontend = build_frontend(self.frontend_type, **frontend_config)
         if pretrained:
             load_frontend_weights(self.frontend, str(pretrained))
-        self.vtcn = VTCN(self.frontend.frame_dim, out_dim, hidden, num_blocks, kernel_size, norm)
+        self.vtcn = VTCN(self.frontend.frame_dim, out_dim, hidden, num_blocks, kernel_size, norm,
+                         causal=causal)
         self.set_frontend_trainable(trainable)
 
     @property
@@ -282,6 +317,9 @@ class ResNet18VisualEncoder(FrontendVisualEncoder):
         pixel normalisation (0..1 scale).
     act : str
         stem activation, ``"prelu"`` or ``"relu"``.
+    causal : bool
+        a causal V-TCN and a causal 3-D stem (its 5 frames padded on the left only; a
+        front-end file must then have been trained causal too).
     """
 
     frontend_type = "resnet18"
@@ -289,9 +327,10 @@ class ResNet18VisualEncoder(FrontendVisualEncoder):
     def __init__(self, out_dim: int = 256, hidden: int | None = 512, num_blocks: int = 5,
                  kernel_size: int = 3, norm: str = "gln", trainable: bool = True,
                  pretrained: str | None = None, mean: float = 0.421, std: float = 0.165,
-                 act: str = "prelu", input_scale: float = 255.0):
-        super().__init__(dict(act=act, mean=mean, std=std), out_dim, hidden, num_blocks,
-                         kernel_size, norm, trainable, pretrained, input_scale)
+                 act: str = "prelu", input_scale: float = 255.0, causal: bool = False):
+        config = dict(act=act, mean=mean, std=std, **({"causal": True} if causal else {}))
+        super().__init__(config, out_dim, hidden, num_blocks, kernel_size, norm, trainable,
+                         pretrained, input_scale, causal)
 
 
 @register("visual_encoder", "cnn")
@@ -326,6 +365,8 @@ class SmallCNNVisualEncoder(FrontendVisualEncoder):
         expansion width inside the V-TCN blocks.
     kernel_size, norm, trainable, pretrained, input_scale :
         as in :class:`FrontendVisualEncoder` (``trainable`` defaults to True).
+    causal : bool
+        a causal V-TCN (the front-end is causal already: per frame, backward differences).
 
     Example
     -------
@@ -344,10 +385,10 @@ class SmallCNNVisualEncoder(FrontendVisualEncoder):
                  channels=(16, 32, 64, 64), diff: bool = True, downsample: int = 2,
                  tcn_hidden: int | None = None, kernel_size: int = 3, norm: str = "gln",
                  trainable: bool = True, pretrained: str | None = None,
-                 input_scale: float = 255.0):
+                 input_scale: float = 255.0, causal: bool = False):
         super().__init__(dict(hidden=hidden, channels=channels, diff=diff, downsample=downsample),
                          out_dim, tcn_hidden, num_blocks, kernel_size, norm, trainable,
-                         pretrained, input_scale)
+                         pretrained, input_scale, causal)
         self.diff, self.downsample = self.frontend.diff, self.frontend.downsample
 
     @classmethod
@@ -380,6 +421,8 @@ class DLRVisualEncoder(FrontendVisualEncoder):
     ---------
     out_dim, hidden, num_blocks, kernel_size, norm, trainable, pretrained, input_scale :
         as in :class:`FrontendVisualEncoder` (``trainable`` defaults to False).
+
+    Not causal: the published 3-D stem looks 2 frames (80 ms) ahead (no ``causal`` option).
     """
 
     frontend_type = "dlr"
