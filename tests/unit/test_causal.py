@@ -139,3 +139,30 @@ def test_model_yaml_states_the_latency_and_rebuilds(tmp_path):
     rebuilt = build_from_config(str(tmp_path / "c"))
     assert rebuilt.causal and rebuilt.latency_ms() == 2.0
     assert list(rebuilt.state_dict()) == list(causal.state_dict())
+
+
+def test_demo_causal_yaml_is_the_demo_with_causal_parts(tmp_path):
+    """demo_causal.yaml is a copy of demo.yaml: only the causal lines, the output folder and
+    the activity head (with its loss) differ; its model is causal with 2 ms latency."""
+    import difflib
+    import os
+
+    from hyperpyyaml import load_hyperpyyaml
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "..", "egs", "synthetic", "hparams")
+
+    def body(name):  # the lines after the header comment
+        lines = open(os.path.join(folder, name)).read().splitlines()
+        return lines[next(i for i, x in enumerate(lines) if not x.startswith("#")):]
+
+    diff = [d for d in difflib.ndiff(body("demo.yaml"), body("demo_causal.yaml"))
+            if d[:2] in ("- ", "+ ")]
+    removed = [d[2:].strip() for d in diff if d.startswith("- ")]
+    added = [d[2:].strip() for d in diff if d.startswith("+ ")]
+    assert all("causal" in line for line in added), added
+    assert all(line.startswith(("output_folder:", "activity_head:", "hidden: 64", "aux_losses:",
+                                "activity: {")) for line in removed), removed
+    with open(os.path.join(folder, "demo_causal.yaml")) as f:
+        hp = load_hyperpyyaml(f, {"data_folder": str(tmp_path), "output_folder": str(tmp_path)})
+    model = hp["model"]
+    assert model.causal and model.latency_ms() == 2.0 and not model.has_activity_head
