@@ -51,7 +51,8 @@ class AVSEModel(nn.Module):
     causal : bool
         False (default): the parts as their specs say. True: ``causal: true`` is added to the
         visual encoder's, the fusion's and the separator's specs (ValueError for a plugin that
-        has no causal form, and with an activity head, which looks ahead); the output at
+        has no causal form, with an activity head, which looks ahead, and with an audio encoder
+        that states no ``lookahead``, i.e. not ``conv``); the output at
         sample n then depends on input up to n + :meth:`latency_samples` only.
 
     Example
@@ -87,6 +88,9 @@ class AVSEModel(nn.Module):
         except TypeError:  # built modules or classes: not serialisable
             self.config = None
         self.audio_encoder = build_slot("audio_encoder", audio_encoder)
+        if self.causal and getattr(self.audio_encoder, "lookahead", None) is None:
+            raise ValueError(f"causal=True: the audio encoder {type(self.audio_encoder).__name__} "
+                             "states no look-ahead (use 'conv')")
         self.visual_encoder = build_slot("visual_encoder", visual_encoder)
         self.separator = build_slot("separator", separator, in_dim=self.audio_encoder.out_dim,
                                 visual_dim=self.visual_encoder.out_dim, fusion=fusion)
@@ -107,7 +111,7 @@ class AVSEModel(nn.Module):
         sees the latest video frame), so the latency is the audio encoder's ``lookahead``:
         for ``conv`` one window L (an output sample needs the window that covers it, which
         ends up to L - 1 samples later; the block is the L / 2 hop inside it). None when the
-        model is not causal or its audio encoder states no ``lookahead``.
+        model is not causal.
         """
         lookahead = getattr(self.audio_encoder, "lookahead", None)
         if not self.causal or lookahead is None:

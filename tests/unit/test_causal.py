@@ -103,6 +103,8 @@ def test_causal_option_is_refused_where_a_part_has_no_causal_form():
         AVSEModel(**{**specs, "fusion": "cross_attention"}, causal=True)
     with pytest.raises(ValueError, match="activity head"):
         AVSEModel(**specs, activity_head=True, causal=True)
+    with pytest.raises(ValueError, match="look-ahead"):
+        AVSEModel(**{**specs, "audio_encoder": {"type": "stft", "n_fft": 64, "hop": 16, "win": 64}}, causal=True)
     with pytest.raises(ValueError, match="gln"):  # gLN normalises over the whole utterance
         AVSEModel(**demo_specs(causal_norm=False), causal=True)
 
