@@ -1,8 +1,11 @@
-"""Per architecture: parameters, training-step time (batch 2 x 4 s), inference time and
+"""Per architecture: parameters, algorithmic latency (look-ahead + block, ms; "utterance" for
+a non-causal model), training-step time (batch 2 x 4 s), inference time and
 real-time factor (batch 1 x 4 s), and peak memory, on CPU with 2 threads.
 
     python benchmarks/models.py                          # every egs/voxceleb2/hparams/*.yaml
     python benchmarks/models.py --archs dprnn seanet --repeats 3
+    python benchmarks/models.py --yaml egs/synthetic/hparams/demo.yaml \
+        --yaml egs/synthetic/hparams/demo_causal.yaml      # any experiment yaml
     # side by side with the reference implementation (a local checkout, not part of AVSE):
     python benchmarks/models.py --archs seanet \
         --reference seanet=/path/to/SEANet/model/seanet.py:seanet
@@ -127,6 +130,8 @@ def _child(args):
         model = hp["model"]
         result = measure(lambda: model, model.visual_input, args.repeats, ours=True,
                          precision=args.precision, threads=args.threads)
+        latency = getattr(model, "latency_ms", None)
+        result["latency_ms"] = latency() if callable(latency) else None  # None: non-causal
     else:
         path, _, factory = args.child_target.rpartition(":")
         spec = importlib.util.spec_from_file_location("reference_model", path)
@@ -141,6 +146,9 @@ def _child(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--archs", nargs="*", help="yaml names under egs/voxceleb2/hparams (default all)")
+    p.add_argument("--yaml", action="append", default=[],
+                   help="another experiment yaml to measure (e.g. egs/synthetic/hparams/"
+                        "demo_causal.yaml); its name is the file name")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: torch.autocast on CPU for both implementations")
@@ -154,7 +162,10 @@ def main(argv=None):
         return _child(args)
     yamls = sorted(glob.glob(os.path.join(REPO, "egs", "voxceleb2", "hparams", "*.yaml")))
     names = {os.path.basename(y)[:-5]: y for y in yamls}
-    archs = args.archs or sorted(names)
+    extra = {os.path.basename(y)[:-5]: os.path.abspath(y) for y in args.yaml}
+    names.update(extra)
+    archs = (args.archs or ([] if extra else sorted(set(names) - set(extra)))) + [
+        a for a in extra if a not in (args.archs or [])]
     refs = dict(r.split("=", 1) for r in args.reference)
     rows = []
     for arch in archs:
@@ -171,11 +182,14 @@ def main(argv=None):
                 print(f"{arch} ({kind}) failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append((arch, kind, json.loads(line[0][7:])))
-    print(f"{'arch':<12}{'impl':<11}{'params M':>9}{'train step s':>14}{'infer s':>9}"
-          f"{'RTF':>7}{'peak MB':>9}" + (f"{'vs fp32 dB':>12}" if args.precision != "fp32" else ""))
+    print(f"{'arch':<14}{'impl':<11}{'params M':>9}{'latency ms':>12}{'train step s':>14}"
+          f"{'infer s':>9}{'RTF':>7}{'peak MB':>9}"
+          + (f"{'vs fp32 dB':>12}" if args.precision != "fp32" else ""))
     for arch, kind, r in rows:
         dev = f"{r['vs_fp32_db']:>12.1f}" if "vs_fp32_db" in r else ""
-        print(f"{arch:<12}{kind:<11}{r['params_m']:>9.2f}{r['train_step_s']:>14.2f}"
+        lat = r.get("latency_ms")
+        lat = "utterance" if lat is None else f"{lat:.1f}"  # non-causal: the whole utterance
+        print(f"{arch:<14}{kind:<11}{r['params_m']:>9.2f}{lat:>12}{r['train_step_s']:>14.2f}"
               f"{r['infer_s']:>9.2f}{r['rtf']:>7.2f}{r['peak_rss_mb']:>9.0f}{dev}")
     return 0
 
