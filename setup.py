@@ -35,8 +35,10 @@ setup(
         # opencv: tests/integration/test_lipread_opencv.py runs the original OpenCV
         # preprocessing of the published lip-reading front-end (4.x: numpy 2 wheels)
         # pytest-xdist: `make test` runs the suite on every core (pytest.ini: -n auto)
+        # onnxscript, onnxruntime: avse-export --format onnx and its round-trip tests
         "dev": ["pytest>=7", "pytest-timeout", "pytest-xdist>=3", "fast_bss_eval",
-                "scikit-image>=0.21", "opencv-python-headless>=4.10"],
+                "scikit-image>=0.21", "opencv-python-headless>=4.10", "onnxscript>=0.5",
+                "onnxruntime>=1.20"],
         # the real-face test and demo videos (avse.video.scenes) use scikit-image's photo
         "scenes": ["scikit-image>=0.21"],
     },
@@ -53,6 +55,7 @@ setup(
             "avse-extract=avse.inference:main",
             "avse-convert-seanet=avse.models.reference.cli:main",
             "avse-embed=avse.embed:main",
+            "avse-export=avse.export:main",
         ],
     },
 )

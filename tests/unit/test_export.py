@@ -1,0 +1,109 @@
+"""avse-export: the offline forward in ONNX and .pt2, run at lengths other than the example's."""
+import os
+
+import pytest
+import torch
+
+from avse import export as E
+from avse.export_rnn import ScanRNN, swap_rnns
+from avse.models import AVSEModel, load_model, save_model
+from tests.model_helpers import tiny_model_folder
+
+LENGTHS = ((1.2, 1), (3.6, 3))  # seconds, batch: neither is the 2 s, batch-2 export example
+TOL = 1e-4
+
+
+def check(model, path, fmt):
+    """The exported file's estimate equals the model's at every LENGTHS (shape and values)."""
+    runner = E.onnx_session(path) if fmt == "onnx" else torch.export.load(path)
+    for seconds, batch in LENGTHS:
+        mixture, visual = E.example_inputs(model, seconds, batch=batch, seed=5)
+        with torch.no_grad():
+            ref = model(mixture, visual).estimate
+        got = E.run_onnx(runner, mixture, visual) if fmt == "onnx" \
+            else E.run_pt2(runner, mixture, visual)
+        assert got.shape == ref.shape == (batch, int(seconds * 25) * 640)
+        assert torch.isfinite(got).all()
+        assert (got - ref).abs().max().item() < TOL
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    folder = tiny_model_folder(str(tmp_path_factory.mktemp("demo")))
+    return folder, load_model(folder)
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_demo_model_round_trip(demo, tmp_path, fmt):
+    """conv / cnn (uint8 ROIs) / tcn through the CLI; the seed-5 input has encoder frames
+    whose channels are all zero (the ONNX optimiser's dropped eps made those NaN)."""
+    folder, model = demo
+    out = str(tmp_path / f"m.{fmt}")
+    assert E.main(["--model", folder, "--format", fmt, "--out", out]) == 0
+    check(model, out, fmt)
+
+
+def test_embedding_model_onnx(tmp_path):
+    torch.manual_seed(0)
+    model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 40},
+                      {"type": "embedding", "out_dim": 16, "hidden": 32, "num_blocks": 1},
+                      {"type": "tcn", "bottleneck": 16, "hidden": 32, "num_blocks": 2,
+                       "num_repeats": 1}, fusion="concat").eval()
+    mixture, visual = E.example_inputs(model, 1.0)
+    assert visual.dtype == torch.float32 and visual.shape == (2, 25, 512)
+    out = E.export_model(model, "onnx", str(tmp_path / "m.onnx"))
+    check(model, out, "onnx")
+
+
+class Recurrent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm = torch.nn.LSTM(6, 5, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = torch.nn.GRU(10, 4, batch_first=False)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        z, _ = self.gru(y.transpose(0, 1))
+        return z.transpose(0, 1)
+
+
+def test_recurrent_layers_keep_a_dynamic_time_axis(tmp_path):
+    """nn.LSTM / nn.GRU as scans: exported at T=20, run at T=7 and 45 from .pt2 and ONNX
+    (nn.LSTM itself would be frozen at T=20 by torch.export)."""
+    import onnxruntime as ort
+    from torch.export import Dim
+
+    model = Recurrent().eval()
+    swapped, count = swap_rnns(model)
+    assert count == 2 and isinstance(swapped.lstm, ScanRNN) and type(model.lstm) is torch.nn.LSTM
+    program = torch.export.export(swapped, (torch.randn(2, 20, 6),), strict=False,
+                                  dynamic_shapes={"x": {0: Dim("b"), 1: Dim("t", min=3)}})
+    torch.export.save(program, str(tmp_path / "r.pt2"))
+    torch.onnx.export(program, dynamo=True, optimize=False).save(str(tmp_path / "r.onnx"))
+    loaded = torch.export.load(str(tmp_path / "r.pt2")).module()
+    session = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
+    for batch, steps in ((1, 7), (3, 45)):
+        x = torch.randn(batch, steps, 6)
+        with torch.no_grad():
+            ref = model(x)
+            assert (swapped(x) - ref).abs().max() < 1e-5
+            assert (loaded(x) - ref).abs().max() < TOL
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert (torch.from_numpy(got) - ref).abs().max() < TOL
+
+
+def test_unexportable_architecture_exits_2_with_one_line(tmp_path, capsys):
+    """dprnn: its chunking (avse/models/separators/dual_path.py) ties the shapes to the
+    example length; the error names the exporter's reason on one line."""
+    torch.manual_seed(0)
+    model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 40},
+                      {"type": "embedding", "out_dim": 16, "hidden": 32, "num_blocks": 1},
+                      {"type": "dprnn", "bottleneck": 8, "hidden": 8, "chunk_size": 10,
+                       "num_layers": 1}, fusion={"type": "concat", "align": "linear"})
+    folder = save_model(model, str(tmp_path / "dprnn"))
+    out = str(tmp_path / "m.pt2")
+    assert E.main(["--model", folder, "--format", "pt2", "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torch.export failed" in err and "tv" in err
+    assert not os.path.exists(out)
