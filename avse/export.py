@@ -17,6 +17,7 @@ Example
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import os
 import sys
@@ -93,11 +94,18 @@ def export_program(model: nn.Module, seconds: float = 2.0):
     """:func:`torch.export.export` of :class:`EstimateOnly` of ``model`` (eval mode) with
     :func:`dynamic_shapes`; ExportError names the reason when it fails. Recurrent layers are
     exported as scans (:func:`avse.export_rnn.swap_rnns`: ``nn.LSTM`` would freeze the time
-    axis at the example length)."""
+    axis at the example length); an activity head is left out (the estimate does not depend
+    on it)."""
     from avse.export_rnn import swap_rnns
 
     args = example_inputs(model, seconds)
-    wrapped = EstimateOnly(swap_rnns(model.eval())[0]).eval()
+    model = model.eval()
+    if getattr(model, "activity_head", None) is not None:
+        # its output is not the estimate's (nor an input of it); left out of the graph, it
+        # does not hold back the export (its adaptive pooling fixes the length)
+        model = copy.deepcopy(model)
+        model.activity_head = None
+    wrapped = EstimateOnly(swap_rnns(model)[0]).eval()
     try:
         with torch.no_grad():
             return _quiet(torch.export.export, wrapped, args, dynamic_shapes=dynamic_shapes(),

@@ -43,16 +43,19 @@ def test_demo_model_round_trip(demo, tmp_path, fmt):
     check(model, out, fmt)
 
 
-def test_embedding_model_onnx(tmp_path):
+def test_embedding_model_with_activity_head_onnx(tmp_path):
+    """[B, Tv, 512] float input; the activity head (not part of the estimate) is left out."""
     torch.manual_seed(0)
     model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 40},
                       {"type": "embedding", "out_dim": 16, "hidden": 32, "num_blocks": 1},
                       {"type": "tcn", "bottleneck": 16, "hidden": 32, "num_blocks": 2,
-                       "num_repeats": 1}, fusion="concat").eval()
+                       "num_repeats": 1}, fusion="concat",
+                      activity_head={"hidden": 8}).eval()
     mixture, visual = E.example_inputs(model, 1.0)
     assert visual.dtype == torch.float32 and visual.shape == (2, 25, 512)
     out = E.export_model(model, "onnx", str(tmp_path / "m.onnx"))
     check(model, out, "onnx")
+    assert model.activity_head is not None  # the model itself is left as it was
 
 
 class Recurrent(torch.nn.Module):
