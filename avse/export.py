@@ -75,12 +75,15 @@ def dynamic_shapes():
 
 
 def _reason(err: BaseException) -> str:
-    """The first informative line of an exporter error."""
-    for line in str(err).splitlines():
-        line = line.strip()
-        if line and not line.startswith(("Traceback", "File ", "The above")):
-            return f"{type(err).__name__}: {line}"[:400]
-    return type(err).__name__
+    """The first informative line of an exporter error, with its first listed cause (the
+    guard that ties a length to the example's, for a length axis that is not dynamic)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    head = next((line for line in lines
+                 if not line.startswith(("Traceback", "File ", "The above"))), "")
+    head = head.split(" For more information")[0]
+    cause = next((line[2:] for line in lines if line.startswith("- ")), "")
+    text = f"{type(err).__name__}: {head}" + (f" {cause}" if cause else "")
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def _quiet(fn, *args, **kwargs):
