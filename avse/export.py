@@ -34,6 +34,21 @@ ROI_SIZE = 88
 FORMATS = ("onnx", "pt2")
 
 
+KNOWN_LIMITS = {
+    "dprnn": "the dual-path chunking (avse/models/separators/dual_path.py segment / "
+             "overlap_add) ties the chunk count to the example length",
+    "seanet": "the dual-path chunking (avse/models/separators/dual_path.py segment / "
+              "overlap_add) ties the chunk count to the example length",
+    "avsep": "the dual-path chunking (avse/models/separators/dual_path.py segment) ties the "
+             "chunk count to the example length",
+    "tfgridnet": "the STFT decoder's torch.istft(length=T) fixes T at the example length",
+    "muse": "round(L / Tv) in the visual upsampling fixes the length; set the separator's "
+            "visual_upsample: 32 in model.yaml (the same factor at 16 kHz, hop 20, 25 fps)",
+}
+"""Why an architecture's length axis does not export (this torch; see the report of issue 14):
+added to the exporter's own reason."""
+
+
 class ExportError(RuntimeError):
     """The model cannot be exported in the asked format; the message names the reason."""
 
@@ -114,7 +129,9 @@ def export_program(model: nn.Module, seconds: float = 2.0):
             return _quiet(torch.export.export, wrapped, args, dynamic_shapes=dynamic_shapes(),
                           strict=False)
     except Exception as err:  # noqa: BLE001 - exporter errors have many types
-        raise ExportError(f"torch.export failed: {_reason(err)}") from err
+        arch = getattr(model.separator, "registry_name", None)
+        known = f"{arch}: {KNOWN_LIMITS[arch]}; " if arch in KNOWN_LIMITS else ""
+        raise ExportError(f"torch.export failed: {known}{_reason(err)}") from err
 
 
 def export_pt2(model: nn.Module, out: str, seconds: float = 2.0) -> str:
