@@ -41,7 +41,8 @@ KNOWN_LIMITS = {
               "overlap_add) ties the chunk count to the example length",
     "avsep": "the dual-path chunking (avse/models/separators/dual_path.py segment) ties the "
              "chunk count to the example length",
-    "tfgridnet": "the STFT decoder's torch.istft(length=T) fixes T at the example length",
+    "tfgridnet": "the STFT decoder's torch.istft does not export with a dynamic length "
+                 "(with or without length=T)",
     "muse": "round(L / Tv) in the visual upsampling fixes the length; set the separator's "
             "visual_upsample: 32 in model.yaml (the same factor at 16 kHz, hop 20, 25 fps)",
 }
