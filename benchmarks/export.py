@@ -1,6 +1,6 @@
 """onnxruntime against PyTorch on CPU, one thread, per architecture: compute time per second
 of audio (batch 1, 4 s input, median of ``--repeats``), side by side, and the largest
-difference between the two outputs. Each model is exported with ``avse-export``'s code
+difference between the two outputs (with the output's peak |x| for scale). Each model is exported with ``avse-export``'s code
 (:func:`avse.export.export_model`, traced at 2 s, so 4 s also checks the dynamic axes);
 an architecture that does not export is listed with the reason.
 
@@ -88,7 +88,7 @@ def bench(name, repeats, folder):
     t_ort = _median_time(lambda: E.run_onnx(session, mixture, vis), repeats)
     return {"name": name, "params": params, "export_s": export_s,
             "torch_ms": 1000 * t_torch / SECONDS, "ort_ms": 1000 * t_ort / SECONDS,
-            "diff": (got - ref).abs().max().item()}
+            "diff": (got - ref).abs().max().item(), "peak": ref.abs().max().item()}
 
 
 def main(argv=None):
@@ -107,14 +107,14 @@ def main(argv=None):
             print(row, file=sys.stderr, flush=True)
     print(f"\nCPU, 1 thread, batch 1 x {SECONDS:g} s; ms of compute per second of audio")
     print(f"{'arch':<11} {'params M':>8} {'torch':>8} {'onnxrt':>8} {'ort/torch':>9} "
-          f"{'max |diff|':>10}  export")
+          f"{'max |diff|':>10} {'peak':>7}  export")
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:<11} {r['params']:8.2f} {'-':>8} {'-':>8} {'-':>9} {'-':>10}  "
+            print(f"{r['name']:<11} {r['params']:8.2f} {'-':>8} {'-':>8} {'-':>9} {'-':>10} {'-':>7}  "
                   f"no: {r['error'][:150]}")
         else:
             print(f"{r['name']:<11} {r['params']:8.2f} {r['torch_ms']:8.1f} {r['ort_ms']:8.1f} "
-                  f"{r['ort_ms'] / r['torch_ms']:9.2f} {r['diff']:10.1e}  onnx ({r['export_s']:.0f} s)")
+                  f"{r['ort_ms'] / r['torch_ms']:9.2f} {r['diff']:10.1e} {r['peak']:7.2f}  onnx ({r['export_s']:.0f} s)")
 
 
 if __name__ == "__main__":
