@@ -211,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=2.0,
                    help="length of the example input the graph is traced with (default 2); "
                         "the exported length axes are dynamic")
-    p.add_argument("--trust-code", action="store_true",
-                   help="let model.yaml name classes by import path (as avse-extract)")
+    p.add_argument("--trust_model_code", action="store_true",
+                   help="let model.yaml name classes by import path (as avse-extract: this "
+                        "runs their modules; only for folders you trust)")
     return p
 
 
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
     from avse.models.io import ModelLoadError, load_model
 
     try:
-        model = load_model(args.model, trust_code=args.trust_code)
+        model = load_model(args.model, trust_code=args.trust_model_code)
         export_model(model, args.format, args.out, args.seconds)
     except (ExportError, ModelLoadError) as err:
         print(f"avse-export: error: {err}", file=sys.stderr)
