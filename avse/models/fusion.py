@@ -119,12 +119,19 @@ class CrossAttentionFusion(Fusion):
         attention dropout (training only).
     time_bias : bool
         add the learnable temporal-distance bias.
+    causal : bool
+        audio frame j attends only to the video frames started at or before it:
+        ``v <= floor(j Tv / L)`` (the ``hold`` rule of
+        :func:`~avse.models.base.align_visual`; ``v <= j`` when the visual stream is already
+        held per audio frame, ``Tv == L``). Frame 0 always sees video frame 0.
     """
 
     def __init__(self, audio_dim: int, visual_dim: int, num_heads: int = 4,
-                 attn_dim: int | None = None, dropout: float = 0.0, time_bias: bool = True):
+                 attn_dim: int | None = None, dropout: float = 0.0, time_bias: bool = True,
+                 causal: bool = False):
         super().__init__()
         self.out_dim = int(audio_dim)
+        self.causal = bool(causal)
         self.num_heads = int(num_heads)
         attn_dim = int(attn_dim or audio_dim)
         attn_dim = -(-attn_dim // self.num_heads) * self.num_heads
@@ -149,6 +156,21 @@ class CrossAttentionFusion(Fusion):
         slope = F.softplus(self.raw_slope).to(ref.dtype)
         return -slope[:, None, None] * dist
 
+    @staticmethod
+    def causal_mask(length: int, frames: int, ref: torch.Tensor) -> torch.Tensor:
+        """Additive logits ``[L, Tv]``: 0 where ``v <= floor(l Tv / L)``, ``-inf`` elsewhere.
+
+        >>> CrossAttentionFusion.causal_mask(3, 2, torch.zeros(()))
+        tensor([[0., -inf],
+                [0., -inf],
+                [0., 0.]])
+        """
+        last = torch.div(torch.arange(length, device=ref.device) * frames, length,
+                         rounding_mode="floor")  # the latest video frame of each audio frame
+        seen = torch.arange(frames, device=ref.device)[None, :] <= last[:, None]
+        return torch.zeros(seen.shape, device=ref.device, dtype=ref.dtype).masked_fill(
+            ~seen, float("-inf"))
+
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """audio ``[B, C, L]``, visual ``[B, Dv, Tv]`` -> ``[B, C, L]``."""
         bsz, _, length = audio.shape
@@ -158,6 +180,9 @@ class CrossAttentionFusion(Fusion):
         q = self.q(a).view(bsz, length, h, dh).transpose(1, 2)  # [B, H, L, dh]
         k, v = self.kv(visual.transpose(1, 2)).view(bsz, frames, 2, h, dh).permute(2, 0, 3, 1, 4)
         mask = None if self.raw_slope is None else self._bias(length, frames, q)
+        if self.causal:
+            causal = self.causal_mask(length, frames, q)
+            mask = causal if mask is None else mask + causal
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = self.out(y.transpose(1, 2).reshape(bsz, length, self.attn_dim))  # [B, L, C]
