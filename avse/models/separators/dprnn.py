@@ -78,6 +78,12 @@ class DPRNNSeparator(DualPathMasker):
         bidirectional RNNs (reference True).
     padding : str
         ``"reference"`` (default) or ``"minimal"`` chunking (see the module docstring).
+    causal : bool
+        False (default): the reference model. True: unidirectional intra and inter RNNs
+        (``bidirectional`` is ignored), per-frame norms (cLN at the front, a LayerNorm over
+        the B features of each chunk item in the blocks) and a causal fusion (``causal: true``
+        added to its spec: ``hold`` alignment); the mask of frame t then depends on frames up
+        to t only, and :mod:`avse.streaming.dprnn` runs the model frame block by frame block.
 
     ``forward(..., return_intermediate=True)`` returns R masks (one per block, the last
     is the final one); otherwise only the final mask is computed.
@@ -86,14 +92,15 @@ class DPRNNSeparator(DualPathMasker):
     def __init__(self, in_dim: int, visual_dim: int, fusion="concat", bottleneck: int = 64,
                  hidden: int = 128, chunk_size: int = 100, num_layers: int = 6,
                  mask_act: str = "relu", rnn_type: str = "LSTM", bidirectional: bool = True,
-                 padding: str = "reference"):
+                 padding: str = "reference", causal: bool = False):
         super().__init__()
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
         self.padding = padding
         self._init_front(in_dim, visual_dim, fusion, bottleneck, chunk_size, num_layers,
-                         mask_act)
-        self.blocks = nn.ModuleList(DualPathBlock(bottleneck, hidden, rnn_type, bidirectional)
+                         mask_act, causal=causal)
+        self.blocks = nn.ModuleList(DualPathBlock(bottleneck, hidden, rnn_type, bidirectional,
+                                                  causal=self.causal)
                                     for _ in range(num_layers))
         self._init_mask_head()
 

@@ -15,6 +15,13 @@ zero frames after the L frames, with ``gap = K - (K/2 + L mod K) mod K`` (1..K),
 ``padding="minimal"`` pads only up to the next multiple of K/2, ``S = ceil(L / (K/2)) + 1``.
 Every frame lies in exactly two chunks, so ``overlap_add(to_chunks(x))`` is ``2 x``.
 
+Causal form (``causal=True`` of :class:`DualPathBlock` and of :meth:`DualPathMasker._init_front`):
+unidirectional RNNs within and across chunks, per-frame norms (channel-wise layer norm at the
+front, a LayerNorm over the features of each chunk item in the blocks) and a causal fusion.
+Position p of chunk j then depends on positions ``<= p`` of chunk j and on position p of the
+chunks before j, all of which are frames ``<= (j - 1) K/2 + p``: frame t's mask depends on
+frames up to t only.
+
 Example
 -------
 >>> import torch
@@ -34,10 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from avse.models.base import Separator, build_fusion, fusion_projection, mask_activation
+from avse.models.separators.tcn import ChannelNorm
 
 __all__ = ["PADDINGS", "check_chunk_size", "reference_gap", "reference_num_chunks",
            "num_chunks", "segment", "to_chunks", "overlap_add", "GlobalNormLast",
-           "DualPathBlock", "DualPathMasker"]
+           "causal_fusion_spec", "DualPathBlock", "DualPathMasker"]
 
 PADDINGS = ("reference", "minimal")
 
@@ -118,11 +126,28 @@ class GlobalNormLast(nn.Module):
         return torch.addcmul(self.bias, F.layer_norm(x, x.shape[1:], eps=self.eps), self.weight)
 
 
+def causal_fusion_spec(spec):
+    """A fusion spec (short name, dict, class or built module) with ``causal: True``.
+
+    A built module is returned as is when it is causal (its ``causal`` flag set, or its
+    ``align`` is ``"hold"``); ValueError otherwise.
+    """
+    if isinstance(spec, nn.Module):
+        if getattr(spec, "causal", False) or getattr(spec, "align", None) == "hold":
+            return spec
+        raise ValueError(f"causal=True: the built fusion {type(spec).__name__} is not causal; "
+                         "give it as a spec")
+    spec = dict(spec) if isinstance(spec, dict) else {"type": spec}
+    return {**spec, "causal": True}
+
+
 class DualPathBlock(nn.Module):
     """One dual-path RNN block on chunks ``[M, S, K, D]``.
 
     ``x = x + gLN(Linear(RNN_intra(x)))`` along the K frames of each chunk, then
     ``x = x + gLN(Linear(RNN_inter(x)))`` along the S chunks for each frame position.
+    Causal (``causal=True``): unidirectional RNNs, and a LayerNorm over D of each chunk item
+    instead of gLN.
 
     Arguments
     ---------
@@ -133,19 +158,27 @@ class DualPathBlock(nn.Module):
     rnn_type : str
         ``"LSTM"`` (reference), ``"GRU"`` or ``"RNN"``.
     bidirectional : bool
-        the reference uses BLSTMs for both paths.
+        the reference uses BLSTMs for both paths (ignored when ``causal``).
+    causal : bool
+        unidirectional RNNs and per-item LayerNorms (see above).
     """
 
-    def __init__(self, dim: int, hidden: int, rnn_type: str = "LSTM", bidirectional: bool = True):
+    def __init__(self, dim: int, hidden: int, rnn_type: str = "LSTM", bidirectional: bool = True,
+                 causal: bool = False):
         super().__init__()
         rnn = getattr(nn, rnn_type)
+        bidirectional = bidirectional and not causal
         out = hidden * (2 if bidirectional else 1)
+
+        def norm():
+            return nn.LayerNorm(dim, eps=1e-8) if causal else GlobalNormLast(dim)
+
         self.intra_rnn = rnn(dim, hidden, batch_first=True, bidirectional=bidirectional)
         self.intra_linear = nn.Linear(out, dim)
-        self.intra_norm = GlobalNormLast(dim)
+        self.intra_norm = norm()
         self.inter_rnn = rnn(dim, hidden, batch_first=True, bidirectional=bidirectional)
         self.inter_linear = nn.Linear(out, dim)
-        self.inter_norm = GlobalNormLast(dim)
+        self.inter_norm = norm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[M, S, K, D]`` (contiguous) -> ``[M, S, K, D]`` (contiguous)."""
@@ -167,19 +200,27 @@ class DualPathMasker(Separator):
     ``[B, S, K, B]`` with ``self.padding``. Mask head (:meth:`_mask`): overlap-add, PReLU,
     1x1 conv ``B -> N``, ``mask_act``; one head for every estimate. A subclass calls
     :meth:`_init_front` first, builds its blocks, then calls :meth:`_init_mask_head`.
+    With ``causal=True`` the front norm is channel-wise (cLN, per frame) and the fusion is
+    built causal (:func:`causal_fusion_spec`).
     """
 
     padding = "reference"
+    causal = False
 
     def _init_front(self, in_dim: int, visual_dim: int, fusion, bottleneck: int,
-                    chunk_size: int, num_layers: int, mask_act: str) -> None:
+                    chunk_size: int, num_layers: int, mask_act: str, causal: bool = False) -> None:
         mask_activation(mask_act)
         self.in_dim, self.bottleneck_dim = int(in_dim), int(bottleneck)
         self.chunk_size = check_chunk_size(chunk_size)
         self.hop = self.chunk_size // 2
         self.num_layers = int(num_layers)
         self.mask_act = mask_act
-        self.norm = nn.GroupNorm(1, in_dim, eps=1e-8)
+        self.causal = bool(causal)
+        if self.causal:
+            self.norm = ChannelNorm(in_dim)
+            fusion = causal_fusion_spec(fusion)
+        else:
+            self.norm = nn.GroupNorm(1, in_dim, eps=1e-8)
         self.bottleneck = nn.Conv1d(in_dim, bottleneck, 1, bias=False)
         self.fusion = build_fusion(fusion, audio_dim=bottleneck, visual_dim=visual_dim)
         self.fusion_proj = fusion_projection(self.fusion, bottleneck)

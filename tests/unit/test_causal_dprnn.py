@@ -1,0 +1,93 @@
+"""Causal AV-DPRNN (issue 14): the separator's masks before frame t do not depend on the inputs
+after t, also through ``AVSEModel(causal=True)``; ``causal=False`` is the reference model."""
+import pytest
+import torch
+
+from avse.models import AVSEModel
+from avse.models.separators.dprnn import DPRNNSeparator
+
+SPF = 640  # samples per video frame (16 kHz, 25 fps)
+N, DV = 12, 6
+
+
+def small(causal: bool = True, seed: int = 0, **kw) -> DPRNNSeparator:
+    torch.manual_seed(seed)
+    spec = dict(in_dim=N, visual_dim=DV, bottleneck=8, hidden=8, chunk_size=6, num_layers=2)
+    return DPRNNSeparator(**{**spec, **kw}, causal=causal).eval()
+
+
+def feats_vis(length: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, N, length, generator=g), torch.randn(2, DV, length, generator=g)
+
+
+def test_causal_parts():
+    sep = small()
+    block = sep.blocks[0]
+    assert not block.intra_rnn.bidirectional and not block.inter_rnn.bidirectional
+    assert isinstance(block.intra_norm, torch.nn.LayerNorm)
+    assert type(sep.norm).__name__ == "ChannelNorm" and sep.fusion.align == "hold"
+    ref = small(causal=False)
+    assert ref.blocks[0].intra_rnn.bidirectional and type(ref.norm).__name__ == "GroupNorm"
+    assert "causal" not in repr(ref) and not ref.causal
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("padding", ["reference", "minimal"])
+def test_separator_masks_before_t_ignore_later_inputs(padding):
+    sep = small(padding=padding, fusion="film")
+    feats, vis = feats_vis(41)
+    ref = sep(feats, vis, return_intermediate=True).masks
+    g = torch.Generator().manual_seed(3)
+    for t in (0, 1, 5, 6, 17, 40):
+        f2, v2 = feats.clone(), vis.clone()
+        f2[..., t:] = torch.rand(f2[..., t:].shape, generator=g)
+        v2[..., t:] = torch.randn(v2[..., t:].shape, generator=g)
+        out = sep(f2, v2, return_intermediate=True).masks
+        for a, b in zip(ref, out):
+            assert torch.equal(a[..., :t], b[..., :t]), t
+        assert (out[-1][..., t:] - ref[-1][..., t:]).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_non_causal_separator_looks_ahead():
+    sep = small(causal=False)
+    feats, vis = feats_vis(41)
+    f2 = feats.clone()
+    f2[..., 30:] += 1.0
+    assert (sep(f2, vis).masks[-1][..., :20] - sep(feats, vis).masks[-1][..., :20]).abs().max() > 1e-5
+
+
+def test_built_fusion_must_be_causal():
+    from avse.models.fusion import ConcatFusion
+
+    with pytest.raises(ValueError, match="not causal"):
+        small(fusion=ConcatFusion(audio_dim=8, visual_dim=DV))
+    assert small(fusion=ConcatFusion(audio_dim=8, visual_dim=DV, align="hold")).causal
+
+
+def causal_model(seed: int = 0) -> AVSEModel:
+    torch.manual_seed(seed)
+    return AVSEModel({"type": "conv", "out_channels": N, "kernel_size": 16},
+                     {"type": "embedding", "out_dim": 8, "hidden": 8, "num_blocks": 1,
+                      "norm": "cln"},
+                     {"type": "dprnn", "bottleneck": 8, "hidden": 8, "chunk_size": 8,
+                      "num_layers": 2},
+                     fusion={"type": "concat", "align": "linear"}, causal=True).eval()
+
+
+@torch.no_grad()
+def test_causal_model_output_before_t_minus_latency_is_unchanged():
+    model = causal_model()
+    assert model.separator.causal and model.latency_samples() == 16
+    g = torch.Generator().manual_seed(5)
+    mixture, visual = torch.randn(2, 6 * SPF, generator=g), torch.randn(2, 6, 512, generator=g)
+    ref = model(mixture, visual).estimate
+    for t in (SPF, 3 * SPF + 77, 5 * SPF + 3):
+        mix2, vis2 = mixture.clone(), visual.clone()
+        mix2[:, t:] += torch.randn(mix2[:, t:].shape, generator=g)
+        vis2[:, -(-t // SPF):] = torch.randn(vis2[:, -(-t // SPF):].shape, generator=g)
+        out = model(mix2, vis2).estimate
+        cut = t - model.latency_samples()
+        assert torch.allclose(out[:, :cut], ref[:, :cut], atol=1e-6, rtol=0), t
+        assert (out[:, t:] - ref[:, t:]).abs().max() > 1e-3
