@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.models.base import AudioEncoder
+from avse.models.base import AudioEncoder, check_causal_framing
 from avse.models.registry import register
 
 
@@ -42,6 +42,13 @@ class ConvEncoder(AudioEncoder):
         hop in samples; default ``kernel_size // 2`` (50 % overlap).
     activation : str
         ``"relu"`` (reference; non-negative features for masking) or ``"none"``.
+    causal : bool
+        False (default): frames start at sample 0 and the end is padded (above). True (set by
+        ``AVSEModel(causal=True)``): ``L - stride`` zeros on the left and zeros on the right up
+        to a multiple of the stride, so a waveform of T samples gives ``ceil(T / stride)``
+        frames and frame j covers samples ``[j S - (L - S), j S + S)`` (S the stride): a frame
+        is complete as soon as its last hop has arrived (streaming, :mod:`avse.streaming`).
+        Needs ``L % S == 0``; the matching decoder drops the ``L - S`` samples before time 0.
 
     ``lookahead`` (samples) is one window, L: the decoder's overlap-add gives sample n from
     the frames that cover it, the last of which ends up to L - 1 samples after n
@@ -49,12 +56,15 @@ class ConvEncoder(AudioEncoder):
     """
 
     def __init__(self, out_channels: int = 256, kernel_size: int = 40, stride: int | None = None,
-                 activation: str = "relu"):
+                 activation: str = "relu", causal: bool = False):
         super().__init__()
         if activation not in ("relu", "none"):
             raise ValueError(f"activation must be 'relu' or 'none', got {activation!r}")
         self.kernel_size = int(kernel_size)
         self.stride = int(stride) if stride else max(1, self.kernel_size // 2)
+        self.causal = bool(causal)
+        if self.causal:
+            check_causal_framing(self.kernel_size, self.stride)
         self.out_dim = int(out_channels)
         self.activation = activation
         self.conv = nn.Conv1d(1, self.out_dim, self.kernel_size, stride=self.stride, bias=False)
@@ -66,6 +76,8 @@ class ConvEncoder(AudioEncoder):
 
     def num_frames(self, length: int) -> int:
         """L for a waveform of ``length`` samples (after the end padding)."""
+        if self.causal:
+            return max(1, -(-length // self.stride))
         if length <= self.kernel_size:
             return 1
         return -(-(length - self.kernel_size) // self.stride) + 1
@@ -74,15 +86,23 @@ class ConvEncoder(AudioEncoder):
         """wav ``[B, T]`` -> feats ``[B, N, L]`` with ``L = num_frames(T)``."""
         length = wav.shape[-1]
         x = wav.unsqueeze(1)  # [B, 1, T]
-        pad = (self.num_frames(length) - 1) * self.stride + self.kernel_size - length
-        if pad > 0:
-            x = F.pad(x, (0, pad))
-        feats = self.conv(x)  # [B, N, L]
+        left = self.kernel_size - self.stride if self.causal else 0
+        pad = (self.num_frames(length) - 1) * self.stride + self.kernel_size - length - left
+        if pad > 0 or left > 0:
+            x = F.pad(x, (left, max(pad, 0)))
+        return self.activate(self.conv(x))  # [B, N, L]
+
+    def activate(self, feats: torch.Tensor) -> torch.Tensor:
+        """The activation after the filterbank (ReLU or none)."""
         return F.relu(feats) if self.activation == "relu" else feats
 
     def decoder_kwargs(self) -> dict:
         """Arguments of the matching :class:`~avse.models.decoders.ConvDecoder`."""
-        return {"in_channels": self.out_dim, "kernel_size": self.kernel_size, "stride": self.stride}
+        kwargs = {"in_channels": self.out_dim, "kernel_size": self.kernel_size,
+                  "stride": self.stride}
+        if self.causal:  # only then: a default model's decoder spec is as before
+            kwargs["causal"] = True
+        return kwargs
 
 
 @register("audio_encoder", "stft")

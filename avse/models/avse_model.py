@@ -9,21 +9,24 @@ import torch
 from torch import nn
 
 from avse.models import registry
-from avse.models.base import ModelOutput, build_slot
+from avse.models.base import ModelOutput, build_slot, hold_index
 from avse.models.activity import ActivityHead
 
 SAMPLE_RATE = 16000
 
 
-def _causal_spec(kind: str, spec):
-    """``spec`` as a dict with ``causal: True``; ValueError when the plugin has no such option."""
+def _causal_spec(kind: str, spec, optional: bool = False):
+    """``spec`` as a dict with ``causal: True``; ValueError when the plugin has no such option
+    (``optional``: the spec as given then, for a caller that checks the plugin otherwise)."""
     if isinstance(spec, nn.Module):
-        if not getattr(spec, "causal", False):
+        if not getattr(spec, "causal", False) and not optional:
             raise ValueError(f"causal=True: give the {kind} as a spec, not a built module")
         return spec
     spec = dict(spec) if isinstance(spec, dict) else {"type": spec}
     cls = registry.get(kind, spec.get("type"))
     if "causal" not in inspect.signature(cls.__init__).parameters:
+        if optional:
+            return spec
         raise ValueError(f"causal=True: the {kind} {spec.get('type')!r} has no causal form")
     return {**spec, "causal": True}
 
@@ -52,8 +55,13 @@ class AVSEModel(nn.Module):
         False (default): the parts as their specs say. True: ``causal: true`` is added to the
         visual encoder's, the fusion's and the separator's specs (ValueError for a plugin that
         has no causal form, with an activity head, which looks ahead, and with an audio encoder
-        that states no ``lookahead``, i.e. not ``conv``); the output at
-        sample n then depends on input up to n + :meth:`latency_samples` only.
+        that states no ``lookahead``, i.e. not ``conv``) and to the audio encoder's and the
+        decoder's (causal framing: frame j covers samples ``[j S - (L - S), j S + S)``); the
+        visual features are resampled to the audio frames with
+        :func:`~avse.models.base.hold_index` (each audio frame sees the latest video frame
+        started at or before its last sample) before the separator. The output at sample n
+        then depends on input up to n + :meth:`latency_samples` only, and the model runs
+        block by block with :class:`avse.streaming.StreamingModel`.
 
     Example
     -------
@@ -87,6 +95,8 @@ class AVSEModel(nn.Module):
             self.config = json.loads(json.dumps(specs))
         except TypeError:  # built modules or classes: not serialisable
             self.config = None
+        if self.causal:  # causal framing where the encoder has it; else refused below
+            audio_encoder = _causal_spec("audio_encoder", audio_encoder, optional=True)
         self.audio_encoder = build_slot("audio_encoder", audio_encoder)
         if self.causal and getattr(self.audio_encoder, "lookahead", None) is None:
             raise ValueError(f"causal=True: the audio encoder {type(self.audio_encoder).__name__} "
@@ -97,6 +107,8 @@ class AVSEModel(nn.Module):
         if decoder is None:
             decoder = {"type": getattr(self.audio_encoder, "registry_name", None),
                        **self.audio_encoder.decoder_kwargs()}
+        elif self.causal:
+            decoder = _causal_spec("decoder", decoder, optional=True)
         self.decoder = build_slot("decoder", decoder)
         self.activity_head = None
         if "activity_head" in specs:
@@ -157,6 +169,9 @@ class AVSEModel(nn.Module):
         length = mixture.shape[-1]
         feats = self.audio_encoder(mixture)
         vfeats = self.visual_encoder(visual)
+        if self.causal:  # each audio frame: the latest video frame started by its last sample
+            vfeats = vfeats.index_select(-1, hold_index(feats.shape[-1], self.audio_encoder.stride,
+                                                        vfeats.shape[-1], vfeats.device))
         sep = self.separator(feats, vfeats, return_intermediate=return_intermediate)
         estimate = self._decode(feats, sep.masks[-1], length)
         intermediate = []

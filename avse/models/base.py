@@ -97,6 +97,35 @@ def align_visual(visual: torch.Tensor, length: int, mode: str = "nearest") -> to
     return F.interpolate(visual, size=length, mode=mode)
 
 
+# audio samples per video frame: 16 kHz audio, 25 fps video
+SAMPLES_PER_VIDEO_FRAME = 640
+
+
+def check_causal_framing(kernel_size: int, stride: int) -> None:
+    """ValueError unless the stride divides the window (causal framing: whole hops)."""
+    if kernel_size % stride:
+        raise ValueError(f"causal=True needs kernel_size % stride == 0, got kernel_size "
+                         f"{kernel_size} and stride {stride}")
+
+
+def hold_index(length: int, stride: int, frames: int, device=None) -> torch.Tensor:
+    """The video frame each of ``length`` causal audio frames sees: LongTensor ``[length]``.
+
+    Causal audio frame j (hop ``stride``, see :class:`~avse.models.audio_encoders.ConvEncoder`)
+    ends at sample ``j S + S - 1``; it sees the latest video frame started at or before that
+    sample, ``min(floor((j S + S - 1) / 640), frames - 1)`` (640 samples per video frame at
+    16 kHz and 25 fps; the last of the ``frames`` video frames is held past the end).
+    ``AVSEModel(causal=True)`` resamples the visual features with it before the separator;
+    the streaming path (:mod:`avse.streaming`) holds the latest frame received the same way.
+
+    >>> hold_index(5, 320, 2)
+    tensor([0, 0, 1, 1, 1])
+    """
+    ends = torch.arange(length, device=device) * stride + (stride - 1)
+    index = torch.div(ends, SAMPLES_PER_VIDEO_FRAME, rounding_mode="floor")
+    return index.clamp(max=frames - 1)
+
+
 @dataclass
 class SeparatorOutput:
     """What a separator returns.

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avse.models.base import Decoder
+from avse.models.base import Decoder, check_causal_framing
 from avse.models.registry import register
 
 
@@ -45,18 +45,29 @@ class ConvDecoder(Decoder):
         L, the window in samples.
     stride : int, optional
         hop; default ``kernel_size // 2``.
+    causal : bool
+        the frames of a causal :class:`~avse.models.audio_encoders.ConvEncoder` (frame j
+        covers ``[j S - (L - S), j S + S)``): the first ``L - S`` samples of the overlap-add
+        (before time 0) are dropped. Needs ``L % S == 0``.
     """
 
-    def __init__(self, in_channels: int = 256, kernel_size: int = 40, stride: int | None = None):
+    def __init__(self, in_channels: int = 256, kernel_size: int = 40, stride: int | None = None,
+                 causal: bool = False):
         super().__init__()
         self.kernel_size = int(kernel_size)
         self.stride = int(stride) if stride else max(1, self.kernel_size // 2)
+        self.causal = bool(causal)
+        if self.causal:
+            check_causal_framing(self.kernel_size, self.stride)
         self.deconv = nn.ConvTranspose1d(in_channels, 1, self.kernel_size, stride=self.stride,
                                          bias=False)
 
     def forward(self, feats: torch.Tensor, length: int) -> torch.Tensor:
         """feats ``[B, N, L]`` -> wav ``[B, length]``."""
-        return _fit(self.deconv(feats).squeeze(1), length)
+        wav = self.deconv(feats).squeeze(1)
+        if self.causal:
+            wav = wav[..., self.kernel_size - self.stride:]
+        return _fit(wav, length)
 
 
 @register("decoder", "stft")

@@ -71,15 +71,18 @@ def test_non_causal_default_model_looks_ahead():
 
 @torch.no_grad()
 def test_only_the_visual_stream_after_t_changes_nothing_before_t():
-    """The visual path alone (CNN front-end, V-TCN, hold alignment) is causal."""
+    """The visual path alone (CNN front-end, V-TCN, hold alignment) is causal: a video frame
+    starting at t reaches the output from t - latency on (the audio frame whose last sample is
+    t holds it, and its window starts K - 1 samples earlier), not before."""
     model = build(causal=True)
     mixture, visual = inputs()
     t = 6 * SPF
     ref = model(mixture, visual).estimate
     _, vis2 = perturbed_after(mixture, visual, t)
     out = model(mixture, vis2).estimate
-    assert torch.allclose(out[:, :t], ref[:, :t], atol=1e-6, rtol=0)
-    assert (out[:, t:] - ref[:, t:]).abs().max() > 1e-4
+    cut = t - model.latency_samples()
+    assert torch.allclose(out[:, :cut], ref[:, :cut], atol=1e-6, rtol=0)
+    assert (out[:, cut:] - ref[:, cut:]).abs().max() > 1e-4
 
 
 @torch.no_grad()
@@ -99,8 +102,8 @@ def test_causal_false_is_the_model_without_the_option():
 
 def test_causal_option_is_refused_where_a_part_has_no_causal_form():
     specs = demo_specs(causal_norm=True)
-    with pytest.raises(ValueError, match="cross_attention"):
-        AVSEModel(**{**specs, "fusion": "cross_attention"}, causal=True)
+    with pytest.raises(ValueError, match="dlr_resnet18"):  # its 3-D stem looks ahead
+        AVSEModel(**{**specs, "visual_encoder": {"type": "dlr_resnet18"}}, causal=True)
     with pytest.raises(ValueError, match="activity head"):
         AVSEModel(**specs, activity_head=True, causal=True)
     with pytest.raises(ValueError, match="look-ahead"):
@@ -116,6 +119,64 @@ def test_hold_alignment_never_looks_ahead():
         l = torch.arange(length)
         # audio frame l starts at l / length of the clip; video frame k at k / 5
         assert torch.all(idx * length <= l * 5) and torch.all((idx + 1) * length > l * 5)
+
+
+def test_causal_framing_of_the_conv_encoder_and_decoder():
+    """Causal: K - S zeros on the left, ceil(T / S) frames, frame j covers [jS - (K-S), jS + S);
+    the decoder drops the K - S samples before time 0; K % S != 0 is refused."""
+    from avse.models.audio_encoders import ConvEncoder
+    from avse.models.decoders import ConvDecoder
+
+    torch.manual_seed(0)
+    enc = ConvEncoder(out_channels=6, kernel_size=32, stride=8, causal=True)
+    dec = ConvDecoder(**enc.decoder_kwargs())
+    assert dec.causal and "causal" not in ConvEncoder(6, 32).decoder_kwargs()
+    wav = torch.randn(2, 1001)
+    feats = enc(wav)
+    assert feats.shape[-1] == enc.num_frames(1001) == 126  # ceil(1001 / 8)
+    padded = torch.nn.functional.pad(wav, (24, 126 * 8 - 1001))
+    for j in (0, 3, 125):  # frame j is the window of samples [8j - 24, 8j + 8)
+        window = padded[:, 8 * j:8 * j + 32]
+        assert torch.allclose(feats[:, :, j], torch.relu(window @ enc.conv.weight[:, 0].T), atol=1e-5)
+    out = dec(feats, 1001)
+    full = dec.deconv(feats).squeeze(1)
+    assert out.shape == (2, 1001) and torch.equal(out, full[:, 24:24 + 1001])
+    for cls, kw in ((ConvEncoder, {"out_channels": 4}), (ConvDecoder, {"in_channels": 4})):
+        with pytest.raises(ValueError, match="kernel_size % stride"):
+            cls(**kw, kernel_size=30, stride=8, causal=True)
+        cls(**kw, kernel_size=30, stride=8)  # non-causal: any stride as before
+
+
+@torch.no_grad()
+def test_causal_model_holds_the_latest_video_frame_per_audio_frame():
+    """At a length that is not a multiple of 640, the separator gets one visual column per
+    audio frame: video frame min(floor((jS + S - 1) / 640), Tv - 1) for audio frame j."""
+    from avse.models.base import hold_index
+
+    model = build(causal=True)
+    mixture, visual = inputs(frames=4)
+    length = 3 * SPF + 123  # 4 video frames, the last one partly covered
+    mixture = mixture[:, :length]
+    seen = {}
+    forward = model.separator.forward
+
+    def spy(feats, vis, **kw):
+        seen["feats"], seen["vis"] = feats, vis
+        return forward(feats, vis, **kw)
+
+    model.separator.forward = spy
+    model(mixture, visual)
+    stride = model.audio_encoder.stride
+    frames = seen["feats"].shape[-1]
+    assert frames == -(-length // stride) and seen["vis"].shape[-1] == frames
+    vfeats = model.visual_encoder(visual)
+    idx = hold_index(frames, stride, 4)
+    assert torch.equal(seen["vis"], vfeats[..., idx])
+    last = torch.arange(frames) * stride + stride - 1  # each audio frame's last sample
+    assert torch.all(idx * SPF <= last)  # started at or before it ...
+    assert torch.all(((idx + 1) * SPF > last) | (idx == 3))  # ... the latest one (or the last)
+    assert idx.tolist().count(0) == SPF // stride and idx[-1] == 3
+    assert hold_index(3, 640, 10).tolist() == [0, 1, 2]
 
 
 def test_resnet18_stem_causal_pads_left_only():
