@@ -32,6 +32,12 @@ each of the K frame positions. The mask head's first 1x1 conv runs after the ove
 (every frame lies in exactly two chunks, so ``OA(W x + b) = W OA(x) + 2 b``), which halves
 its cost.
 
+``causal=True`` (not in the reference) makes mask frame l depend on no later frame: causal
+attention within each chunk and across chunks (a frame's chunk positions only see earlier
+positions, the same position of earlier chunks), per-frame LayerNorms for the gLNs, and one
+visual query per frame (the visual stream held per audio frame and chunked as the audio)
+instead of one per chunk, since a chunk's video frame starts after its first frames.
+
 :func:`avse.models.reference.avsep.convert_reference_state_dict` maps a checkpoint of the
 reference trainer (``model.*`` keys) onto an :class:`~avse.models.AVSEModel` built from
 :func:`avse.models.reference.avsep.reference_config`. With converted weights the model
@@ -82,12 +88,13 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention on batch-first ``[M, T, D]`` (``nn.MultiheadAttention``'s math).
 
     ``qkv`` packs the query, key and value projections (``in_proj`` of
-    ``nn.MultiheadAttention``, same row order); ``dropout`` is the attention dropout.
+    ``nn.MultiheadAttention``, same row order); ``dropout`` is the attention dropout;
+    ``causal``: position t attends to positions <= t only.
     """
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, causal: bool = False):
         super().__init__()
-        self.num_heads, self.dropout = int(num_heads), float(dropout)
+        self.num_heads, self.dropout, self.causal = int(num_heads), float(dropout), bool(causal)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
@@ -96,7 +103,7 @@ class SelfAttention(nn.Module):
         m, t, d = x.shape
         h = self.num_heads
         q, k, v = self.qkv(x).view(m, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # [M, H, T, dh]
-        y = F.scaled_dot_product_attention(q, k, v,
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(m, t, d))
 
@@ -106,16 +113,17 @@ class TransformerLayer(nn.Module):
 
     ``x = x + drop(SA(LN1(x)));  x = x + drop(W2 drop(act(W1 LN2(x))))`` -- what
     ``nn.TransformerEncoderLayer(norm_first=True)`` computes, batch first, with
-    :func:`torch.nn.functional.scaled_dot_product_attention`.
+    :func:`torch.nn.functional.scaled_dot_product_attention`. ``causal``: causal attention
+    (position t sees positions <= t; the rest of the layer is per position).
     """
 
     attention = SelfAttention  # the class of ``attn``
 
     def __init__(self, dim: int, num_heads: int, d_ffn: int, dropout: float = 0.0,
-                 activation: str = "relu"):
+                 activation: str = "relu", causal: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = self.attention(dim, num_heads, dropout)
+        self.attn = self.attention(dim, num_heads, dropout, causal)
         self.norm2 = nn.LayerNorm(dim)
         self.ff1 = nn.Linear(dim, d_ffn)
         self.ff2 = nn.Linear(d_ffn, dim)
@@ -138,25 +146,29 @@ class CrossAttention(nn.Module):
     query ``[B, S, D]``, memory ``[B, G, S', D]`` -> ``[B, G, S, D]``: group g of batch b
     attends with ``query[b]`` to ``memory[b, g]``. The query projection runs once per batch
     item. ``q`` and ``kv`` are the row blocks ``[0:D]`` and ``[D:3D]`` of
-    ``nn.MultiheadAttention``'s ``in_proj``.
+    ``nn.MultiheadAttention``'s ``in_proj``. A query ``[B, G, S, D]`` gives each group its
+    own; ``causal`` (``S == S'``): query s attends to memory positions <= s only.
     """
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, causal: bool = False):
         super().__init__()
-        self.num_heads, self.dropout = int(num_heads), float(dropout)
+        self.num_heads, self.dropout, self.causal = int(num_heads), float(dropout), bool(causal)
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """query ``[B, S, D]``, memory ``[B, G, S', D]`` -> ``[B, G, S, D]``."""
+        """query ``[B, S, D]`` or ``[B, G, S, D]``, memory ``[B, G, S', D]`` -> ``[B, G, S, D]``."""
         b, g, sm, d = memory.shape
-        s, h = query.shape[1], self.num_heads
-        q = _heads(self.q(query), h)  # [B, H, S, dh]
-        # the fused kernels want one batch axis, hence one copy of the (G-fold shared) query
-        q = q.unsqueeze(1).expand(b, g, h, s, d // h).reshape(b * g, h, s, d // h)
+        s, h = query.shape[-2], self.num_heads
+        if query.dim() == 4:  # one query sequence per group
+            q = _heads(self.q(query).reshape(b * g, s, d), h)
+        else:
+            q = _heads(self.q(query), h)  # [B, H, S, dh]
+            # the fused kernels want one batch axis, hence one copy of the (G-fold shared) query
+            q = q.unsqueeze(1).expand(b, g, h, s, d // h).reshape(b * g, h, s, d // h)
         k, v = self.kv(memory).view(b * g, sm, 2, h, d // h).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v,
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, g, s, d))
 
@@ -166,16 +178,21 @@ class CrossTransformerLayer(TransformerLayer):
 
     ``y = y + v + drop(MHA(q=LN1(v), k=v=LN1(y)));  y = y + FFN(LN2(y))``: the reference's
     ``cross_attention_layer``, whose one LayerNorm serves both streams and whose residual
-    adds the visual stream as well.
+    adds the visual stream as well. ``v`` may also be ``[B, G, S, D]`` (one per group).
     """
 
     attention = CrossAttention
 
     def forward(self, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """y ``[B, G, S, D]``, v ``[B, S, D]`` -> ``[B, G, S, D]``."""
+        """y ``[B, G, S, D]``, v ``[B, S, D]`` or ``[B, G, S, D]`` -> ``[B, G, S, D]``."""
         a = self.drop(self.attn(self.norm1(v), self.norm1(y)))
-        y = y + v.unsqueeze(1) + a
+        y = y + (v if v.dim() == 4 else v.unsqueeze(1)) + a
         return y + self.feed_forward(y)
+
+
+def _frame_norm(dim: int) -> nn.LayerNorm:
+    """The causal model's norm: LayerNorm over the channels of each frame (gLN's eps)."""
+    return nn.LayerNorm(dim, eps=1e-8)
 
 
 def _sinusoids(max_len: int, dim: int) -> torch.Tensor:
@@ -214,6 +231,11 @@ class DualPathTransformerBlock(nn.Module):
         ``"relu"`` (reference) or ``"gelu"``.
     max_len : int
         rows of the 1-D encoding table (reference 5000; K rows are used).
+    causal : bool
+        causal attention along the chunk (position k sees positions <= k) and across
+        chunks (chunk s sees chunks <= s at each position), per-frame LayerNorms instead of
+        the two gLNs, and a visual stream given per frame (``v [B, S, K, D]``, chunked as
+        ``x``): each output frame then depends on no later frame.
 
     ``inv_freq`` (the 2-D encoding's frequencies) and ``intra_pe`` (the 1-D table) are
     frozen parameters, as in the reference (whose checkpoints and parameter count hold them).
@@ -221,20 +243,22 @@ class DualPathTransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, d_ffn: int, intra_layers: int,
                  inter_layers: int, dropout: float = 0.0, pos_dropout: float = 0.1,
-                 activation: str = "relu", max_len: int = 5000):
+                 activation: str = "relu", max_len: int = 5000, causal: bool = False):
         super().__init__()
+        self.causal = bool(causal)
+        layer = dict(dropout=dropout, activation=activation, causal=self.causal)
         half = int(math.ceil(dim / 4) * 2)  # channels of each of the two 2-D halves
         inv_freq = 1.0 / (10000 ** (torch.arange(0, half, 2).float() / half))
         self.inv_freq = nn.Parameter(inv_freq, requires_grad=False)
         self.intra_pe = nn.Parameter(_sinusoids(max_len, dim), requires_grad=False)
         self.intra_dropout = _dropout(pos_dropout)
-        self.intra = nn.ModuleList(TransformerLayer(dim, num_heads, d_ffn, dropout, activation)
+        self.intra = nn.ModuleList(TransformerLayer(dim, num_heads, d_ffn, **layer)
                                    for _ in range(intra_layers))
-        self.intra_norm = GlobalNormLast(dim)
-        self.cross = CrossTransformerLayer(dim, num_heads, d_ffn, dropout, activation)
-        self.inter = nn.ModuleList(TransformerLayer(dim, num_heads, d_ffn, dropout, activation)
+        self.intra_norm = _frame_norm(dim) if self.causal else GlobalNormLast(dim)
+        self.cross = CrossTransformerLayer(dim, num_heads, d_ffn, **layer)
+        self.inter = nn.ModuleList(TransformerLayer(dim, num_heads, d_ffn, **layer)
                                    for _ in range(inter_layers - 1))
-        self.inter_norm = GlobalNormLast(dim)
+        self.inter_norm = _frame_norm(dim) if self.causal else GlobalNormLast(dim)
 
     def _pos2d(self, k: int, s: int, x: torch.Tensor):
         """Encodings of the chunk position ``[K, h1]`` and of the chunk index ``[S, h2]``.
@@ -251,12 +275,16 @@ class DualPathTransformerBlock(nn.Module):
         return ek.to(x.dtype), es.to(x.dtype)
 
     def forward(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """x ``[B, S, K, D]`` (contiguous), v ``[B, S, D]`` -> ``[B, S, K, D]`` (contiguous)."""
+        """x ``[B, S, K, D]`` (contiguous), v ``[B, S, D]`` (``[B, S, K, D]`` when causal)
+        -> ``[B, S, K, D]`` (contiguous)."""
         b, s, k, d = x.shape
         ek, es = self._pos2d(k, s, x)
         h1 = ek.shape[-1]
         x = torch.cat((x[..., :h1] + ek, x[..., h1:] + es[:, None]), dim=-1)
-        v = torch.cat((v[..., :h1] + ek[k // 2], v[..., h1:] + es), dim=-1)
+        if v.dim() == 4:  # per frame, encoded as x; the cross layer reads [B, K, S, D]
+            v = torch.cat((v[..., :h1] + ek, v[..., h1:] + es[:, None]), dim=-1).transpose(1, 2)
+        else:
+            v = torch.cat((v[..., :h1] + ek[k // 2], v[..., h1:] + es), dim=-1)
 
         y = self.intra_dropout(x.view(b * s, k, d) + self.intra_pe[:k])
         for layer in self.intra:
@@ -268,6 +296,15 @@ class DualPathTransformerBlock(nn.Module):
             y = layer(y)
         y = self.inter_norm(y.view(b, k, s, d))
         return torch.add(intra, y.transpose(1, 2)).contiguous()
+
+
+def _causal_fusion(spec):
+    """A fusion spec with ``causal: true`` (a built fusion must be causal already)."""
+    if isinstance(spec, nn.Module):
+        if not getattr(spec, "causal", False) and getattr(spec, "align", None) != "hold":
+            raise ValueError(f"causal=True: the fusion {type(spec).__name__} is not causal")
+        return spec
+    return {**(spec if isinstance(spec, dict) else {"type": spec}), "causal": True}
 
 
 @register("separator", "avsep")
@@ -319,6 +356,15 @@ class AVSepformerSeparator(Separator):
         video frame.
     mask_act : str
         ``"relu"`` (reference), ``"sigmoid"`` or ``"none"``.
+    causal : bool
+        mask frame l depends on no frame after l (and on the visual columns <= l): causal
+        attention within and across chunks (:class:`DualPathTransformerBlock`), per-frame
+        LayerNorms in place of the input gLN and the blocks' gLNs, a causal fusion (the spec
+        gets ``causal: true``), and the visual stream held per audio frame
+        (:func:`~avse.models.base.align_visual` ``"hold"``, the identity when ``Tv == L`` as
+        :class:`~avse.models.AVSEModel` gives it), projected per frame and chunked as the
+        audio, so each frame's cross-attention query is its own video frame (``visual_align``
+        is not used).
 
     The 2-D encoding splits D channels in two halves of ``2 ceil(D/4)`` (the reference
     fixes the split for D=256 whatever D is; the two agree at D=256).
@@ -328,7 +374,8 @@ class AVSepformerSeparator(Separator):
                  num_heads: int = 8, d_ffn: int = 1024, intra_layers: int = 5,
                  inter_layers: int = 6, num_blocks: int = 2, chunk_size: int = 160,
                  dropout: float = 0.0, pos_dropout: float = 0.1, activation: str = "relu",
-                 max_len: int = 5000, visual_align: str = "pad", mask_act: str = "relu"):
+                 max_len: int = 5000, visual_align: str = "pad", mask_act: str = "relu",
+                 causal: bool = False):
         super().__init__()
         if d_model % 2 or d_model % num_heads:
             raise ValueError(f"d_model must be even and a multiple of num_heads, got "
@@ -347,18 +394,20 @@ class AVSepformerSeparator(Separator):
         self.in_dim, self.d_model = int(in_dim), int(d_model)
         self.chunk_size = check_chunk_size(chunk_size)
         self.hop = self.chunk_size // 2
-        self.visual_align, self.mask_act = visual_align, mask_act
-        self.norm = nn.GroupNorm(1, in_dim, eps=1e-8)
+        self.visual_align, self.mask_act, self.causal = visual_align, mask_act, bool(causal)
+        self.norm = _frame_norm(in_dim) if self.causal else nn.GroupNorm(1, in_dim, eps=1e-8)
         self.bottleneck = nn.Linear(in_dim, d_model, bias=False)
         if fusion is None or fusion == "none":
             self.fusion, self.fusion_proj = None, None
         else:
+            if self.causal:
+                fusion = _causal_fusion(fusion)
             self.fusion = build_fusion(fusion, audio_dim=d_model, visual_dim=visual_dim)
             self.fusion_proj = fusion_projection(self.fusion, d_model, layout="linear")
         self.visual_proj = nn.Linear(visual_dim, d_model)
         self.blocks = nn.ModuleList(
             DualPathTransformerBlock(d_model, num_heads, d_ffn, intra_layers, inter_layers,
-                                     dropout, pos_dropout, activation, max_len)
+                                     dropout, pos_dropout, activation, max_len, self.causal)
             for _ in range(num_blocks))
         self.mask_prelu = nn.PReLU()
         self.mask_conv = nn.Linear(d_model, d_model)
@@ -380,9 +429,14 @@ class AVSepformerSeparator(Separator):
         """chunks ``[B, S, K, D]`` -> ``[B, L, D]``: each frame summed over its two chunks."""
         return overlap_add(chunks, length, self.hop)
 
-    def _visual_chunks(self, visual: torch.Tensor, chunks: int) -> torch.Tensor:
-        """visual ``[B, Dv, Tv]`` -> ``[B, S, D]``, one vector per chunk."""
+    def _visual_chunks(self, visual: torch.Tensor, chunks: int,
+                       length: int | None = None) -> torch.Tensor:
+        """visual ``[B, Dv, Tv]`` -> ``[B, S, D]``, one vector per chunk (causal: ``[B, S, K, D]``,
+        one per frame of the ``length`` audio frames)."""
         v = self.visual_proj(visual.transpose(1, 2))  # [B, Tv, D], at the video rate
+        if self.causal:  # held per audio frame, chunked as the audio: [B, S, K, D]
+            v = align_visual(v.transpose(1, 2), length, "hold").transpose(1, 2)
+            return self._chunk(v.contiguous())
         frames = v.shape[1]
         if self.visual_align != "pad":
             return align_visual(v.transpose(1, 2), chunks, self.visual_align).transpose(1, 2)
@@ -397,11 +451,14 @@ class AVSepformerSeparator(Separator):
         ``return_intermediate`` changes nothing: the model has one output.
         """
         length = feats.shape[-1]
-        x = self.bottleneck(self.norm(feats).transpose(1, 2))  # [B, L, D]
+        if self.causal:
+            x = self.bottleneck(self.norm(feats.transpose(1, 2)))  # [B, L, D]
+        else:
+            x = self.bottleneck(self.norm(feats).transpose(1, 2))  # [B, L, D]
         if self.fusion is not None:
             x = self.fusion_proj(self.fusion(x.transpose(1, 2), visual).transpose(1, 2))
         chunks = self._chunk(x)  # [B, S, K, D]
-        v = self._visual_chunks(visual, chunks.shape[1])
+        v = self._visual_chunks(visual, chunks.shape[1], length)
         for block in self.blocks:
             chunks = block(chunks, v)
         x = self._dp_overlap_add(self.mask_prelu(chunks), length)  # [B, L, D]
