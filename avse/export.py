@@ -43,8 +43,6 @@ KNOWN_LIMITS = {
              "chunk count to the example length",
     "tfgridnet": "the STFT decoder's torch.istft does not export with a dynamic length "
                  "(with or without length=T)",
-    "muse": "round(L / Tv) in the visual upsampling fixes the length; set the separator's "
-            "visual_upsample: 32 in model.yaml (the same factor at 16 kHz, hop 20, 25 fps)",
 }
 """Why an architecture's length axis does not export (this torch; see the report of issue 14):
 added to the exporter's own reason."""

@@ -58,6 +58,28 @@ def test_embedding_model_with_activity_head_onnx(tmp_path):
     assert model.activity_head is not None  # the model itself is left as it was
 
 
+def test_muse_default_upsampling_onnx(tmp_path):
+    """MuSE with its default visual_upsample (round(L / Tv), derived from the lengths) keeps
+    its length axes dynamic; the gathered interpolation the exported graph computes equals
+    F.interpolate's to float rounding, also at ratios that are not 32 and lengths that pad
+    or crop."""
+    from avse.models.separators.muse import _upsample_gathered, upsample_visual
+
+    gen = torch.Generator().manual_seed(0)
+    for frames, factor, length in ((7, 3, 20), (7, 3, 25), (50, 32, 1599), (2, 1, 2)):
+        visual = torch.randn(2, 3, frames, generator=gen)
+        assert torch.allclose(_upsample_gathered(visual, length, torch.tensor(factor)),
+                              upsample_visual(visual, length, factor), atol=1e-6)
+    torch.manual_seed(0)
+    model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 40},
+                      {"type": "embedding", "out_dim": 16, "hidden": 32, "num_blocks": 1},
+                      {"type": "muse", "bottleneck": 8, "hidden": 16, "num_blocks": 1,
+                       "num_repeats": 1, "num_speakers": 5, "speaker_hidden": 8,
+                       "speaker_blocks": 1}, fusion="concat").eval()
+    assert model.separator.visual_upsample is None
+    check(model, E.export_model(model, "onnx", str(tmp_path / "m.onnx")), "onnx")
+
+
 class Recurrent(torch.nn.Module):
     def __init__(self):
         super().__init__()

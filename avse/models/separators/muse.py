@@ -64,18 +64,23 @@ from avse.models.base import Separator, SeparatorOutput, build_fusion, fusion_pr
 from avse.models.registry import register
 from avse.models.separators.tcn import ChannelNorm, TCNBlock
 
-__all__ = ["MuSESeparator", "SpeakerEmbedding", "upsample_visual"]
+__all__ = ["MuSESeparator", "SpeakerEmbedding", "round_ratio", "upsample_visual"]
 
 
-def upsample_visual(visual: torch.Tensor, length: int, factor: int) -> torch.Tensor:
+def upsample_visual(visual: torch.Tensor, length: int, factor) -> torch.Tensor:
     """MuSE's alignment: ``[B, D, Tv]`` -> ``[B, D, length]``.
 
     Linear interpolation (``align_corners=False``) to ``factor * Tv`` frames, then zero
-    padding at the end or cropping to ``length``.
+    padding at the end or cropping to ``length``. ``factor``: an int, or (under
+    :func:`torch.export`, with symbolic lengths) a 0-d integer tensor; with symbolic
+    lengths the same interpolation is computed by :func:`_upsample_gathered`.
 
     >>> upsample_visual(torch.tensor([[[0.0, 4.0]]]), 5, 2)
     tensor([[[0., 1., 3., 4., 0.]]])
     """
+    if not (isinstance(length, int) and isinstance(visual.shape[-1], int)
+            and isinstance(factor, int)):
+        return _upsample_gathered(visual, length, factor)
     if factor > 1:
         visual = F.interpolate(visual, size=factor * visual.shape[-1], mode="linear",
                                align_corners=False)
@@ -83,6 +88,42 @@ def upsample_visual(visual: torch.Tensor, length: int, factor: int) -> torch.Ten
     if extra > 0:
         return F.pad(visual, (0, extra))
     return visual[..., :length] if extra < 0 else visual
+
+
+def _upsample_gathered(visual: torch.Tensor, length, factor) -> torch.Tensor:
+    """:func:`upsample_visual` as index arithmetic on tensors: output frame ``j < factor Tv``
+    is ``(1 - w) v[i] + w v[min(i + 1, Tv - 1)]`` with ``s = max(0, (j + 1/2) Tv / (factor
+    Tv) - 1/2)``, ``i = floor(s)``, ``w = s - i`` (``F.interpolate``'s own arithmetic), the
+    frames after it zeros. No output size depends on ``factor``, so :func:`torch.export`
+    keeps ``length`` and ``Tv`` dynamic (``F.interpolate`` to ``factor * Tv`` frames would
+    tie them to the example's when ``factor`` is derived from them)."""
+    tv = visual.shape[-1]
+    j = torch.arange(length, device=visual.device)
+    frames = torch.full((), tv, dtype=torch.long, device=visual.device)
+    total = frames * factor  # factor * Tv frames before padding
+    scale = frames.float() / total.float()  # float32, then the index in float64 (as ATen)
+    src = ((j.double() + 0.5) * scale.double() - 0.5).float().clamp(min=0)
+    i0 = src.floor().long().clamp(max=tv - 1)
+    w = (src - i0.float()).clamp(0, 1)
+    i1 = (i0 + 1).clamp(max=tv - 1)
+    out = visual.index_select(-1, i0) * (1 - w) + visual.index_select(-1, i1) * w
+    return out * (j < total).to(visual.dtype)
+
+
+def round_ratio(num, den):
+    """``max(1, round(num / den))`` (Python's ``round``: halves to even) of positive ints,
+    or of 0-d integer tensors, in integer arithmetic (what MuSE's default ``visual_upsample``
+    computes from the lengths; :func:`torch.export` cannot keep ``round`` of a float
+    symbolic).
+
+    >>> [round_ratio(n, 2) for n in (1, 3, 5, 6, 7)]  # 0.5, 1.5, 2.5, 3, 3.5
+    [1, 2, 2, 3, 4]
+    """
+    q, r = num // den, num % den
+    up = (2 * r) // den  # 1 when the remainder is at least half
+    tie = up * (1 - (2 * r - 1) // den)  # 1 when exactly half
+    q = q + up - tie * (1 - q % 2)  # a half goes to the even neighbour
+    return q + (q == 0)  # 0 -> 1
 
 
 class SpeakerEmbedding(nn.Module):
@@ -208,7 +249,14 @@ class MuSESeparator(Separator):
         x = self.bottleneck(self.in_norm(feats))  # [B, C, L]
         mix = x
         length = x.shape[-1]
-        factor = self.visual_upsample or max(1, round(length / visual.shape[-1]))
+        factor = self.visual_upsample
+        if not factor:
+            frames = visual.shape[-1]
+            if isinstance(length, int) and isinstance(frames, int):
+                factor = max(1, round(length / frames))
+            else:  # symbolic lengths (torch.export): a tensor
+                factor = round_ratio(torch.full((), length, dtype=torch.long),
+                                     torch.full((), frames, dtype=torch.long))
 
         def align(v):
             return upsample_visual(v, length, factor)
