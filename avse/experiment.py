@@ -98,11 +98,16 @@ def run_tests(brain, hparams) -> dict:
 
 def training_inference_config(hparams) -> dict:
     """What ``model.yaml``'s ``inference`` section records: the crop preset of the training
-    shards (their meta.json), the sample rate and the mixture normalisation."""
+    shards (their meta.json), the sample rate and the mixture normalisation (``none`` when
+    the training mixtures were not normalised, ``mixture_config: normalise: null``, as the
+    causal egs do: a live stream has no whole-file peak)."""
     from avse.data.remote import resolve_split
     from avse.data.shards import ShardError
 
-    config = {"sample_rate": int(hparams.get("sample_rate", 16000)), "mixture_norm": "peak"}
+    mixing = hparams.get("mixture_config")
+    norm = "none" if mixing is not None and getattr(mixing, "normalise", "peak") is None \
+        else "peak"
+    config = {"sample_rate": int(hparams.get("sample_rate", 16000)), "mixture_norm": norm}
     try:
         crop = resolve_split(hparams["train_shards"], hparams.get("train_shards_meta")).meta.get("crop")
     except (KeyError, ShardError, OSError) as err:

@@ -9,7 +9,8 @@ from avse.data.align import FPS
 PRECISION_NAMES = ("bf16", "fp16", "fp32")
 EXIT_BAD_INPUT = 2
 LIMITS = {"detect_every": 1, "max_side": 64, "chunk_seconds": 1 / FPS, "overlap_seconds": 0,
-          "min_track_seconds": 0}  # the smallest value each option takes
+          "min_track_seconds": 0, "block_ms": 1000 / 16000,
+          "threads": 1}  # the smallest value each option takes
 
 
 def build_parser(description: str = "") -> argparse.ArgumentParser:
@@ -47,6 +48,14 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
                    help="let the model folder's model.yaml name classes by import path (this "
                    "imports and runs their modules: only for folders you trust); by default "
                    "only registered plugin names are accepted")
+    p.add_argument("--stream", action="store_true",
+                   help="a causal model, block by block as a live stream (a face-centred clip "
+                   "or .npy, --out): prints per-block compute time, real-time factor, latency")
+    p.add_argument("--block_ms", type=float, default=10.0, help="--stream: block length (ms)")
+    p.add_argument("--stream_peak", type=float, default=None,
+                   help="--stream, a model trained on peak-normalised mixtures: the fixed gain "
+                   "(expected peak) used instead of the whole file's peak (default 1.0)")
+    p.add_argument("--threads", type=int, default=1, help="--stream: torch threads")
     p.add_argument("--work_dir", help="where the face frames are staged (default: the system temp)")
     p.add_argument("--noprogressbar", action="store_true")
     return p
@@ -64,6 +73,8 @@ def parse(argv, description: str = "") -> tuple:
             parser.error("--model is required (except with --list_faces)")
         if bool(args.out) == bool(args.out_dir):
             parser.error("give exactly one of --out_dir (every face) and --out (one wav)")
+        if args.stream and not (args.face_centred or args.video.endswith(".npy")):
+            parser.error("--stream takes a face-centred clip (--face_centred) or a .npy")
         if (args.face_centred or args.video.endswith(".npy")) and not args.out:
             parser.error("--face_centred and .npy inputs write one wav: use --out")
     return parser, args

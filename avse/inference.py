@@ -54,6 +54,10 @@ from avse.data.align import FPS, SAMPLE_RATE, AlignmentError, fit_visual_to_audi
 from avse.gating import NO_HEAD, Gate, format_speaking, speaking_summary
 from avse.video.media import MOUTH_CROPS, MediaError, decode_media, read_audio, resample
 
+MIXTURE_NORMS = ("peak", "none")
+"""``model.yaml`` ``inference: mixture_norm`` values: ``peak`` (divided by the file's peak),
+``none`` (as it is: causal models, which cannot see the whole file)."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -98,9 +102,10 @@ class AVSEExtractor:
             self.inference["crop"] = crop
         if self.inference["crop"] not in CROP_PRESETS:
             raise ValueError(f"unknown crop {self.inference['crop']!r}; known: {list(CROP_PRESETS)}")
-        if self.inference["mixture_norm"] != "peak" or self.inference["sample_rate"] != SAMPLE_RATE:
+        if self.inference["mixture_norm"] not in MIXTURE_NORMS \
+                or self.inference["sample_rate"] != SAMPLE_RATE:
             raise ValueError(f"model.yaml inference section {self.inference}: only mixture_norm "
-                             f"'peak' at {SAMPLE_RATE} Hz is supported")
+                             f"{' or '.join(MIXTURE_NORMS)} at {SAMPLE_RATE} Hz is supported")
         if precision not in self.PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; known: {sorted(self.PRECISIONS)}")
         if precision == "fp16" and not str(device).startswith("cuda"):
@@ -157,6 +162,8 @@ class AVSEExtractor:
 
         Each mixture is peak-normalised as in training and the estimate is scaled back;
         ``peak`` gives the normalisation gain instead (a chunk of a long file uses the file's).
+        A model trained on mixtures as they are (``mixture_norm: none``, the causal egs) gets
+        them as they are (gain 1, ``peak`` ignored).
         With ``gate`` each row is gated over its length (:meth:`avse.gating.Gate.gain`).
         ``return_activity``: returns ``(estimate, probabilities [B, Tv] that the target speaks
         in each frame)`` (None for a model without a head).
@@ -165,7 +172,9 @@ class AVSEExtractor:
         visual = torch.as_tensor(visual, device=self.device)
         if visual.dtype not in (torch.uint8, torch.float32):
             visual = visual.float()
-        if peak is None:
+        if self.inference["mixture_norm"] == "none":
+            peak = 1.0
+        elif peak is None:
             peak = mixture.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
         else:
             peak = max(float(peak), 1e-8)
@@ -189,6 +198,32 @@ class AVSEExtractor:
         est, act = self.extract_batch(wav_t, vis_t, peak=peak, return_activity=True)
         est = est[0].cpu().numpy()
         return (est, None if act is None else act[0].cpu().numpy()) if return_activity else est
+
+    def stream(self, peak: float | None = None):
+        """A :class:`~avse.stream_extract.StreamSession`: this (causal) model fed block by
+        block, its state kept between blocks (``push(audio, frames)``, ``flush()``,
+        ``stats()``); ``peak``: the fixed gain for a model trained with peak normalisation."""
+        from avse.stream_extract import StreamSession
+
+        return StreamSession(self, peak=peak)
+
+    def load_stream_inputs(self, mixture, video):
+        """``(mixture [T] @16 kHz, visual [T / 640, ...])`` of a face-centred clip or ``.npy``
+        and an optional mixture file, fitted to each other as :meth:`extract` does."""
+        from avse.video.preflight import check_mixture_length
+
+        source = str(mixture or video)
+        if mixture is None:
+            if str(video).endswith(".npy"):
+                raise ValueError("no mixture given: only an mp4 carries its own audio")
+        wav = read_audio(source)
+        check_mixture_length(len(wav), source)
+        visual = self.load_visual(video)
+        try:
+            visual, _ = fit_visual_to_audio(visual, len(wav))
+        except AlignmentError as err:
+            raise AlignmentError(f"{video} (mixture: {source}): {err}") from None
+        return wav, visual
 
     # -------------------------------------------------------------- file API
     def load_visual(self, video) -> np.ndarray:
@@ -339,6 +374,8 @@ def main(argv=None) -> int:
         extractor = AVSEExtractor.from_hparams(args.model, device=args.device, crop=args.crop,
                                                precision=args.precision,
                                                trust_code=args.trust_model_code, **gate)
+        if args.stream:
+            return _write_streamed(extractor, args)
         if args.face_centred or args.video.endswith(".npy"):
             return _write_one(extractor, args)
         result = extractor.extract_video(args.video, out_dir=args.out_dir, mixture=args.mixture,
@@ -381,6 +418,32 @@ def _write_one(extractor, args) -> int:
     print(f"wrote {args.out} ({len(wav) / SAMPLE_RATE:.2f} s)")
     if act is not None:
         print(format_speaking(speaking_summary(extractor.gating.speaking(act.numpy()))))
+    return 0
+
+
+def _write_streamed(extractor, args) -> int:
+    """``--stream``: a face-centred clip (or a .npy) through the streaming path, block by
+    block, one thread; one wav, and the per-block compute time, real-time factor, latency."""
+    import soundfile as sf
+
+    from avse.safe_io import OutputStage
+    from avse.stream_extract import format_stats, run_blocks
+    from avse.video.preflight import check_audio, check_video
+
+    check_video(args.video, have_mixture=bool(args.mixture))
+    if args.mixture:
+        check_audio(args.mixture)
+    torch.set_num_threads(args.threads)
+    wav, visual = extractor.load_stream_inputs(args.mixture, args.video)
+    session = extractor.stream(peak=args.stream_peak)
+    block = max(1, round(args.block_ms * SAMPLE_RATE / 1000))
+    out = run_blocks(session, wav, visual, block=block)
+    with OutputStage() as stage:
+        sf.write(stage.file(args.out), np.clip(out, -1, 1), SAMPLE_RATE, subtype="PCM_16",
+                 format="WAV")
+        stage.commit()
+    print(f"wrote {args.out} ({len(out) / SAMPLE_RATE:.2f} s)")
+    print(format_stats(session.stats()))
     return 0
 
 

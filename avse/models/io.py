@@ -11,7 +11,8 @@ crop            mouth-crop preset of the training shards (``avse.video.crops.CRO
 visual_range    ``full``: gray 0..255 as OpenCV's BGR2GRAY (limited-range luma is expanded)
 sample_rate     16000
 mixture_norm    ``peak``: the mixture is divided by its peak |x| (once per file), the
-                estimate multiplied back
+                estimate multiplied back; ``none``: the mixture as it is (causal models,
+                trained with ``normalise: null``: a stream has no whole-file peak)
 frontend        models that read lip embeddings: the file name (inside the model folder)
                 of the visual front-end that computes them from video (``crop`` is then
                 the front-end's preset); null: embeddings must be given (``.npy``)
