@@ -12,7 +12,8 @@ module                  state
                         samples from ``-(K - S)`` on (the first ``K - S`` of a stream are
                         before time 0: the caller drops them)
 ``TCNSeparator``        ``r{r}b{x}``: per block, the last ``(P - 1) d`` inputs of its
-                        depthwise conv ``[B, H, (P - 1) d]``; everything else works per
+                        depthwise conv ``[B, (P - 1) d, H]`` (channels-last, as the
+                        step computes); everything else works per
                         frame (1x1 convs, PReLU, cLN, eval BatchNorm, concat / FiLM fusion
                         of the held visual columns, skip sums, the mask head)
 ======================  ================================================================
@@ -32,7 +33,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from avse.models.audio_encoders import ConvEncoder
 from avse.models.decoders import ConvDecoder
 from avse.models.fusion import ConcatFusion, FiLMFusion
-from avse.models.separators.tcn import TCNSeparator
+from avse.models.base import mask_activation
+from avse.models.separators.tcn import ChannelNorm, TCNSeparator
 from avse.streaming.registry import register_stepper
 
 __all__ = ["ConvEncoderStepper", "ConvDecoderStepper", "TCNStepper"]
@@ -105,12 +107,49 @@ class ConvDecoderStepper(nn.Module):
     forward = step
 
 
+def _linear(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 ``Conv1d`` on channels-last ``x [B, l, C]`` (one matrix product)."""
+    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+
+
+def _prelu(act: nn.PReLU, x: torch.Tensor) -> torch.Tensor:
+    w = act.weight
+    return F.prelu(x, w) if w.numel() == 1 else torch.where(x >= 0, x, x * w)
+
+
+def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """cLN or eval BatchNorm on channels-last ``x [B, l, C]`` (both per frame)."""
+    if isinstance(norm, ChannelNorm):
+        return F.layer_norm(x, x.shape[-1:], norm.weight.view(-1), norm.bias.view(-1), norm.eps)
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return torch.addcmul(shift, x, scale)
+
+
+def _fuse(fusion: nn.Module, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """concat / FiLM fusion of channels-last audio ``x [B, l, C]`` and the held visual
+    columns ``v [B, l, Dv]`` (one per frame: the offline alignment is then the identity)."""
+    if isinstance(fusion, ConcatFusion):
+        return _linear(fusion.audio_proj, x) + _linear(fusion.visual_proj, v)
+    return torch.addcmul(x + _linear(fusion.beta, v), x, _linear(fusion.gamma, v))
+
+
 @register_stepper(TCNSeparator)
 class TCNStepper(nn.Module):
     """``step(state, feats [B, N, l], vis [B, Dv, l]) -> (mask [B, N, l], state)`` of a causal
     :class:`~avse.models.separators.tcn.TCNSeparator` (``vis``: one held visual column per
     audio frame). Refused: centred convs (``causal=False``), global layer norm, fusions that
-    are not per frame (cross attention)."""
+    are not per frame (cross attention).
+
+    The step works channels-last (``[B, l, C]``: 1x1 convs as matrix products, cLN as
+    ``layer_norm``, the depthwise conv as P shifted products), which is several times faster
+    than the offline modules on a few frames; the state is channels-last too:
+    ``r{r}b{x}`` ``[B, (P - 1) d, H]``.
+    """
 
     def __init__(self, separator: TCNSeparator):
         super().__init__()
@@ -123,7 +162,7 @@ class TCNStepper(nn.Module):
                     raise ValueError(f"{name} is not causal (causal=False: its depthwise convs "
                                      f"look ahead), so it has no streaming form; {_FIX}")
                 for norm in (block.norm_in, block.norm_dw):
-                    if isinstance(norm, nn.GroupNorm):
+                    if not isinstance(norm, (ChannelNorm, _BatchNorm)):
                         raise ValueError(f"{name} with norm 'gln' (global layer norm over the "
                                          f"utterance) has no streaming form; {_FIX}")
                 self.keys.append((f"r{r}b{x}", block, block.pad[0]))
@@ -132,11 +171,21 @@ class TCNStepper(nn.Module):
                 raise ValueError(f"{name}: the fusion {type(fusion).__name__} is not per frame, "
                                  "so it has no streaming form (use concat or film)")
         self._batchnorms = [m for m in separator.modules() if isinstance(m, _BatchNorm)]
+        self._mask_act = mask_activation(separator.mask_act)
 
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> dict:
-        """Per block ``r{r}b{x}``: zeros ``[batch, H, (P - 1) d]`` (the left padding)."""
-        return {key: torch.zeros(batch, block.depthwise.in_channels, pad, device=device,
+        """Per block ``r{r}b{x}``: zeros ``[batch, (P - 1) d, H]`` (the left padding)."""
+        return {key: torch.zeros(batch, pad, block.depthwise.in_channels, device=device,
                                  dtype=dtype) for key, block, pad in self.keys}
+
+    @staticmethod
+    def _depthwise(conv: nn.Conv1d, z: torch.Tensor) -> torch.Tensor:
+        """The depthwise conv (no padding) of channels-last ``z [B, (P - 1) d + l, H]`` -> l
+        frames: the P taps of each output frame (an unfolded view) times the weights."""
+        w, d = conv.weight[:, 0], conv.dilation[0]  # [H, P]
+        span = (w.shape[1] - 1) * d + 1
+        y = (z.unfold(1, span, 1)[..., ::d] * w).sum(-1)  # [B, l, H, P] -> [B, l, H]
+        return y if conv.bias is None else y + conv.bias
 
     def step(self, state: dict, feats: torch.Tensor, vis: torch.Tensor):
         """feats ``[B, N, l]``, vis ``[B, Dv, l]`` -> (final mask ``[B, N, l]``, new state)."""
@@ -144,25 +193,31 @@ class TCNStepper(nn.Module):
             raise ValueError("TCNSeparator: stream in eval mode (call .eval() on the model): "
                              "BatchNorm in train mode uses the statistics of each chunk")
         sep = self.separator
-        x = sep.bottleneck(sep.in_norm(feats))
+        x = _linear(sep.bottleneck, _norm(sep.in_norm, feats.transpose(1, 2)))  # [B, l, Cb]
+        v = vis.transpose(1, 2)
         new, skip_sum, i = {}, None, 0
         for r, blocks in enumerate(sep.repeats):
             if r < len(sep.fusions):
-                x = sep.fusion_projs[r](sep.fusions[r](x, vis))
+                x = _fuse(sep.fusions[r], x, v)
+                if not isinstance(sep.fusion_projs[r], nn.Identity):
+                    x = _linear(sep.fusion_projs[r], x)
             for block in blocks:
                 key, _, pad = self.keys[i]
                 i += 1
-                y = block.norm_in(block.act_in(block.conv_in(x)))
+                y = _norm(block.norm_in, _prelu(block.act_in, _linear(block.conv_in, x)))
                 if pad:
-                    y = torch.cat((state[key], y), dim=-1)
-                    new[key] = y[:, :, y.shape[-1] - pad:]
+                    y = torch.cat((state[key], y), dim=1)
+                    new[key] = y[:, y.shape[1] - pad:]
                 else:
                     new[key] = state[key]
-                y = block.norm_dw(block.act_dw(block.depthwise(y)))
+                y = self._depthwise(block.depthwise, y)
+                y = _norm(block.norm_dw, _prelu(block.act_dw, y))
                 if block.skip_conv is not None:
-                    s = block.skip_conv(y)
+                    s = _linear(block.skip_conv, y)
                     skip_sum = s if skip_sum is None else skip_sum + s
-                x = x + block.res_conv(y)
-        return sep._mask(skip_sum if sep.skip else x), new
+                x = x + _linear(block.res_conv, y)
+        head = skip_sum if sep.skip else x
+        mask = self._mask_act(_linear(sep.mask_conv, _prelu(sep.mask_prelu, head)))
+        return mask.transpose(1, 2), new
 
     forward = step
