@@ -25,6 +25,7 @@ import warnings
 from contextlib import redirect_stderr, redirect_stdout
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SAMPLES_PER_FRAME = 640
@@ -41,11 +42,66 @@ KNOWN_LIMITS = {
               "overlap_add) ties the chunk count to the example length",
     "avsep": "the dual-path chunking (avse/models/separators/dual_path.py segment) ties the "
              "chunk count to the example length",
-    "tfgridnet": "the STFT decoder's torch.istft does not export with a dynamic length "
-                 "(with or without length=T)",
 }
 """Why an architecture's length axis does not export (this torch; see the report of issue 14):
 added to the exporter's own reason."""
+
+
+class OverlapAddISTFT(nn.Module):
+    """The inverse STFT of :class:`~avse.models.decoders.STFTDecoder` without ``torch.istft``
+    (which ``torch.export`` cannot keep dynamic): feats ``[B, 2F, L]`` (real; imag) ->
+    wav ``[B, length]``.
+
+    Each frame's inverse real DFT is one matrix product (the ``irfft`` basis: the imaginary
+    parts of the DC and Nyquist bins are ignored, as ``irfft``), times the window (zero-padded
+    to ``n_fft``, centred); the frames are overlap-added by a transposed convolution with the
+    identity kernel (stride ``hop``), divided by the overlap-added squared window, and the
+    ``n_fft // 2`` samples of the centring padding dropped; trimmed or zero-padded to
+    ``length``. Equal to ``torch.istft(..., center=True, length=length)`` to float rounding.
+    """
+
+    def __init__(self, n_fft: int, hop: int, win: int):
+        super().__init__()
+        self.n_fft, self.hop, self.n_freq = int(n_fft), int(hop), int(n_fft) // 2 + 1
+        n = torch.arange(self.n_fft, dtype=torch.float64)
+        k = torch.arange(self.n_freq, dtype=torch.float64)
+        angle = 2 * torch.pi * torch.outer(n, k) / self.n_fft  # [n_fft, F]
+        weight = torch.full((self.n_freq,), 2.0, dtype=torch.float64)
+        weight[0] = 1.0
+        if self.n_fft % 2 == 0:
+            weight[-1] = 1.0
+        left = (self.n_fft - int(win)) // 2
+        window = torch.zeros(self.n_fft, dtype=torch.float64)
+        window[left:left + int(win)] = torch.hann_window(int(win), dtype=torch.float64)
+        basis = torch.cat((torch.cos(angle) * weight, -torch.sin(angle) * weight), dim=1)
+        basis = basis / self.n_fft * window[:, None]  # irfft, then the window
+        self.register_buffer("basis", basis.float(), persistent=False)  # [n_fft, 2F]
+        self.register_buffer("window_sq", window.square().float()[None, :, None],
+                             persistent=False)  # [1, n_fft, 1]
+        self.register_buffer("eye", torch.eye(self.n_fft)[:, None, :], persistent=False)
+
+    def forward(self, feats: torch.Tensor, length) -> torch.Tensor:
+        frames = torch.matmul(self.basis, feats.float())  # [B, n_fft, L], windowed
+        wav = F.conv_transpose1d(frames, self.eye, stride=self.hop)  # [B, 1, n_fft + hop (L-1)]
+        envelope = F.conv_transpose1d(self.window_sq.expand(1, -1, feats.shape[-1]), self.eye,
+                                      stride=self.hop)
+        start = self.n_fft // 2
+        wav = (wav / envelope)[:, 0, start:]
+        # zero-pad by `length` then crop: the same trim or pad, with no branch on the length
+        return F.pad(wav, (0, length))[:, :length].to(feats.dtype)
+
+
+def swap_istft(model: nn.Module) -> tuple[nn.Module, int]:
+    """``(copy of model with its STFTDecoder replaced by OverlapAddISTFT, how many)``; the
+    model itself when it has none."""
+    from avse.models.decoders import STFTDecoder
+
+    if not isinstance(getattr(model, "decoder", None), STFTDecoder):
+        return model, 0
+    model = copy.deepcopy(model)
+    dec = model.decoder
+    model.decoder = OverlapAddISTFT(dec.n_fft, dec.hop, dec.win).to(dec.window.device)
+    return model, 1
 
 
 class ExportError(RuntimeError):
@@ -111,8 +167,8 @@ def export_program(model: nn.Module, seconds: float = 2.0):
     """:func:`torch.export.export` of :class:`EstimateOnly` of ``model`` (eval mode) with
     :func:`dynamic_shapes`; ExportError names the reason when it fails. Recurrent layers are
     exported as scans (:func:`avse.export_rnn.swap_rnns`: ``nn.LSTM`` would freeze the time
-    axis at the example length); an activity head is left out (the estimate does not depend
-    on it)."""
+    axis at the example length), the STFT decoder as :class:`OverlapAddISTFT` (``torch.istft``
+    would); an activity head is left out (the estimate does not depend on it)."""
     from avse.export_rnn import swap_rnns
 
     args = example_inputs(model, seconds)
@@ -122,7 +178,7 @@ def export_program(model: nn.Module, seconds: float = 2.0):
         # does not hold back the export (its adaptive pooling fixes the length)
         model = copy.deepcopy(model)
         model.activity_head = None
-    wrapped = EstimateOnly(swap_rnns(model)[0]).eval()
+    wrapped = EstimateOnly(swap_istft(swap_rnns(model)[0])[0]).eval()
     try:
         with torch.no_grad():
             return _quiet(torch.export.export, wrapped, args, dynamic_shapes=dynamic_shapes(),

@@ -80,6 +80,39 @@ def test_muse_default_upsampling_onnx(tmp_path):
     check(model, E.export_model(model, "onnx", str(tmp_path / "m.onnx")), "onnx")
 
 
+@pytest.mark.parametrize("n_fft,hop,win", [(256, 128, 256), (64, 16, 50), (512, 128, 400)])
+def test_overlap_add_istft_equals_torch_istft(n_fft, hop, win):
+    """The exported graph's inverse STFT equals STFTDecoder's torch.istft (within 1e-5), also
+    trimming to a shorter length, and inverts the STFT encoder."""
+    from avse.models.audio_encoders import STFTEncoder
+    from avse.models.decoders import STFTDecoder
+
+    gen = torch.Generator().manual_seed(0)
+    ref, alt = STFTDecoder(n_fft, hop, win), E.OverlapAddISTFT(n_fft, hop, win)
+    for length in (1000, 1280, 3201):
+        feats = torch.randn(2, n_fft + 2, length // hop + 1, generator=gen)
+        for out_len in (length, length - 7):
+            assert (alt(feats, out_len) - ref(feats, out_len)).abs().max() < 1e-5
+        wav = torch.randn(2, length, generator=gen)
+        assert (alt(STFTEncoder(n_fft, hop, win)(wav), length) - wav).abs().max() < 1e-5
+
+
+def test_tfgridnet_onnx(tmp_path):
+    """stft / tfgridnet: torch.istft swapped for OverlapAddISTFT in the exported graph, the
+    BLSTMs as scans (unfolded with stride 2: the padding to whole steps stays symbolic); the
+    model itself keeps its decoder."""
+    from avse.models.decoders import STFTDecoder
+
+    torch.manual_seed(0)
+    model = AVSEModel({"type": "stft", "n_fft": 64, "hop": 32, "win": 64},
+                      {"type": "embedding", "out_dim": 8, "hidden": 16, "num_blocks": 1},
+                      {"type": "tfgridnet", "emb_dim": 8, "hidden": 8, "num_blocks": 1,
+                       "kernel": 2, "stride": 2, "num_heads": 2, "qk_dim": 16},
+                      fusion="film").eval()
+    check(model, E.export_model(model, "onnx", str(tmp_path / "m.onnx")), "onnx")
+    assert type(model.decoder) is STFTDecoder
+
+
 class Recurrent(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -151,7 +151,10 @@ class GridNetBlock(nn.Module):
         """The smallest size >= ``size`` with ``(size - I) % J == 0`` (at least I)."""
         if size <= self.kernel:
             return self.kernel
-        return -(-(size - self.kernel) // self.stride) * self.stride + self.kernel
+        # ceil division with non-negative operands only: an exported graph's integer
+        # division (ONNX Div) truncates, which differs from floor for negative ones
+        steps = (size - self.kernel + self.stride - 1) // self.stride
+        return steps * self.stride + self.kernel
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         """Full-band self-attention over frames: ``[B, D, L, F]`` -> ``[B, D, L, F]``."""
