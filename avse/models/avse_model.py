@@ -22,6 +22,8 @@ def _causal_spec(kind: str, spec, optional: bool = False):
         if not getattr(spec, "causal", False) and not optional:
             raise ValueError(f"causal=True: give the {kind} as a spec, not a built module")
         return spec
+    if kind == "fusion" and spec in (None, "none"):
+        return spec  # no fusion block (the separator fuses itself): nothing to make causal
     spec = dict(spec) if isinstance(spec, dict) else {"type": spec}
     cls = registry.get(kind, spec.get("type"))
     if "causal" not in inspect.signature(cls.__init__).parameters:

@@ -135,3 +135,33 @@ def test_avsep_in_a_causal_model_output_before_t_minus_latency_is_unchanged():
             cut = t - model.latency_samples()
             assert torch.allclose(out[:, :cut], ref[:, :cut], atol=1e-6, rtol=0), (fusion, t)
             assert (out[:, t:] - ref[:, t:]).abs().max() > 1e-3
+
+
+def test_avsep_causal_yaml_is_avsep_with_causal_parts(tmp_path):
+    """egs/voxceleb2/hparams/avsep_causal.yaml: a copy of avsep.yaml whose only differing lines
+    are marked causal; its model is causal (1 ms) with avsep's parameters, names and shapes."""
+    import difflib
+    import os
+
+    from hyperpyyaml import load_hyperpyyaml
+
+    from tests.conftest import REPO
+
+    def lines(*parts):
+        with open(os.path.join(REPO, "egs", *parts)) as f:
+            return [l for l in f.read().splitlines() if not l.startswith("#")]
+
+    for parts in (("models", "avsep{}.yaml"), ("voxceleb2", "hparams", "avsep{}.yaml")):
+        a, b = lines(*parts[:-1], parts[-1].format("")), lines(*parts[:-1], parts[-1].format("_causal"))
+        changed = [l for l in difflib.ndiff(a, b) if l[:2] in ("+ ", "- ")]
+        assert changed and all("# causal" in l for l in changed if l[:2] == "+ "), changed
+    models = {}
+    for name in ("avsep", "avsep_causal"):
+        with open(os.path.join(REPO, "egs", "voxceleb2", "hparams", f"{name}.yaml")) as f:
+            models[name] = load_hyperpyyaml(f, {"data_folder": str(tmp_path / "data"),
+                                                "output_folder": str(tmp_path / "exp")})["model"]
+    causal, plain = models["avsep_causal"], models["avsep"]
+    assert causal.causal and causal.separator.causal and causal.latency_ms() == 1.0
+    assert plain.latency_ms() is None and not plain.separator.causal
+    shapes = lambda m: [(k, v.shape) for k, v in m.state_dict().items()]
+    assert shapes(causal) == shapes(plain)
