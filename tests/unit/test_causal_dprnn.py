@@ -66,13 +66,13 @@ def test_built_fusion_must_be_causal():
     assert small(fusion=ConcatFusion(audio_dim=8, visual_dim=DV, align="hold")).causal
 
 
-def causal_model(seed: int = 0) -> AVSEModel:
+def causal_model(seed: int = 0, layers: int = 2) -> AVSEModel:
     torch.manual_seed(seed)
     return AVSEModel({"type": "conv", "out_channels": N, "kernel_size": 16},
                      {"type": "embedding", "out_dim": 8, "hidden": 8, "num_blocks": 1,
                       "norm": "cln"},
                      {"type": "dprnn", "bottleneck": 8, "hidden": 8, "chunk_size": 8,
-                      "num_layers": 2},
+                      "num_layers": layers},
                      fusion={"type": "concat", "align": "linear"}, causal=True).eval()
 
 
@@ -91,3 +91,27 @@ def test_causal_model_output_before_t_minus_latency_is_unchanged():
         cut = t - model.latency_samples()
         assert torch.allclose(out[:, :cut], ref[:, :cut], atol=1e-6, rtol=0), t
         assert (out[:, t:] - ref[:, t:]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_dual_path_chunking_exports_with_a_dynamic_length():
+    """torch.export keeps the chunk count symbolic: the program of the causal model (reference
+    chunking) runs at other lengths and batch sizes and gives the model's output."""
+    from avse.export import example_inputs, export_program
+
+    model = causal_model(layers=1)
+    program = export_program(model, seconds=0.2).module()
+    for seconds, batch in ((0.12, 1), (0.6, 2)):
+        mixture, visual = example_inputs(model, seconds, batch=batch, seed=4)
+        ref = model(mixture, visual).estimate
+        assert (program(mixture, visual) - ref).abs().max() < 1e-5
+
+
+def test_chunk_counts_in_closed_form():
+    """The one-floor forms of S (export-friendly) are the reference's and ceil(L / hop) + 1."""
+    from avse.models.separators.dual_path import num_chunks, reference_gap
+
+    for k in (2, 10, 100):
+        for length in range(0, 400):
+            assert num_chunks(length, k) == (length + reference_gap(length, k) + k // 2) // (k // 2)
+            assert num_chunks(length, k, "minimal") == -(-length // (k // 2)) + 1

@@ -14,6 +14,9 @@ zero frames after the L frames, with ``gap = K - (K/2 + L mod K) mod K`` (1..K),
 ``S = (L + gap + K/2) / (K/2)`` (66 chunks for 4 s with a 20-sample hop);
 ``padding="minimal"`` pads only up to the next multiple of K/2, ``S = ceil(L / (K/2)) + 1``.
 Every frame lies in exactly two chunks, so ``overlap_add(to_chunks(x))`` is ``2 x``.
+Both export with a dynamic L (``torch.export``): S is computed with one floor division, the
+chunks are an ``unfold`` and the overlap-add gathers the L frames (no view or slice whose size
+the exporter would have to relate to L).
 
 Causal form (``causal=True`` of :class:`DualPathBlock` and of :meth:`DualPathMasker._init_front`):
 unidirectional RNNs within and across chunks, per-frame norms (channel-wise layer norm at the
@@ -65,8 +68,9 @@ def reference_gap(length: int, chunk_size: int) -> int:
 
 def reference_num_chunks(length: int, chunk_size: int) -> int:
     """S of the reference chunking of L frames: ``(L + gap + K/2) / (K/2)``."""
-    hop = chunk_size // 2
-    return (length + reference_gap(length, chunk_size) + hop) // hop
+    # L + K/2 + gap is the first multiple of K above L + K/2 (gap is 1..K): one floor
+    # division, which torch.export keeps symbolic with a dynamic L
+    return 2 * ((length + chunk_size // 2) // chunk_size) + 2
 
 
 def num_chunks(length: int, chunk_size: int, padding: str = "reference") -> int:
@@ -74,7 +78,7 @@ def num_chunks(length: int, chunk_size: int, padding: str = "reference") -> int:
     if padding == "reference":
         return reference_num_chunks(length, chunk_size)
     if padding == "minimal":
-        return -(-length // (chunk_size // 2)) + 1
+        return (length + chunk_size // 2 - 1) // (chunk_size // 2) + 1  # ceil(L / (K/2)) + 1
     raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
 
 
@@ -85,11 +89,12 @@ def segment(x: torch.Tensor, hop: int, num_chunks: int | None = None) -> torch.T
     ``num_chunks`` (S) defaults to the fewest that cover every frame twice,
     ``ceil(L / hop) + 1``; the reference chunking passes :func:`reference_num_chunks`.
     """
-    m, length, d = x.shape
-    s = -(-length // hop) + 1 if num_chunks is None else int(num_chunks)
+    length = x.shape[1]
+    s = (length + hop - 1) // hop + 1 if num_chunks is None else num_chunks
     x = F.pad(x, (0, 0, hop, (s + 1) * hop - hop - length))  # [M, (S+1) hop, D]
-    halves = x.view(m, s + 1, hop, d)
-    return torch.cat((halves[:, :-1], halves[:, 1:]), dim=2)
+    # windows of 2 hop frames every hop frames; unfold, not a view into halves: torch.export
+    # cannot prove the padded length a multiple of S + 1 when L is dynamic
+    return x.unfold(1, 2 * hop, hop).transpose(2, 3).contiguous()
 
 
 def to_chunks(x: torch.Tensor, chunk_size: int, padding: str = "reference") -> torch.Tensor:
@@ -101,11 +106,12 @@ def to_chunks(x: torch.Tensor, chunk_size: int, padding: str = "reference") -> t
 def overlap_add(chunks: torch.Tensor, length: int, hop: int) -> torch.Tensor:
     """chunks ``[M, S, 2 hop, D]`` -> ``[M, L, D]``: each frame summed over its two chunks
     (the inverse of :func:`segment` up to that sum)."""
-    m, s, _, d = chunks.shape
-    # half-chunk j of the padded sequence = first half of chunk j + second of chunk j-1;
-    # the padded first/last halves hold no real frame, so only the middle is summed
-    mid = (chunks[:, 1:, :hop] + chunks[:, :-1, hop:]).view(m, (s - 1) * hop, d)
-    return mid[:, :length]
+    # frame t = position t mod hop of chunk t // hop + 1 (its first half) + position
+    # t mod hop + hop of chunk t // hop (its second half); gathered for the L frames (views and
+    # slices of the padded length would make torch.export prove facts about S and L)
+    t = torch.arange(length, device=chunks.device)
+    j, q = torch.div(t, hop, rounding_mode="floor"), t % hop
+    return chunks[:, j + 1, q] + chunks[:, j, q + hop]
 
 
 class GlobalNormLast(nn.Module):
