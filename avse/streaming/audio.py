@@ -107,9 +107,14 @@ class ConvDecoderStepper(nn.Module):
     forward = step
 
 
-def _linear(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 ``Conv1d`` on channels-last ``x [B, l, C]`` (one matrix product)."""
-    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+def _linear(conv: nn.Module, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1 ``Conv1d`` on channels-last rows ``x [B l, C]`` (one matrix product), plus
+    ``add`` when given (in the same product)."""
+    weight = conv.weight.squeeze(-1)
+    if add is None:
+        return F.linear(x, weight, conv.bias)
+    out = torch.addmm(add, x, weight.t())
+    return out if conv.bias is None else out + conv.bias
 
 
 def _prelu(act: nn.PReLU, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +123,7 @@ def _prelu(act: nn.PReLU, x: torch.Tensor) -> torch.Tensor:
 
 
 def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """cLN or eval BatchNorm on channels-last ``x [B, l, C]`` (both per frame)."""
+    """cLN or eval BatchNorm on channels-last rows ``x [B l, C]`` (both per frame)."""
     if isinstance(norm, ChannelNorm):
         return F.layer_norm(x, x.shape[-1:], norm.weight.view(-1), norm.bias.view(-1), norm.eps)
     scale = torch.rsqrt(norm.running_var + norm.eps)
@@ -131,8 +136,8 @@ def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _fuse(fusion: nn.Module, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """concat / FiLM fusion of channels-last audio ``x [B, l, C]`` and the held visual
-    columns ``v [B, l, Dv]`` (one per frame: the offline alignment is then the identity)."""
+    """concat / FiLM fusion of channels-last audio rows ``x [B l, C]`` and the held visual
+    columns ``v [B l, Dv]`` (one per frame: the offline alignment is then the identity)."""
     if isinstance(fusion, ConcatFusion):
         return _linear(fusion.audio_proj, x) + _linear(fusion.visual_proj, v)
     return torch.addcmul(x + _linear(fusion.beta, v), x, _linear(fusion.gamma, v))
@@ -145,7 +150,7 @@ class TCNStepper(nn.Module):
     audio frame). Refused: centred convs (``causal=False``), global layer norm, fusions that
     are not per frame (cross attention).
 
-    The step works channels-last (``[B, l, C]``: 1x1 convs as matrix products, cLN as
+    The step works channels-last (rows ``[B l, C]``: 1x1 convs as matrix products, cLN as
     ``layer_norm``, the depthwise conv as P shifted products), which is several times faster
     than the offline modules on a few frames; the state is channels-last too:
     ``r{r}b{x}`` ``[B, (P - 1) d, H]``.
@@ -193,8 +198,11 @@ class TCNStepper(nn.Module):
             raise ValueError("TCNSeparator: stream in eval mode (call .eval() on the model): "
                              "BatchNorm in train mode uses the statistics of each chunk")
         sep = self.separator
-        x = _linear(sep.bottleneck, _norm(sep.in_norm, feats.transpose(1, 2)))  # [B, l, Cb]
-        v = vis.transpose(1, 2)
+        batch, _, frames = feats.shape
+        # channels-last frames of the batch as rows [B l, C]: 1x1 convs are single products
+        x = feats.transpose(1, 2).reshape(batch * frames, -1)
+        x = _linear(sep.bottleneck, _norm(sep.in_norm, x))
+        v = vis.transpose(1, 2).reshape(batch * frames, -1)
         new, skip_sum, i = {}, None, 0
         for r, blocks in enumerate(sep.repeats):
             if r < len(sep.fusions):
@@ -205,19 +213,19 @@ class TCNStepper(nn.Module):
                 key, _, pad = self.keys[i]
                 i += 1
                 y = _norm(block.norm_in, _prelu(block.act_in, _linear(block.conv_in, x)))
+                y = y.view(batch, frames, -1)
                 if pad:
                     y = torch.cat((state[key], y), dim=1)
                     new[key] = y[:, y.shape[1] - pad:]
                 else:
                     new[key] = state[key]
-                y = self._depthwise(block.depthwise, y)
+                y = self._depthwise(block.depthwise, y).reshape(batch * frames, -1)
                 y = _norm(block.norm_dw, _prelu(block.act_dw, y))
                 if block.skip_conv is not None:
-                    s = _linear(block.skip_conv, y)
-                    skip_sum = s if skip_sum is None else skip_sum + s
-                x = x + _linear(block.res_conv, y)
+                    skip_sum = _linear(block.skip_conv, y, skip_sum)
+                x = _linear(block.res_conv, y, x)
         head = skip_sum if sep.skip else x
         mask = self._mask_act(_linear(sep.mask_conv, _prelu(sep.mask_prelu, head)))
-        return mask.transpose(1, 2), new
+        return mask.view(batch, frames, -1).transpose(1, 2), new
 
     forward = step
