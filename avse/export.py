@@ -10,28 +10,28 @@ ONNX goes through ``torch.onnx.export(..., dynamo=True)`` (needs ``onnxscript``)
 through :func:`torch.export.export` and :func:`torch.export.save`. An architecture that does
 not export gives :class:`ExportError` (the CLI: exit 2, one line naming the reason).
 
+For a causal model, ``--stream_block N`` exports the streaming step instead (state in, state
+out; :mod:`avse.export_stream`).
+
 Example
 -------
     avse-export --model exp/model --format onnx --out model.onnx
+    avse-export --model exp/model_causal --format onnx --out step.onnx --stream_block 160
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import io
-import os
 import sys
-import warnings
-from contextlib import redirect_stderr, redirect_stdout
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from avse.export_rnn import (ROI_SIZE, ExportError, OverlapAddISTFT, _parent, _quiet,  # noqa: F401
+                             _reason, onnx_session, swap_istft, swap_rnns)
 
 SAMPLES_PER_FRAME = 640
 """Audio samples per video frame: 16 kHz audio, 25 fps video."""
-ROI_SIZE = 88
-"""Height and width of the mouth ROIs of the example input (the crops' size)."""
 FORMATS = ("onnx", "pt2")
 
 
@@ -45,67 +45,6 @@ KNOWN_LIMITS = {
 }
 """Why an architecture's length axis does not export (this torch; see the report of issue 14):
 added to the exporter's own reason."""
-
-
-class OverlapAddISTFT(nn.Module):
-    """The inverse STFT of :class:`~avse.models.decoders.STFTDecoder` without ``torch.istft``
-    (which ``torch.export`` cannot keep dynamic): feats ``[B, 2F, L]`` (real; imag) ->
-    wav ``[B, length]``.
-
-    Each frame's inverse real DFT is one matrix product (the ``irfft`` basis: the imaginary
-    parts of the DC and Nyquist bins are ignored, as ``irfft``), times the window (zero-padded
-    to ``n_fft``, centred); the frames are overlap-added by a transposed convolution with the
-    identity kernel (stride ``hop``), divided by the overlap-added squared window, and the
-    ``n_fft // 2`` samples of the centring padding dropped; trimmed or zero-padded to
-    ``length``. Equal to ``torch.istft(..., center=True, length=length)`` to float rounding.
-    """
-
-    def __init__(self, n_fft: int, hop: int, win: int):
-        super().__init__()
-        self.n_fft, self.hop, self.n_freq = int(n_fft), int(hop), int(n_fft) // 2 + 1
-        n = torch.arange(self.n_fft, dtype=torch.float64)
-        k = torch.arange(self.n_freq, dtype=torch.float64)
-        angle = 2 * torch.pi * torch.outer(n, k) / self.n_fft  # [n_fft, F]
-        weight = torch.full((self.n_freq,), 2.0, dtype=torch.float64)
-        weight[0] = 1.0
-        if self.n_fft % 2 == 0:
-            weight[-1] = 1.0
-        left = (self.n_fft - int(win)) // 2
-        window = torch.zeros(self.n_fft, dtype=torch.float64)
-        window[left:left + int(win)] = torch.hann_window(int(win), dtype=torch.float64)
-        basis = torch.cat((torch.cos(angle) * weight, -torch.sin(angle) * weight), dim=1)
-        basis = basis / self.n_fft * window[:, None]  # irfft, then the window
-        self.register_buffer("basis", basis.float(), persistent=False)  # [n_fft, 2F]
-        self.register_buffer("window_sq", window.square().float()[None, :, None],
-                             persistent=False)  # [1, n_fft, 1]
-        self.register_buffer("eye", torch.eye(self.n_fft)[:, None, :], persistent=False)
-
-    def forward(self, feats: torch.Tensor, length) -> torch.Tensor:
-        frames = torch.matmul(self.basis, feats.float())  # [B, n_fft, L], windowed
-        wav = F.conv_transpose1d(frames, self.eye, stride=self.hop)  # [B, 1, n_fft + hop (L-1)]
-        envelope = F.conv_transpose1d(self.window_sq.expand(1, -1, feats.shape[-1]), self.eye,
-                                      stride=self.hop)
-        start = self.n_fft // 2
-        wav = (wav / envelope)[:, 0, start:]
-        # zero-pad by `length` then crop: the same trim or pad, with no branch on the length
-        return F.pad(wav, (0, length))[:, :length].to(feats.dtype)
-
-
-def swap_istft(model: nn.Module) -> tuple[nn.Module, int]:
-    """``(copy of model with its STFTDecoder replaced by OverlapAddISTFT, how many)``; the
-    model itself when it has none."""
-    from avse.models.decoders import STFTDecoder
-
-    if not isinstance(getattr(model, "decoder", None), STFTDecoder):
-        return model, 0
-    model = copy.deepcopy(model)
-    dec = model.decoder
-    model.decoder = OverlapAddISTFT(dec.n_fft, dec.hop, dec.win).to(dec.window.device)
-    return model, 1
-
-
-class ExportError(RuntimeError):
-    """The model cannot be exported in the asked format; the message names the reason."""
 
 
 class EstimateOnly(nn.Module):
@@ -144,33 +83,12 @@ def dynamic_shapes():
             "visual": {0: batch, 1: frames}}
 
 
-def _reason(err: BaseException) -> str:
-    """The first informative line of an exporter error, with its first listed cause (the
-    guard that ties a length to the example's, for a length axis that is not dynamic)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    head = next((line for line in lines
-                 if not line.startswith(("Traceback", "File ", "The above"))), "")
-    head = head.split(" For more information")[0]
-    cause = next((line[2:] for line in lines if line.startswith("- ")), "")
-    text = f"{type(err).__name__}: {head}" + (f" {cause}" if cause else "")
-    return text if len(text) <= 400 else text[:397] + "..."
-
-
-def _quiet(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` with the exporters' progress prints and warnings held back."""
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        return fn(*args, **kwargs)
-
-
 def export_program(model: nn.Module, seconds: float = 2.0):
     """:func:`torch.export.export` of :class:`EstimateOnly` of ``model`` (eval mode) with
     :func:`dynamic_shapes`; ExportError names the reason when it fails. Recurrent layers are
     exported as scans (:func:`avse.export_rnn.swap_rnns`: ``nn.LSTM`` would freeze the time
     axis at the example length), the STFT decoder as :class:`OverlapAddISTFT` (``torch.istft``
     would); an activity head is left out (the estimate does not depend on it)."""
-    from avse.export_rnn import swap_rnns
-
     args = example_inputs(model, seconds)
     model = model.eval()
     if getattr(model, "activity_head", None) is not None:
@@ -218,27 +136,11 @@ def export_onnx(model: nn.Module, out: str, seconds: float = 2.0) -> str:
     return out
 
 
-def _parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-
-
 def export_model(model: nn.Module, fmt: str, out: str, seconds: float = 2.0) -> str:
     """Export ``model`` in ``fmt`` (``onnx`` or ``pt2``) to ``out``."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
     return (export_onnx if fmt == "onnx" else export_pt2)(model, out, seconds)
-
-
-def onnx_session(path: str, threads: int = 1):
-    """An onnxruntime CPU session of ``path`` with ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session, mixture: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
@@ -265,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=2.0,
                    help="length of the example input the graph is traced with (default 2); "
                         "the exported length axes are dynamic")
+    p.add_argument("--stream_block", type=int, default=None, metavar="N",
+                   help="export the streaming step of a causal model instead (blocks of N "
+                        "samples, a multiple of the hop dividing 640; 160 = 10 ms): FILE, the "
+                        "visual step FILE with .visual before the suffix and FILE as .json "
+                        "(block, hop, delay, state names and shapes; see avse.export_stream)")
     p.add_argument("--trust_model_code", action="store_true",
                    help="let model.yaml name classes by import path (as avse-extract: this "
                         "runs their modules; only for folders you trust)")
@@ -277,10 +184,22 @@ def main(argv=None) -> int:
 
     try:
         model = load_model(args.model, trust_code=args.trust_model_code)
-        export_model(model, args.format, args.out, args.seconds)
+        if args.stream_block is not None:
+            from avse.export_stream import export_stream, stream_paths
+
+            info = export_stream(model, args.out, args.stream_block, args.format)
+        else:
+            export_model(model, args.format, args.out, args.seconds)
     except (ExportError, ModelLoadError) as err:
         print(f"avse-export: error: {err}", file=sys.stderr)
         return 2
+    if args.stream_block is not None:
+        paths = stream_paths(args.out)
+        print(f"wrote {paths['step']} (step: audio [B, {info['block']}] float32, vfeat, "
+              f"{len(info['step']['states'])} states -> out [B, {info['block']}], states), "
+              f"{paths['visual']} (visual step) and {paths['json']}; output delay "
+              f"{info['delay_samples']} samples + the block")
+        return 0
     print(f"wrote {args.out} ({args.format}; mixture [B, T] float32, visual "
           f"{'[B, Tv, D] float32' if model.visual_input == 'emb' else '[B, Tv, H, W] uint8'}, "
           f"T = {SAMPLES_PER_FRAME} * Tv -> estimate [B, T])")

@@ -1,4 +1,8 @@
-"""An exportable stand-in for ``nn.LSTM`` / ``nn.GRU`` (used by :mod:`avse.export`).
+"""Exportable stand-ins for what ``torch.export`` cannot keep dynamic, and the exporters'
+shared pieces (used by :mod:`avse.export` and :mod:`avse.export_stream`).
+
+:class:`ScanRNN` stands in for ``nn.LSTM`` / ``nn.GRU``, :class:`OverlapAddISTFT` for the
+STFT decoder's ``torch.istft`` (which fixes the length).
 
 ``torch.export`` in this torch freezes the time axis of ``nn.LSTM``: the traced graph only
 runs at the example length ("You marked t as dynamic but your code specialized it"). The
@@ -10,9 +14,17 @@ by one, weights shared, so the exported graph computes what the model computes.
 from __future__ import annotations
 
 import copy
+import io
+import os
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+ROI_SIZE = 88
+"""Height and width of the mouth ROIs of the example input (the crops' size)."""
 
 SUPPORTED = (nn.LSTM, nn.GRU)
 
@@ -99,3 +111,99 @@ def swap_rnns(model: nn.Module) -> tuple[nn.Module, int]:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, ScanRNN(getattr(parent, child)))
     return model, len(names)
+
+
+class OverlapAddISTFT(nn.Module):
+    """The inverse STFT of :class:`~avse.models.decoders.STFTDecoder` without ``torch.istft``
+    (which ``torch.export`` cannot keep dynamic): feats ``[B, 2F, L]`` (real; imag) ->
+    wav ``[B, length]``.
+
+    Each frame's inverse real DFT is one matrix product (the ``irfft`` basis: the imaginary
+    parts of the DC and Nyquist bins are ignored, as ``irfft``), times the window (zero-padded
+    to ``n_fft``, centred); the frames are overlap-added by a transposed convolution with the
+    identity kernel (stride ``hop``), divided by the overlap-added squared window, and the
+    ``n_fft // 2`` samples of the centring padding dropped; trimmed or zero-padded to
+    ``length``. Equal to ``torch.istft(..., center=True, length=length)`` to float rounding.
+    """
+
+    def __init__(self, n_fft: int, hop: int, win: int):
+        super().__init__()
+        self.n_fft, self.hop, self.n_freq = int(n_fft), int(hop), int(n_fft) // 2 + 1
+        n = torch.arange(self.n_fft, dtype=torch.float64)
+        k = torch.arange(self.n_freq, dtype=torch.float64)
+        angle = 2 * torch.pi * torch.outer(n, k) / self.n_fft  # [n_fft, F]
+        weight = torch.full((self.n_freq,), 2.0, dtype=torch.float64)
+        weight[0] = 1.0
+        if self.n_fft % 2 == 0:
+            weight[-1] = 1.0
+        left = (self.n_fft - int(win)) // 2
+        window = torch.zeros(self.n_fft, dtype=torch.float64)
+        window[left:left + int(win)] = torch.hann_window(int(win), dtype=torch.float64)
+        basis = torch.cat((torch.cos(angle) * weight, -torch.sin(angle) * weight), dim=1)
+        basis = basis / self.n_fft * window[:, None]  # irfft, then the window
+        self.register_buffer("basis", basis.float(), persistent=False)  # [n_fft, 2F]
+        self.register_buffer("window_sq", window.square().float()[None, :, None],
+                             persistent=False)  # [1, n_fft, 1]
+        self.register_buffer("eye", torch.eye(self.n_fft)[:, None, :], persistent=False)
+
+    def forward(self, feats: torch.Tensor, length) -> torch.Tensor:
+        frames = torch.matmul(self.basis, feats.float())  # [B, n_fft, L], windowed
+        wav = F.conv_transpose1d(frames, self.eye, stride=self.hop)  # [B, 1, n_fft + hop (L-1)]
+        envelope = F.conv_transpose1d(self.window_sq.expand(1, -1, feats.shape[-1]), self.eye,
+                                      stride=self.hop)
+        start = self.n_fft // 2
+        wav = (wav / envelope)[:, 0, start:]
+        # zero-pad by `length` then crop: the same trim or pad, with no branch on the length
+        return F.pad(wav, (0, length))[:, :length].to(feats.dtype)
+
+
+def swap_istft(model: nn.Module) -> tuple[nn.Module, int]:
+    """``(copy of model with its STFTDecoder replaced by OverlapAddISTFT, how many)``; the
+    model itself when it has none."""
+    from avse.models.decoders import STFTDecoder
+
+    if not isinstance(getattr(model, "decoder", None), STFTDecoder):
+        return model, 0
+    model = copy.deepcopy(model)
+    dec = model.decoder
+    model.decoder = OverlapAddISTFT(dec.n_fft, dec.hop, dec.win).to(dec.window.device)
+    return model, 1
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported in the asked format; the message names the reason."""
+
+
+def _reason(err: BaseException) -> str:
+    """The first informative line of an exporter error, with its first listed cause (the
+    guard that ties a length to the example's, for a length axis that is not dynamic)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    head = next((line for line in lines
+                 if not line.startswith(("Traceback", "File ", "The above"))), "")
+    head = head.split(" For more information")[0]
+    cause = next((line[2:] for line in lines if line.startswith("- ")), "")
+    text = f"{type(err).__name__}: {head}" + (f" {cause}" if cause else "")
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _quiet(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with the exporters' progress prints and warnings held back."""
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+def _parent(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+
+
+def onnx_session(path: str, threads: int = 1):
+    """An onnxruntime CPU session of ``path`` with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

@@ -1,4 +1,5 @@
 """avse-export: the offline forward in ONNX and .pt2, run at lengths other than the example's."""
+import copy
 import os
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from avse import export as E
 from avse.export_rnn import ScanRNN, swap_rnns
-from avse.models import AVSEModel, load_model, save_model
+from avse.models import AVSEModel, load_model
 from tests.model_helpers import tiny_model_folder
 
 LENGTHS = ((1.2, 1), (3.6, 3))  # seconds, batch: neither is the 2 s, batch-2 export example
@@ -151,17 +152,21 @@ def test_recurrent_layers_keep_a_dynamic_time_axis(tmp_path):
         assert (torch.from_numpy(got) - ref).abs().max() < TOL
 
 
-def test_unexportable_architecture_exits_2_with_one_line(tmp_path, capsys):
-    """dprnn: its chunking (avse/models/separators/dual_path.py) ties the shapes to the
-    example length; the error names the exporter's reason on one line."""
-    torch.manual_seed(0)
-    model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 40},
-                      {"type": "embedding", "out_dim": 16, "hidden": 32, "num_blocks": 1},
-                      {"type": "dprnn", "bottleneck": 8, "hidden": 8, "chunk_size": 10,
-                       "num_layers": 1}, fusion={"type": "concat", "align": "linear"})
-    folder = save_model(model, str(tmp_path / "dprnn"))
+def test_unexportable_model_exits_2_with_one_line(demo, tmp_path, capsys, monkeypatch):
+    """A separator whose control flow depends on the data does not export: exit 2, one line
+    naming the exporter's reason, no file."""
+    folder, model = demo
+    model = copy.deepcopy(model)
+    forward = model.separator.forward
+
+    def data_dependent(feats, visual, **kwargs):
+        return forward(feats if feats.sum() > 0 else -feats, visual, **kwargs)
+
+    model.separator.forward = data_dependent
+    monkeypatch.setattr("avse.models.io.load_model", lambda *args, **kwargs: model)
     out = str(tmp_path / "m.pt2")
     assert E.main(["--model", folder, "--format", "pt2", "--out", out]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "torch.export failed: dprnn: the dual-path chunking" in err
+    assert len(err.splitlines()) == 1 and err.startswith("avse-export: error: torch.export failed")
+    assert "data-dependent" in err.lower() or "data dependent" in err.lower()
     assert not os.path.exists(out)
