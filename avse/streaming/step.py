@@ -39,6 +39,7 @@ class _FlatState(nn.Module):
             names += [(part, key) for key in stepper.init_state(1, "cpu", torch.float32)]
         self._names = names
         self.state_names = [f"{part}.{key}" for part, key in names]
+        self.eval()  # the steps are inference only (eval BatchNorm)
 
     def initial_states(self, batch: int = 1, device=None, dtype=None) -> tuple:
         """The zero states of a new stream, in ``state_names`` order."""
