@@ -182,3 +182,27 @@ def test_stream_step_loop_equals_offline(visual, block):
     assert out.shape[-1] == length - 16 and (out - ref[:, :out.shape[-1]]).abs().max() < 1e-5
     with pytest.raises(ValueError, match="multiple of the hop"):
         StreamStep(model, 100)
+
+
+def test_registry_walks_the_mro_and_names_failed_stepper_modules(monkeypatch):
+    from avse.streaming import registry
+
+    class Part(torch.nn.Module):
+        pass
+
+    class SubPart(Part):
+        pass
+
+    @registry.register_stepper(Part)
+    class PartStepper:
+        def __init__(self, module, scale=1):
+            self.module, self.scale = module, scale
+
+    try:
+        stepper = stepper_for(SubPart(), scale=3)  # found through the base class
+        assert isinstance(stepper, PartStepper) and stepper.scale == 3
+    finally:
+        registry._STEPPERS.pop(Part)
+    monkeypatch.setitem(registry._IMPORT_ERRORS, "avse.streaming.broken", ImportError("boom"))
+    with pytest.raises(ValueError, match=r"SubPart has no streaming form.*broken \(ImportError: boom"):
+        stepper_for(SubPart())
