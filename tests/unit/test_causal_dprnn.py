@@ -55,7 +55,8 @@ def test_non_causal_separator_looks_ahead():
     feats, vis = feats_vis(41)
     f2 = feats.clone()
     f2[..., 30:] += 1.0
-    assert (sep(f2, vis).masks[-1][..., :20] - sep(feats, vis).masks[-1][..., :20]).abs().max() > 1e-5
+    diff = sep(f2, vis).masks[-1][..., :20] - sep(feats, vis).masks[-1][..., :20]
+    assert diff.abs().max() > 1e-5
 
 
 def test_built_fusion_must_be_causal():
@@ -115,3 +116,72 @@ def test_chunk_counts_in_closed_form():
         for length in range(0, 400):
             assert num_chunks(length, k) == (length + reference_gap(length, k) + k // 2) // (k // 2)
             assert num_chunks(length, k, "minimal") == -(-length // (k // 2)) + 1
+
+
+def stream(stepper, feats, vis, sizes, batch=2):
+    """The stepper's masks over the frames, in blocks of ``sizes`` (cycled)."""
+    state, out, pos, i = stepper.init_state(batch), [], 0, 0
+    while pos < feats.shape[-1]:
+        n = sizes[i % len(sizes)]
+        i += 1
+        mask, state = stepper.step(state, feats[..., pos:pos + n], vis[..., pos:pos + n])
+        out.append(mask)
+        pos += n
+    assert int(state["frames"]) == feats.shape[-1]
+    return torch.cat(out, dim=-1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("rnn_type,fusion,chunk", [("LSTM", "concat", 16), ("GRU", "film", 6),
+                                                   ("LSTM", {"type": "concat", "out_dim": 6}, 8)])
+def test_stepper_masks_equal_the_offline_causal_masks(rnn_type, fusion, chunk):
+    from avse.streaming.registry import stepper_for
+
+    sep = small(rnn_type=rnn_type, fusion=fusion, chunk_size=chunk, num_layers=3)
+    stepper = stepper_for(sep)
+    feats, vis = feats_vis(123)
+    ref = sep(feats, vis).masks[-1]
+    for sizes in ([1], [7], [8], [50], [123], [3, 1, 20, 2, 9]):  # h = 8, 3, 4: runs cut
+        out = stream(stepper, feats, vis, sizes)
+        assert out.shape == ref.shape and (out - ref).abs().max() < 1e-5, sizes
+
+
+@torch.no_grad()
+def test_stepper_leaves_its_inputs_and_state_unchanged():
+    from avse.streaming.dprnn import DPRNNStepper
+
+    stepper = DPRNNStepper(small())
+    state = stepper.init_state(2)
+    assert set(state) == {"frames", "intra_h", "intra_c", "inter_h", "inter_c"}
+    assert state["inter_h"].shape == (2, 2, 3, 2, 8) and state["intra_h"].shape == (2, 2, 2, 8)
+    copies = {k: v.clone() for k, v in state.items()}
+    feats, vis = feats_vis(5)
+    f0, v0 = feats.clone(), vis.clone()
+    _, new = stepper.step(state, feats, vis)
+    assert all(torch.equal(state[k], copies[k]) for k in state)
+    assert torch.equal(feats, f0) and torch.equal(vis, v0)
+    assert {k: v.shape for k, v in new.items()} == {k: v.shape for k, v in state.items()}
+
+
+def test_stepper_refuses_a_non_causal_separator():
+    from avse.streaming.registry import stepper_for
+
+    with pytest.raises(ValueError, match="causal=False"):
+        stepper_for(small(causal=False))
+
+
+@torch.no_grad()
+def test_causal_model_streams_as_offline():
+    """Through StreamingModel: the encoder, the held visual stream, this stepper, the decoder."""
+    from avse.streaming import StreamingModel
+
+    model = causal_model()
+    g = torch.Generator().manual_seed(9)
+    mixture, visual = torch.randn(1, 3 * SPF, generator=g), torch.randn(1, 3, 512, generator=g)
+    ref = model(mixture, visual).estimate
+    stream_ = StreamingModel(model)
+    outs = [stream_.push(mixture[:, :700], visual[:, :2]), stream_.push(mixture[:, 700:1280]),
+            stream_.push(mixture[:, 1280:1290], visual[:, 2:]), stream_.push(mixture[:, 1290:]),
+            stream_.flush()]  # each video frame pushed by its first sample
+    out = torch.cat(outs, dim=-1)
+    assert out.shape == ref.shape and (out - ref).abs().max() < 1e-5
