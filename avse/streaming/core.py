@@ -110,11 +110,13 @@ class StreamingModel:
         st = self._states
         feats, st["enc"] = self.encoder.step(st["enc"], wav)
         # audio frame j holds video frame floor((j S + S - 1) / 640), or the latest received
-        ends = (torch.arange(self._frames, self._frames + k, device=self.device) * self.hop
-                + self.hop - 1)
-        index = torch.div(ends, SAMPLES_PER_VIDEO_FRAME, rounding_mode="floor")
-        index = index.clamp(max=self.video_frames - 1) - self._v0
-        vis = self._vfeats.index_select(-1, index)
+        index = [min((j * self.hop + self.hop - 1) // SAMPLES_PER_VIDEO_FRAME,
+                     self.video_frames - 1) - self._v0
+                 for j in range(self._frames, self._frames + k)]
+        if index[0] == index[-1]:  # the usual case: one video frame for the whole block
+            vis = self._vfeats[..., index[0]:index[0] + 1].expand(-1, -1, k)
+        else:
+            vis = self._vfeats.index_select(-1, torch.tensor(index, device=self.device))
         mask, st["sep"] = self.separator.step(st["sep"], feats, vis)
         out, st["dec"] = self.decoder.step(st["dec"], mask if self.mapping else feats * mask)
         self._frames += k
