@@ -188,12 +188,18 @@ class OnnxStream:
         new = {n[:-len(STATE_SUFFIX)]: v for n, v in zip(names[1:], outs[1:])}
         return outs[0], new
 
+    def see(self, frame) -> None:
+        """A new video frame ``[B, 1, ...]`` (numpy or tensor) through the visual step; its
+        feature is held for the blocks that follow."""
+        frame = frame.numpy() if isinstance(frame, torch.Tensor) else frame
+        self.vfeat, self.v_states = self._run(self.visual, {"frame": frame}, self.v_states)
+
     def push(self, block, frame=None):
-        """One block (numpy or tensor); ``frame``: the new video frame, or None to hold."""
+        """One block (numpy or tensor) -> its output; ``frame``: the new video frame (see
+        :meth:`see`), or None to hold the latest."""
         block = block.numpy() if isinstance(block, torch.Tensor) else block
         if frame is not None:
-            frame = frame.numpy() if isinstance(frame, torch.Tensor) else frame
-            self.vfeat, self.v_states = self._run(self.visual, {"frame": frame}, self.v_states)
+            self.see(frame)
         if self.vfeat is None:
             raise ValueError("the first block needs a video frame")
         out, self.a_states = self._run(self.step, {"audio": block, "vfeat": self.vfeat},
