@@ -35,16 +35,12 @@ SAMPLES_PER_FRAME = 640
 FORMATS = ("onnx", "pt2")
 
 
-KNOWN_LIMITS = {
-    "dprnn": "the dual-path chunking (avse/models/separators/dual_path.py segment / "
-             "overlap_add) ties the chunk count to the example length",
-    "seanet": "the dual-path chunking (avse/models/separators/dual_path.py segment / "
-              "overlap_add) ties the chunk count to the example length",
-    "avsep": "the dual-path chunking (avse/models/separators/dual_path.py segment) ties the "
-             "chunk count to the example length",
-}
-"""Why an architecture's length axis does not export (this torch; see the report of issue 14):
-added to the exporter's own reason."""
+KNOWN_LIMITS: dict = {}
+"""Why an architecture's length axis does not export (this torch; see the report of issue 14),
+by registry name, added to the exporter's own reason. Empty: every registered separator
+exports (the dual-path chunking since avse/models/separators/dual_path.py's one-floor chunk
+counts, MuSE's default upsampling as integer arithmetic, TF-GridNet's decoder as
+:class:`OverlapAddISTFT`)."""
 
 
 class EstimateOnly(nn.Module):
