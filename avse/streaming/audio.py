@@ -107,25 +107,35 @@ class ConvDecoderStepper(nn.Module):
     forward = step
 
 
-def _linear(conv: nn.Module, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-    """A 1x1 ``Conv1d`` on channels-last rows ``x [B l, C]`` (one matrix product), plus
-    ``add`` when given (in the same product)."""
-    weight = conv.weight.squeeze(-1)
+def _lin(x: torch.Tensor, conv, add: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1 ``Conv1d`` (or its ``(weight, bias)``) on channels-last rows ``x [B l, C]``: one
+    matrix product, plus ``add`` when given (in the same product)."""
+    weight, bias = conv if isinstance(conv, tuple) else (conv.weight, conv.bias)
+    weight = weight[:, :, 0]
     if add is None:
-        return F.linear(x, weight, conv.bias)
+        return F.linear(x, weight, bias)
     out = torch.addmm(add, x, weight.t())
-    return out if conv.bias is None else out + conv.bias
+    return out if bias is None else out + bias
 
 
-def _prelu(act: nn.PReLU, x: torch.Tensor) -> torch.Tensor:
-    w = act.weight
-    return F.prelu(x, w) if w.numel() == 1 else torch.where(x >= 0, x, x * w)
+def _prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.prelu(x, weight) if weight.numel() == 1 else torch.where(x >= 0, x, x * weight)
 
 
-def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """cLN or eval BatchNorm on channels-last rows ``x [B l, C]`` (both per frame)."""
+def _norm_spec(norm: nn.Module) -> tuple:
+    """What :func:`_norm` needs of a cLN (its parameters) or a BatchNorm (the module: its
+    running statistics are buffers, which ``.to()`` replaces)."""
     if isinstance(norm, ChannelNorm):
-        return F.layer_norm(x, x.shape[-1:], norm.weight.view(-1), norm.bias.view(-1), norm.eps)
+        return (norm.weight, norm.bias, norm.eps)
+    return (norm,)
+
+
+def _norm(x: torch.Tensor, spec: tuple) -> torch.Tensor:
+    """cLN or eval BatchNorm (:func:`_norm_spec`) on channels-last rows ``x [B l, C]``."""
+    if len(spec) == 3:
+        weight, bias, eps = spec
+        return F.layer_norm(x, x.shape[-1:], weight[:, 0], bias[:, 0], eps)
+    norm = spec[0]
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight
@@ -139,8 +149,8 @@ def _fuse(fusion: nn.Module, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """concat / FiLM fusion of channels-last audio rows ``x [B l, C]`` and the held visual
     columns ``v [B l, Dv]`` (one per frame: the offline alignment is then the identity)."""
     if isinstance(fusion, ConcatFusion):
-        return _linear(fusion.audio_proj, x) + _linear(fusion.visual_proj, v)
-    return torch.addcmul(x + _linear(fusion.beta, v), x, _linear(fusion.gamma, v))
+        return _lin(x, fusion.audio_proj) + _lin(v, fusion.visual_proj)
+    return torch.addcmul(x + _lin(v, fusion.beta), x, _lin(v, fusion.gamma))
 
 
 @register_stepper(TCNSeparator)
@@ -177,20 +187,29 @@ class TCNStepper(nn.Module):
                                  "so it has no streaming form (use concat or film)")
         self._batchnorms = [m for m in separator.modules() if isinstance(m, _BatchNorm)]
         self._mask_act = mask_activation(separator.mask_act)
+        self._cache = {"plan": None, "anchor": None}  # a dict: no parameter registration
 
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> dict:
         """Per block ``r{r}b{x}``: zeros ``[batch, (P - 1) d, H]`` (the left padding)."""
         return {key: torch.zeros(batch, pad, block.depthwise.in_channels, device=device,
                                  dtype=dtype) for key, block, pad in self.keys}
 
-    @staticmethod
-    def _depthwise(conv: nn.Conv1d, z: torch.Tensor) -> torch.Tensor:
-        """The depthwise conv (no padding) of channels-last ``z [B, (P - 1) d + l, H]`` -> l
-        frames: the P taps of each output frame (an unfolded view) times the weights."""
-        w, d = conv.weight[:, 0], conv.dilation[0]  # [H, P]
-        span = (w.shape[1] - 1) * d + 1
-        y = (z.unfold(1, span, 1)[..., ::d] * w).sum(-1)  # [B, l, H, P] -> [B, l, H]
-        return y if conv.bias is None else y + conv.bias
+    def _make_plan(self) -> list:
+        """Per block the tensors and sizes its step uses, gathered once (module attribute
+        look-ups cost more than the small products themselves); kept while the separator's
+        parameters are the same objects (made again after ``.to()`` with new tensors; never
+        kept while ``torch.export`` or ``torch.compile`` trace, whose parameters are
+        stand-ins)."""
+        plan = []
+        for key, block, pad in self.keys:
+            skip = block.skip_conv
+            plan.append((key, pad, block.depthwise.dilation[0],
+                         (block.conv_in.weight, block.conv_in.bias), block.act_in.weight,
+                         _norm_spec(block.norm_in), block.depthwise.weight, block.depthwise.bias,
+                         block.act_dw.weight, _norm_spec(block.norm_dw),
+                         (block.res_conv.weight, block.res_conv.bias),
+                         None if skip is None else (skip.weight, skip.bias)))
+        return plan
 
     def step(self, state: dict, feats: torch.Tensor, vis: torch.Tensor):
         """feats ``[B, N, l]``, vis ``[B, Dv, l]`` -> (final mask ``[B, N, l]``, new state)."""
@@ -198,34 +217,43 @@ class TCNStepper(nn.Module):
             raise ValueError("TCNSeparator: stream in eval mode (call .eval() on the model): "
                              "BatchNorm in train mode uses the statistics of each chunk")
         sep = self.separator
+        cache = self._cache
+        if cache["plan"] is not None and cache["anchor"] is sep.bottleneck.weight:
+            plan = cache["plan"]
+        else:
+            plan = self._make_plan()
+            if not torch.compiler.is_compiling():  # tracing: the parameters are stand-ins
+                cache["plan"], cache["anchor"] = plan, sep.bottleneck.weight
         batch, _, frames = feats.shape
         # channels-last frames of the batch as rows [B l, C]: 1x1 convs are single products
         x = feats.transpose(1, 2).reshape(batch * frames, -1)
-        x = _linear(sep.bottleneck, _norm(sep.in_norm, x))
+        x = _lin(_norm(x, _norm_spec(sep.in_norm)), sep.bottleneck)
         v = vis.transpose(1, 2).reshape(batch * frames, -1)
-        new, skip_sum, i = {}, None, 0
-        for r, blocks in enumerate(sep.repeats):
+        new, skip_sum, blocks = {}, None, iter(plan)
+        for r in range(sep.num_repeats):
             if r < len(sep.fusions):
                 x = _fuse(sep.fusions[r], x, v)
                 if not isinstance(sep.fusion_projs[r], nn.Identity):
-                    x = _linear(sep.fusion_projs[r], x)
-            for block in blocks:
-                key, _, pad = self.keys[i]
-                i += 1
-                y = _norm(block.norm_in, _prelu(block.act_in, _linear(block.conv_in, x)))
-                y = y.view(batch, frames, -1)
+                    x = _lin(x, sep.fusion_projs[r])
+            for _ in range(sep.num_blocks):
+                key, pad, dil, w_in, a_in, n_in, w_dw, b_dw, a_dw, n_dw, w_res, w_skip = \
+                    next(blocks)
+                y = _norm(_prelu(_lin(x, w_in), a_in), n_in).view(batch, frames, -1)
                 if pad:
                     y = torch.cat((state[key], y), dim=1)
                     new[key] = y[:, y.shape[1] - pad:]
                 else:
                     new[key] = state[key]
-                y = self._depthwise(block.depthwise, y).reshape(batch * frames, -1)
-                y = _norm(block.norm_dw, _prelu(block.act_dw, y))
-                if block.skip_conv is not None:
-                    skip_sum = _linear(block.skip_conv, y, skip_sum)
-                x = _linear(block.res_conv, y, x)
+                # the depthwise conv: the P taps of each frame (an unfolded view) x weights
+                y = (y.unfold(1, pad + 1, 1)[..., ::dil] * w_dw[:, 0]).sum(-1)
+                if b_dw is not None:
+                    y = y + b_dw
+                y = _norm(_prelu(y.reshape(batch * frames, -1), a_dw), n_dw)
+                if w_skip is not None:
+                    skip_sum = _lin(y, w_skip, skip_sum)
+                x = _lin(y, w_res, x)
         head = skip_sum if sep.skip else x
-        mask = self._mask_act(_linear(sep.mask_conv, _prelu(sep.mask_prelu, head)))
+        mask = self._mask_act(_lin(_prelu(head, sep.mask_prelu.weight), sep.mask_conv))
         return mask.view(batch, frames, -1).transpose(1, 2), new
 
     forward = step

@@ -206,3 +206,16 @@ def test_registry_walks_the_mro_and_names_failed_stepper_modules(monkeypatch):
     monkeypatch.setitem(registry._IMPORT_ERRORS, "avse.streaming.broken", ImportError("boom"))
     with pytest.raises(ValueError, match=r"SubPart has no streaming form.*broken \(ImportError: boom"):
         stepper_for(SubPart())
+
+
+@torch.no_grad()
+def test_stream_follows_weights_loaded_after_it_was_made():
+    """The TCN stepper gathers its parameters once; new weights (load_state_dict) count."""
+    model = build("embedding")
+    mixture, visual = inputs(model, SPF + 77)
+    s = StreamingModel(model, batch=2)
+    torch.cat([s.push(mixture, visual), s.flush()], -1)
+    model.load_state_dict(build("embedding", seed=5).state_dict())
+    s.reset()
+    out = torch.cat([s.push(mixture, visual), s.flush()], -1)
+    assert (out - model(mixture, visual).estimate).abs().max() < 1e-5
