@@ -108,14 +108,19 @@ class ConvDecoderStepper(nn.Module):
 
 
 def _lin(x: torch.Tensor, conv, add: torch.Tensor | None = None) -> torch.Tensor:
-    """A 1x1 ``Conv1d`` (or its ``(weight, bias)``) on channels-last rows ``x [B l, C]``: one
+    """A 1x1 ``Conv1d`` (or its :func:`_lin_spec`) on channels-last rows ``x [B l, C]``: one
     matrix product, plus ``add`` when given (in the same product)."""
-    weight, bias = conv if isinstance(conv, tuple) else (conv.weight, conv.bias)
-    weight = weight[:, :, 0]
+    weight, bias, weight_t = conv if isinstance(conv, tuple) else _lin_spec(conv)
     if add is None:
         return F.linear(x, weight, bias)
-    out = torch.addmm(add, x, weight.t())
+    out = torch.addmm(add, x, weight_t)
     return out if bias is None else out + bias
+
+
+def _lin_spec(conv: nn.Module) -> tuple:
+    """``(weight [C', C], bias, weight.t())`` of a 1x1 ``Conv1d`` (views of its parameters)."""
+    weight = conv.weight[:, :, 0]
+    return weight, conv.bias, weight.t()
 
 
 def _prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -126,7 +131,7 @@ def _norm_spec(norm: nn.Module) -> tuple:
     """What :func:`_norm` needs of a cLN (its parameters) or a BatchNorm (the module: its
     running statistics are buffers, which ``.to()`` replaces)."""
     if isinstance(norm, ChannelNorm):
-        return (norm.weight, norm.bias, norm.eps)
+        return (norm.weight[:, 0], norm.bias[:, 0], norm.eps)
     return (norm,)
 
 
@@ -134,7 +139,7 @@ def _norm(x: torch.Tensor, spec: tuple) -> torch.Tensor:
     """cLN or eval BatchNorm (:func:`_norm_spec`) on channels-last rows ``x [B l, C]``."""
     if len(spec) == 3:
         weight, bias, eps = spec
-        return F.layer_norm(x, x.shape[-1:], weight[:, 0], bias[:, 0], eps)
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
     norm = spec[0]
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
@@ -187,7 +192,7 @@ class TCNStepper(nn.Module):
                                  "so it has no streaming form (use concat or film)")
         self._batchnorms = [m for m in separator.modules() if isinstance(m, _BatchNorm)]
         self._mask_act = mask_activation(separator.mask_act)
-        self._cache = {"plan": None, "anchor": None}  # a dict: no parameter registration
+        self._cache = {"plan": None, "anchor": None, "ptr": None}  # (a dict: not registered)
 
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> dict:
         """Per block ``r{r}b{x}``: zeros ``[batch, (P - 1) d, H]`` (the left padding)."""
@@ -195,20 +200,21 @@ class TCNStepper(nn.Module):
                                  dtype=dtype) for key, block, pad in self.keys}
 
     def _make_plan(self) -> list:
-        """Per block the tensors and sizes its step uses, gathered once (module attribute
-        look-ups cost more than the small products themselves); kept while the separator's
-        parameters are the same objects (made again after ``.to()`` with new tensors; never
-        kept while ``torch.export`` or ``torch.compile`` trace, whose parameters are
-        stand-ins)."""
+        """Per block the tensors (views of the parameters, shaped for the step) and sizes
+        its step uses, gathered once: module attribute look-ups and reshaping views cost
+        more than the small products themselves. Kept while the separator's first parameter
+        is the same tensor with the same storage (``load_state_dict`` copies in place;
+        ``.to()`` gives new storage: made again); never kept while ``torch.export`` or
+        ``torch.compile`` trace (their parameters are stand-ins). Replacing single
+        parameter objects of a streamed model is not followed: make a new stepper."""
         plan = []
         for key, block, pad in self.keys:
             skip = block.skip_conv
-            plan.append((key, pad, block.depthwise.dilation[0],
-                         (block.conv_in.weight, block.conv_in.bias), block.act_in.weight,
-                         _norm_spec(block.norm_in), block.depthwise.weight, block.depthwise.bias,
+            plan.append((key, pad, block.depthwise.dilation[0], _lin_spec(block.conv_in),
+                         block.act_in.weight, _norm_spec(block.norm_in),
+                         block.depthwise.weight[:, 0], block.depthwise.bias,
                          block.act_dw.weight, _norm_spec(block.norm_dw),
-                         (block.res_conv.weight, block.res_conv.bias),
-                         None if skip is None else (skip.weight, skip.bias)))
+                         _lin_spec(block.res_conv), None if skip is None else _lin_spec(skip)))
         return plan
 
     def step(self, state: dict, feats: torch.Tensor, vis: torch.Tensor):
@@ -218,12 +224,14 @@ class TCNStepper(nn.Module):
                              "BatchNorm in train mode uses the statistics of each chunk")
         sep = self.separator
         cache = self._cache
-        if cache["plan"] is not None and cache["anchor"] is sep.bottleneck.weight:
+        anchor = sep.bottleneck.weight
+        if torch.compiler.is_compiling():  # tracing: the parameters are stand-ins
+            plan = self._make_plan()
+        elif cache["anchor"] is anchor and cache["ptr"] == anchor.data_ptr():
             plan = cache["plan"]
         else:
-            plan = self._make_plan()
-            if not torch.compiler.is_compiling():  # tracing: the parameters are stand-ins
-                cache["plan"], cache["anchor"] = plan, sep.bottleneck.weight
+            plan = cache["plan"] = self._make_plan()
+            cache["anchor"], cache["ptr"] = anchor, anchor.data_ptr()
         batch, _, frames = feats.shape
         # channels-last frames of the batch as rows [B l, C]: 1x1 convs are single products
         x = feats.transpose(1, 2).reshape(batch * frames, -1)
@@ -245,7 +253,7 @@ class TCNStepper(nn.Module):
                 else:
                     new[key] = state[key]
                 # the depthwise conv: the P taps of each frame (an unfolded view) x weights
-                y = (y.unfold(1, pad + 1, 1)[..., ::dil] * w_dw[:, 0]).sum(-1)
+                y = (y.unfold(1, pad + 1, 1)[..., ::dil] * w_dw).sum(-1)
                 if b_dw is not None:
                     y = y + b_dw
                 y = _norm(_prelu(y.reshape(batch * frames, -1), a_dw), n_dw)

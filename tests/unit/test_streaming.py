@@ -219,3 +219,18 @@ def test_stream_follows_weights_loaded_after_it_was_made():
     s.reset()
     out = torch.cat([s.push(mixture, visual), s.flush()], -1)
     assert (out - model(mixture, visual).estimate).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_tcn_stepper_follows_the_model_moved_to_another_dtype():
+    """Its gathered parameters are made again when their storage changes (``.to()``)."""
+    model = build("cnn")
+    stepper = stepper_for(model.separator)
+    feats, vis = torch.rand(2, 16, 5), torch.randn(2, 8, 5)
+    state = stepper.init_state(2)
+    stepper.step(state, feats, vis)
+    model.double()  # new storage for every parameter
+    state = stepper.init_state(2, dtype=torch.float64)
+    mask, _ = stepper.step(state, feats.double(), vis.double())
+    assert mask.dtype == torch.float64
+    assert (mask - model.separator(feats.double(), vis.double()).masks[-1]).abs().max() < 1e-9
