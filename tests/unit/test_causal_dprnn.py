@@ -1,5 +1,7 @@
 """Causal AV-DPRNN (issue 14): the separator's masks before frame t do not depend on the inputs
 after t, also through ``AVSEModel(causal=True)``; ``causal=False`` is the reference model."""
+import os
+
 import pytest
 import torch
 
@@ -185,3 +187,48 @@ def test_causal_model_streams_as_offline():
             stream_.flush()]  # each video frame pushed by its first sample
     out = torch.cat(outs, dim=-1)
     assert out.shape == ref.shape and (out - ref).abs().max() < 1e-5
+
+
+EGS = os.path.join(os.path.dirname(__file__), "..", "..", "egs")
+
+
+def _diff(a: str, b: str):
+    """(removed, added) lines of egs/``b`` against egs/``a`` (stripped, comments kept)."""
+    import difflib
+
+    def lines(name):
+        with open(os.path.join(EGS, name)) as f:
+            text = f.read().splitlines()
+        return text[next(i for i, x in enumerate(text) if not x.startswith("#")):]
+
+    diff = [d for d in difflib.ndiff(lines(a), lines(b)) if d[:2] in ("- ", "+ ")]
+    return ([d[2:].strip() for d in diff if d[0] == "-"],
+            [d[2:].strip() for d in diff if d[0] == "+"])
+
+
+@pytest.mark.parametrize("corpus", ["voxceleb2", "lrs2"])
+def test_causal_yamls_are_the_dprnn_ones_with_causal_lines(corpus, tmp_path):
+    from hyperpyyaml import load_hyperpyyaml
+
+    removed, added = _diff("models/dprnn.yaml", "models/dprnn_causal.yaml")
+    assert removed == [] and added == ["norm: cln  # causal", "causal: True  # causal"]
+    removed, added = _diff(f"{corpus}/hparams/dprnn.yaml", f"{corpus}/hparams/dprnn_causal.yaml")
+    assert all(line.startswith(("experiment_name:", "# The architecture", "arch: !include"))
+               for line in removed), removed
+    assert all("causal" in line for line in added), added
+    with open(os.path.join(EGS, corpus, "hparams", "dprnn_causal.yaml")) as f:
+        hp = load_hyperpyyaml(f, {"data_folder": str(tmp_path), "output_folder": str(tmp_path)})
+    model = hp["model"]
+    assert model.causal and model.separator.causal and model.latency_ms() == 2.5
+    assert hp["mixture_config"].normalise is None and hp["eval_mixture_config"].normalise is None
+    if corpus == "voxceleb2":  # one training step of the full-size model on 0.2 s
+        assert sum(p.numel() for p in model.parameters()) == 2_829_062
+        torch.manual_seed(0)
+        out = model.train()(torch.randn(2, 3200), torch.randn(2, 5, 512), return_intermediate=True)
+        assert len(out.intermediate) == 5
+        loss = sum(e.pow(2).mean() for e in [out.estimate, *out.intermediate])
+        loss.backward()
+        opt = hp["opt_class"](model.parameters())
+        before = model.separator.blocks[0].intra_rnn.weight_hh_l0.detach().clone()
+        opt.step()
+        assert not torch.equal(before, model.separator.blocks[0].intra_rnn.weight_hh_l0)
