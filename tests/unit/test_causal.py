@@ -205,8 +205,9 @@ def test_model_yaml_states_the_latency_and_rebuilds(tmp_path):
 
 
 def test_demo_causal_yaml_is_the_demo_with_causal_parts(tmp_path):
-    """demo_causal.yaml is a copy of demo.yaml: only the causal lines, the output folder and
-    the activity head (with its loss) differ; its model is causal with 2 ms latency."""
+    """demo_causal.yaml is a copy of demo.yaml: only the causal lines (the mixtures are not
+    normalised), the output folder and the activity head (with its loss) differ; its model is
+    causal with 2 ms latency."""
     import difflib
     import os
 
@@ -229,3 +230,4 @@ def test_demo_causal_yaml_is_the_demo_with_causal_parts(tmp_path):
         hp = load_hyperpyyaml(f, {"data_folder": str(tmp_path), "output_folder": str(tmp_path)})
     model = hp["model"]
     assert model.causal and model.latency_ms() == 2.0 and not model.has_activity_head
+    assert hp["mixture_config"].normalise is None and hp["eval_mixture_config"].normalise is None
