@@ -84,6 +84,12 @@ def _front(sep: DPRNNSeparator, feats: torch.Tensor, vis: torch.Tensor) -> torch
     return x
 
 
+def _linear_norm(linear: nn.Linear, norm: nn.LayerNorm, y: torch.Tensor) -> torch.Tensor:
+    """``norm(linear(y))`` as functional calls (a step makes many small ones)."""
+    y = F.linear(y, linear.weight, linear.bias)
+    return F.layer_norm(y, y.shape[-1:], norm.weight, norm.bias, norm.eps)
+
+
 def _lstm(rnn: nn.LSTM, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
     """A one-layer unidirectional batch-first ``nn.LSTM`` from state ``(h, c)`` ``[M, H]``
     over x ``[M, n, D]`` -> (y ``[M, n, H]``, h, c): the input projection of all n steps in
@@ -184,7 +190,7 @@ class DPRNNStepper(nn.Module):
             c0 = state["intra_c"][r, :a].reshape(a * batch, -1) if lstm else None
             y, hn, cn = _rnn(block.intra_rnn, x.reshape(a * batch, n, d),
                              state["intra_h"][r, :a].reshape(a * batch, -1), c0)
-            x = x + block.intra_norm(block.intra_linear(y)).view(a, batch, n, d)
+            x = x + _linear_norm(block.intra_linear, block.intra_norm, y).view(a, batch, n, d)
             state["intra_h"][r, :a] = hn.view(a, batch, -1)
             if lstm:
                 state["intra_c"][r, :a] = cn.view(a, batch, -1)
@@ -193,7 +199,7 @@ class DPRNNStepper(nn.Module):
             c0 = state["inter_c"][r, :a, q0:q0 + n].reshape(a * n * batch, -1) if lstm else None
             y, hn, cn = _rnn(block.inter_rnn, items,
                              state["inter_h"][r, :a, q0:q0 + n].reshape(a * n * batch, -1), c0)
-            y = block.inter_norm(block.inter_linear(y)).view(a, n, batch, d)
+            y = _linear_norm(block.inter_linear, block.inter_norm, y).view(a, n, batch, d)
             x = x + y.transpose(1, 2)
             state["inter_h"][r, :a, q0:q0 + n] = hn.view(a, n, batch, -1)
             if lstm:
