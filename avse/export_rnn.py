@@ -66,8 +66,15 @@ class ScanRNN(nn.Module):
         return getattr(r, "weight_ih" + sfx), b_ih, getattr(r, "weight_hh" + sfx), b_hh
 
     def _direction(self, x, layer: int, reverse: bool):
-        """x ``[T, B, D]`` -> ``[T, B, H]``."""
-        from torch._higher_order_ops.scan import scan
+        """x ``[T, B, D]`` -> ``[T, B, H]``.
+
+        The scan is the ``scan`` higher-order op called directly, its weights passed as
+        inputs: ``torch._higher_order_ops.scan.scan`` compiles its loop with dynamo, whose
+        cache (one code object for every scan) compares a later scan's dynamic length with
+        an earlier one's static length (the intra-chunk RNN's chunk size, the intra-frame
+        RNN's frequency steps) and ties the length axis to the example's.
+        """
+        from torch._higher_order_ops.scan import scan_op
 
         w_ih, b_ih, w_hh, b_hh = self._weights(layer, reverse)
         proj = x @ w_ih.t() + b_ih  # the input projection of every step at once
@@ -75,15 +82,15 @@ class ScanRNN(nn.Module):
             proj = proj.flip(0)
         h0 = x.new_zeros(x.shape[1], self.rnn.hidden_size)
         if self.kind == "lstm":
-            def step(carry, xt):
-                h, c = _lstm_cell(xt, carry[0], carry[1], w_hh, b_hh)
-                return (h, c), h.clone()
-            _, ys = scan(step, (h0, h0.clone()), proj)
+            def step(h, c, xt, w, b):
+                h, c = _lstm_cell(xt, h, c, w, b)
+                return [h, c, h.clone()]
+            ys = scan_op(step, [h0, h0.clone()], [proj], (w_hh, b_hh))[-1]
         else:
-            def step(h, xt):
-                h = _gru_cell(xt, h, w_hh, b_hh)
-                return h, h.clone()
-            _, ys = scan(step, h0, proj)
+            def step(h, xt, w, b):
+                h = _gru_cell(xt, h, w, b)
+                return [h, h.clone()]
+            ys = scan_op(step, [h0], [proj], (w_hh, b_hh))[-1]
         return ys.flip(0) if reverse else ys
 
     def forward(self, x, hx=None):

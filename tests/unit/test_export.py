@@ -118,31 +118,36 @@ class Recurrent(torch.nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.lstm = torch.nn.LSTM(6, 5, num_layers=2, batch_first=True, bidirectional=True)
+        self.per_step = torch.nn.LSTM(1, 2, batch_first=True)  # over a static length (6)
+        self.lstm = torch.nn.LSTM(12, 5, num_layers=2, batch_first=True, bidirectional=True)
         self.gru = torch.nn.GRU(10, 4, batch_first=False)
 
     def forward(self, x):
-        y, _ = self.lstm(x)
+        b, t, d = x.shape
+        y, _ = self.per_step(x.reshape(b * t, d, 1))  # each step's 6 features as a sequence
+        y, _ = self.lstm(y.reshape(b, t, 2 * d))
         z, _ = self.gru(y.transpose(0, 1))
         return z.transpose(0, 1)
 
 
 def test_recurrent_layers_keep_a_dynamic_time_axis(tmp_path):
-    """nn.LSTM / nn.GRU as scans: exported at T=20, run at T=7 and 45 from .pt2 and ONNX
-    (nn.LSTM itself would be frozen at T=20 by torch.export)."""
+    """nn.LSTM / nn.GRU as scans: exported at T=20, run at T=7, 45 and 6 from .pt2 and ONNX
+    (nn.LSTM itself would be frozen at T=20 by torch.export); a scan over a static length
+    (6, as a dual-path model's chunk) before the dynamic ones does not tie T to the example
+    (torch's scan() wrapper did, through its dynamo cache: T != 6)."""
     import onnxruntime as ort
     from torch.export import Dim
 
     model = Recurrent().eval()
     swapped, count = swap_rnns(model)
-    assert count == 2 and isinstance(swapped.lstm, ScanRNN) and type(model.lstm) is torch.nn.LSTM
+    assert count == 3 and isinstance(swapped.lstm, ScanRNN) and type(model.lstm) is torch.nn.LSTM
     program = torch.export.export(swapped, (torch.randn(2, 20, 6),), strict=False,
                                   dynamic_shapes={"x": {0: Dim("b"), 1: Dim("t", min=3)}})
     torch.export.save(program, str(tmp_path / "r.pt2"))
     torch.onnx.export(program, dynamo=True, optimize=False).save(str(tmp_path / "r.onnx"))
     loaded = torch.export.load(str(tmp_path / "r.pt2")).module()
     session = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
-    for batch, steps in ((1, 7), (3, 45)):
+    for batch, steps in ((1, 7), (3, 45), (2, 6)):
         x = torch.randn(batch, steps, 6)
         with torch.no_grad():
             ref = model(x)
