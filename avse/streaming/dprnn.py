@@ -9,27 +9,29 @@ block needs only (c, p - 1) (intra) and (c - 1, p) (inter) of the same block. Th
 keeps, per block (layer):
 
 ======================  ================================================================
-state                   shape
+state                   shape (batch first; zeros at the start of a stream)
 ======================  ================================================================
-``frames``              ``[1]`` int64, frames seen (the position in the chunk pattern)
-``intra_h`` (``_c``)    ``[R, 2, B, H]``: the intra RNN state of the two open chunks
+``frames``              ``[B]`` int64, frames seen (the position in the chunk pattern)
+``intra_h`` (``_c``)    ``[B, R, 2, H]``: the intra RNN state of the two open chunks
                         (0: the chunk whose first half is filling, 1: the one whose second
                         half is); ``_c`` for LSTMs only
-``inter_h`` (``_c``)    ``[R, 2, h, B, H]``: the inter RNN state of each chunk position
+``inter_h`` (``_c``)    ``[B, R, 2, h, H]``: the inter RNN state of each chunk position
                         ``p = half h + offset`` after the last chunk that reached it
 ======================  ================================================================
 
 Chunk 0's first half (the K/2 zero frames before the signal) is run at :meth:`~DPRNNStepper.
-init_state`. A step cuts its new frames at the multiples of h (within one run, the frames are
-consecutive positions of both open chunks, and no position is reached twice) and, per run
-and layer, calls the intra RNN once over the run of both chunks (a batch of 2 B sequences)
-and the inter RNN once on all the run's (chunk, position) items (a batch of single steps);
-each frame's two chunk outputs are summed (the overlap-add) and go through the mask head.
-The masks equal the offline causal separator's on the same frames (eval mode), whatever the
-block sizes. The step branches on the frame count (Python ints), so it is not a
-fixed-graph step for export. Speed at the reference size (N=256, B=64, H=128, K=100, R=6),
-one thread, blocks of 8 frames (160 samples, 10 ms): about 9 ms per block (CPU time 5.5 ms)
-on a shared 2-core AMD EPYC, RTF 0.9 (CPU 0.55); 16 frames: RTF 0.86 (0.43).
+init_state`, whose states the first step takes in place of the zeros. A step cuts its new
+frames at the multiples of h (within one run, the frames are consecutive positions of both
+open chunks, and no position is reached twice) and, per run and layer, calls the intra RNN
+once over the run of both chunks (a batch of 2 B sequences) and the inter RNN once on all
+the run's (chunk, position) items (a batch of single steps); each frame's two chunk outputs
+are summed (the overlap-add) and go through the mask head. The masks equal the offline
+causal separator's on the same frames (eval mode), whatever the block sizes. Under
+``torch.export`` the step is traced in a fixed-graph form (frame by frame, positions as
+index tensors of the frame count), the same math. Speed at the reference size (N=256, B=64,
+H=128, K=100, R=6), one thread, blocks of 8 frames (160 samples, 10 ms): about 9 ms per
+block (CPU time 5.5 ms) on a shared 2-core AMD EPYC, RTF 0.9 (CPU 0.55); 16 frames: RTF 0.86
+(0.43).
 
 Example
 -------
@@ -124,6 +126,17 @@ def _rnn(rnn: nn.Module, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | Non
     return y, hn[0], None
 
 
+def _internal(state: dict) -> dict:
+    """The public state (batch first) as the step computes on it: the batch axis of the RNN
+    states second to last (``[R, 2, B, H]``, ``[R, 2, h, B, H]``); views."""
+    return {k: v if k == "frames" else v.movedim(0, -2) for k, v in state.items()}
+
+
+def _public(state: dict) -> dict:
+    """The inverse of :func:`_internal` (contiguous tensors, batch axis first)."""
+    return {k: v if k == "frames" else v.movedim(-2, 0).contiguous() for k, v in state.items()}
+
+
 @register_stepper(DPRNNSeparator)
 class DPRNNStepper(nn.Module):
     """``step(state, feats [B, N, l], vis [B, Dv, l]) -> (mask [B, N, l], state)`` of a causal
@@ -145,27 +158,55 @@ class DPRNNStepper(nn.Module):
         self.lstm = isinstance(separator.blocks[0].intra_rnn, nn.LSTM)
         self.hidden = separator.blocks[0].intra_rnn.hidden_size
         self._mask_act = mask_activation(separator.mask_act)
+        self.fixed_graph = False  # True: the export form of step() in eager mode too
+        self._padding = None  # the RNN states after chunk 0's first half (init_state)
 
     # ------------------------------------------------------------------ state
     def _zeros(self, batch: int, device, dtype) -> dict:
+        """Zero states in the internal layout (batch axis second to last)."""
         r, h, hid = len(self.separator.blocks), self.hop, self.hidden
-        state = {"frames": torch.zeros(1, dtype=torch.long, device=device)}
+        state = {"frames": torch.zeros(batch, dtype=torch.long, device=device)}
         for kind in ("h", "c") if self.lstm else ("h",):
             state["intra_" + kind] = torch.zeros(r, 2, batch, hid, device=device, dtype=dtype)
             state["inter_" + kind] = torch.zeros(r, 2, h, batch, hid, device=device, dtype=dtype)
         return state
 
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> dict:
-        """The state before frame 0: chunk 0's first half (h zero frames) already run."""
+        """Zeros (``frames`` 0). The RNN states before frame 0, with chunk 0's first half (h
+        zero frames) run, are taken at the first step (where ``frames`` is 0); they are
+        computed here from the current weights (batch 1, kept for the steps)."""
         param = next(self.separator.parameters())
         device = param.device if device is None else device
-        state = self._zeros(batch, device, param.dtype)
-        zeros = torch.zeros(1, batch, self.hop, self.separator.bottleneck_dim, device=device,
-                            dtype=param.dtype)
+        self._padding = self._padding_state(device, param.dtype)
+        return _public({k: v if k == "frames" else v.to(dtype)
+                        for k, v in self._zeros(batch, device, param.dtype).items()})
+
+    def _padding_state(self, device, dtype) -> dict:
+        """The RNN states (batch 1) after chunk 0's first half: h zero frames."""
+        state = self._zeros(1, device, dtype)
+        zeros = torch.zeros(1, 1, self.hop, self.separator.bottleneck_dim, device=device,
+                            dtype=dtype)
         with torch.no_grad():
-            self._run(zeros, state, 0)  # the padding as chunk 0's first half
+            self._run(zeros, state, 0)
         self._close_half(state)
-        return {k: v if k == "frames" else v.to(dtype) for k, v in state.items()}
+        del state["frames"]
+        return state
+
+    def _start(self, state: dict, graph: bool) -> dict:
+        """``state`` with its RNN states replaced by :meth:`_padding_state`'s where no frame
+        has been seen (a new stream; a ``where`` on ``frames == 0`` in the graph form)."""
+        if getattr(self, "_padding", None) is None:
+            self._padding = self._padding_state(state["frames"].device,
+                                                next(self.separator.parameters()).dtype)
+        if graph:
+            first = (state["frames"] == 0).view(-1, 1)  # [B, 1]: batch axis second to last
+            return {k: v if k == "frames" else
+                    torch.where(first, self._padding[k].to(v.dtype), v)
+                    for k, v in state.items()}
+        if int(state["frames"][0]) != 0:
+            return state
+        return {k: v if k == "frames" else self._padding[k].to(v.dtype).expand_as(v)
+                for k, v in state.items()}
 
     @staticmethod
     def _close_half(state: dict) -> None:
@@ -206,11 +247,68 @@ class DPRNNStepper(nn.Module):
                 state["inter_c"][r, :a, q0:q0 + n] = cn.view(a, n, batch, -1)
         return x
 
+    def _frames_graph(self, x: torch.Tensor, state: dict):
+        """The fixed-graph form of the runs (what ``torch.export`` traces): frame by frame, the
+        chunk positions as index tensors of the frame count, the half-chunk close as a
+        ``where``. x ``[B, l, D]`` -> (the overlap-added ``[B, l, D]``, new state); the same
+        math as the runs (LSTM steps as :func:`_lstm`)."""
+        blocks, h = self.separator.blocks, self.hop
+        batch, frames, d = x.shape
+        lstm = self.lstm
+        intra = [[state["intra_h"][r] for r in range(len(blocks))]]
+        inter = [[state["inter_h"][r] for r in range(len(blocks))]]
+        if lstm:
+            intra.append([state["intra_c"][r] for r in range(len(blocks))])
+            inter.append([state["inter_c"][r] for r in range(len(blocks))])
+        outs = []
+        for t in range(frames):
+            q = (state["frames"][:1] + t) % h  # [1]: the frame's offset in both open chunks
+            items = x[:, t].unsqueeze(0).expand(2, batch, d)  # [2 (newer, older), B, D]
+            for r, block in enumerate(blocks):
+                c0 = intra[1][r].reshape(2 * batch, -1) if lstm else None
+                y, hn, cn = _rnn(block.intra_rnn, items.reshape(2 * batch, 1, d),
+                                 intra[0][r].reshape(2 * batch, -1), c0)
+                y = _linear_norm(block.intra_linear, block.intra_norm, y)
+                items = items + y.view(2, batch, d)
+                intra[0][r] = hn.view(2, batch, -1)
+                if lstm:
+                    intra[1][r] = cn.view(2, batch, -1)
+                pos = [s[r].index_select(1, q).reshape(2 * batch, -1) for s in inter]
+                y, hn, cn = _rnn(block.inter_rnn, items.reshape(2 * batch, 1, d), pos[0],
+                                 pos[1] if lstm else None)
+                y = _linear_norm(block.inter_linear, block.inter_norm, y)
+                items = items + y.view(2, batch, d)
+                inter[0][r] = inter[0][r].index_copy(1, q, hn.view(2, 1, batch, -1))
+                if lstm:
+                    inter[1][r] = inter[1][r].index_copy(1, q, cn.view(2, 1, batch, -1))
+            outs.append(items[0] + items[1])
+            close = (q == h - 1).view(1, 1, 1)  # the older chunk is complete: shift
+            for kind in intra:
+                for r, value in enumerate(kind):
+                    shifted = torch.stack((torch.zeros_like(value[0]), value[0]))
+                    kind[r] = torch.where(close, shifted, value)
+        new = {"frames": state["frames"] + frames,
+               "intra_h": torch.stack(intra[0]), "inter_h": torch.stack(inter[0])}
+        if lstm:
+            new["intra_c"], new["inter_c"] = torch.stack(intra[1]), torch.stack(inter[1])
+        return torch.stack(outs, dim=1), new
+
     def step(self, state: dict, feats: torch.Tensor, vis: torch.Tensor):
-        """feats ``[B, N, l]``, vis ``[B, Dv, l]`` -> (final mask ``[B, N, l]``, new state)."""
+        """feats ``[B, N, l]``, vis ``[B, Dv, l]`` -> (final mask ``[B, N, l]``, new state).
+
+        Eager: runs cut at the multiples of h (Python ints of the frame count). Under
+        ``torch.export`` (or with ``self.fixed_graph = True``): :meth:`_frames_graph`, a graph
+        that does not depend on the frame count (for a fixed-block streaming step).
+        """
         sep = self.separator
         batch, _, frames = feats.shape
         x = _front(sep, feats.transpose(1, 2), vis.transpose(1, 2))  # [B, l, B']
+        graph = self.fixed_graph or torch.compiler.is_exporting()
+        state = self._start(_internal(state), graph)
+        if graph:
+            y, new = self._frames_graph(x, state)
+            mask = self._mask_act(_conv1x1(sep.mask_conv, sep.mask_prelu(y)))  # [B, l, N]
+            return mask.transpose(1, 2), _public(new)
         new = {k: v.clone() for k, v in state.items()}
         done, pos, outs = int(state["frames"][0]), 0, []
         while pos < frames:  # runs that stop at the multiples of h
@@ -225,6 +323,6 @@ class DPRNNStepper(nn.Module):
         new["frames"] = state["frames"] + frames
         y = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # [B, l, D]
         mask = self._mask_act(_conv1x1(sep.mask_conv, sep.mask_prelu(y)))  # [B, l, N]
-        return mask.transpose(1, 2), new
+        return mask.transpose(1, 2), _public(new)
 
     forward = step

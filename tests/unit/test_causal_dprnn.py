@@ -129,7 +129,7 @@ def stream(stepper, feats, vis, sizes, batch=2):
         mask, state = stepper.step(state, feats[..., pos:pos + n], vis[..., pos:pos + n])
         out.append(mask)
         pos += n
-    assert int(state["frames"]) == feats.shape[-1]
+    assert state["frames"].tolist() == [feats.shape[-1]] * feats.shape[0]
     return torch.cat(out, dim=-1)
 
 
@@ -146,6 +146,9 @@ def test_stepper_masks_equal_the_offline_causal_masks(rnn_type, fusion, chunk):
     for sizes in ([1], [7], [8], [50], [123], [3, 1, 20, 2, 9]):  # h = 8, 3, 4: runs cut
         out = stream(stepper, feats, vis, sizes)
         assert out.shape == ref.shape and (out - ref).abs().max() < 1e-5, sizes
+    stepper.fixed_graph = True  # the form torch.export traces: frame by frame, no branching
+    for sizes in ([1], [8], [3, 1, 20, 2, 9]):
+        assert (stream(stepper, feats, vis, sizes) - ref).abs().max() < 1e-5, sizes
 
 
 @torch.no_grad()
@@ -155,7 +158,10 @@ def test_stepper_leaves_its_inputs_and_state_unchanged():
     stepper = DPRNNStepper(small())
     state = stepper.init_state(2)
     assert set(state) == {"frames", "intra_h", "intra_c", "inter_h", "inter_c"}
-    assert state["inter_h"].shape == (2, 2, 3, 2, 8) and state["intra_h"].shape == (2, 2, 2, 8)
+    assert all(not v.any() for v in state.values())  # zeros at start (the protocol's rule)
+    # batch first: [B, R, 2, h, H] and [B, R, 2, H]
+    assert state["inter_h"].shape == (2, 2, 2, 3, 8) and state["intra_h"].shape == (2, 2, 2, 8)
+    assert state["frames"].shape == (2,)
     copies = {k: v.clone() for k, v in state.items()}
     feats, vis = feats_vis(5)
     f0, v0 = feats.clone(), vis.clone()
