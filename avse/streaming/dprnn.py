@@ -29,9 +29,10 @@ are summed (the overlap-add) and go through the mask head. The masks equal the o
 causal separator's on the same frames (eval mode), whatever the block sizes. Under
 ``torch.export`` the step is traced in a fixed-graph form (frame by frame, positions as
 index tensors of the frame count), the same math. Speed at the reference size (N=256, B=64,
-H=128, K=100, R=6), one thread, blocks of 8 frames (160 samples, 10 ms): about 9 ms per
-block (CPU time 5.5 ms) on a shared 2-core AMD EPYC, RTF 0.9 (CPU 0.55); 16 frames: RTF 0.86
-(0.43).
+H=128, K=100, R=6), one thread, blocks of 8 frames (160 samples, 10 ms), on a 2-core AMD
+EPYC: 4.7 to 5.8 ms per block (RTF 0.47 to 0.58) at load 2, about 9 ms (RTF 0.9, CPU 0.55)
+at load 4; the whole causal model (egs/voxceleb2/hparams/dprnn_causal.yaml,
+benchmarks/stream.py): RTF 0.54 at load 2.
 
 Example
 -------
