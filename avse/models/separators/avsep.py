@@ -440,9 +440,10 @@ class AVSepformerSeparator(Separator):
         frames = v.shape[1]
         if self.visual_align != "pad":
             return align_visual(v.transpose(1, 2), chunks, self.visual_align).transpose(1, 2)
-        if frames >= chunks:
-            return v[:, :chunks]
-        return torch.cat((v, v[:, -1:].expand(-1, chunks - frames, -1)), dim=1)
+        # the first ``chunks`` frames, the last one repeated when there are fewer (one gather:
+        # no branch on the lengths, so the length axes stay dynamic under torch.export)
+        index = torch.arange(chunks, device=v.device).clamp(max=frames - 1)
+        return v.index_select(1, index)
 
     def forward(self, feats: torch.Tensor, visual: torch.Tensor,
                 return_intermediate: bool = False) -> SeparatorOutput:
