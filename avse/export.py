@@ -35,12 +35,17 @@ SAMPLES_PER_FRAME = 640
 FORMATS = ("onnx", "pt2")
 
 
-KNOWN_LIMITS: dict = {}
+KNOWN_LIMITS = {
+    "avsep": "the non-causal visual chunks (avse/models/separators/avsep.py _visual_chunks: "
+             "`if frames >= chunks`) branch on Tv against the chunk count, which torch.export "
+             "cannot decide for every length when the chunk count is near Tv (chunk_size 160); "
+             "a branch-free pad-then-crop would export",
+}
 """Why an architecture's length axis does not export (this torch; see the report of issue 14),
-by registry name, added to the exporter's own reason. Empty: every registered separator
-exports (the dual-path chunking since avse/models/separators/dual_path.py's one-floor chunk
-counts, MuSE's default upsampling as integer arithmetic, TF-GridNet's decoder as
-:class:`OverlapAddISTFT`)."""
+by registry name, added to the exporter's own reason. The others export (the dual-path
+chunking since avse/models/separators/dual_path.py's one-floor chunk counts, MuSE's default
+upsampling as integer arithmetic, TF-GridNet's decoder as :class:`OverlapAddISTFT`, every
+RNN as a scan)."""
 
 
 class EstimateOnly(nn.Module):
@@ -95,8 +100,10 @@ def export_program(model: nn.Module, seconds: float = 2.0):
     wrapped = EstimateOnly(swap_istft(swap_rnns(model)[0])[0]).eval()
     try:
         with torch.no_grad():
+            # torch._check of a fact about the lengths (TF-GridNet's padding) becomes a run-time
+            # assert, not a guard that ties the length to the example's
             return _quiet(torch.export.export, wrapped, args, dynamic_shapes=dynamic_shapes(),
-                          strict=False)
+                          strict=False, prefer_deferred_runtime_asserts_over_guards=True)
     except Exception as err:  # noqa: BLE001 - exporter errors have many types
         arch = getattr(model.separator, "registry_name", None)
         known = f"{arch}: {KNOWN_LIMITS[arch]}; " if arch in KNOWN_LIMITS else ""

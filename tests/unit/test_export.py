@@ -100,15 +100,15 @@ def test_overlap_add_istft_equals_torch_istft(n_fft, hop, win):
 
 def test_tfgridnet_onnx(tmp_path):
     """stft / tfgridnet: torch.istft swapped for OverlapAddISTFT in the exported graph, the
-    BLSTMs as scans (unfolded with stride 2: the padding to whole steps stays symbolic); the
-    model itself keeps its decoder."""
+    BLSTMs as scans over a static (33 frequency steps) and a dynamic length; the padding of
+    L = 5 Tv + 1 frames to whole steps of 4 stays symbolic; the model keeps its decoder."""
     from avse.models.decoders import STFTDecoder
 
     torch.manual_seed(0)
-    model = AVSEModel({"type": "stft", "n_fft": 64, "hop": 32, "win": 64},
+    model = AVSEModel({"type": "stft", "n_fft": 256, "hop": 128, "win": 256},
                       {"type": "embedding", "out_dim": 8, "hidden": 16, "num_blocks": 1},
                       {"type": "tfgridnet", "emb_dim": 8, "hidden": 8, "num_blocks": 1,
-                       "kernel": 2, "stride": 2, "num_heads": 2, "qk_dim": 16},
+                       "kernel": 4, "stride": 4, "num_heads": 2, "qk_dim": 16},
                       fusion="film").eval()
     check(model, E.export_model(model, "onnx", str(tmp_path / "m.onnx")), "onnx")
     assert type(model.decoder) is STFTDecoder
