@@ -100,10 +100,8 @@ def export_program(model: nn.Module, seconds: float = 2.0):
     wrapped = EstimateOnly(swap_istft(swap_rnns(model)[0])[0]).eval()
     try:
         with torch.no_grad():
-            # torch._check of a fact about the lengths (TF-GridNet's padding) becomes a run-time
-            # assert, not a guard that ties the length to the example's
             return _quiet(torch.export.export, wrapped, args, dynamic_shapes=dynamic_shapes(),
-                          strict=False, prefer_deferred_runtime_asserts_over_guards=True)
+                          strict=False)
     except Exception as err:  # noqa: BLE001 - exporter errors have many types
         arch = getattr(model.separator, "registry_name", None)
         known = f"{arch}: {KNOWN_LIMITS[arch]}; " if arch in KNOWN_LIMITS else ""

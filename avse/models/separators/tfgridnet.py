@@ -151,10 +151,10 @@ class GridNetBlock(nn.Module):
         """The smallest size >= ``size`` with ``(size - I) % J == 0`` (at least I)."""
         if size <= self.kernel:
             return self.kernel
-        # size plus a non-negative remainder (non-negative operands only): torch.export can
-        # then tell that the padded size is at least size for every length, and an exported
-        # graph's integer division / remainder (ONNX Div truncates) agrees with Python's
-        return size + (self.stride - (size - self.kernel) % self.stride) % self.stride
+        # ceil division with non-negative operands only: an exported graph's integer
+        # division (ONNX Div) truncates, which differs from floor for negative ones
+        steps = (size - self.kernel + self.stride - 1) // self.stride
+        return steps * self.stride + self.kernel
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         """Full-band self-attention over frames: ``[B, D, L, F]`` -> ``[B, D, L, F]``."""
@@ -179,17 +179,25 @@ class GridNetBlock(nn.Module):
         """x ``[B, D, L, F]`` -> ``[B, D, L, F]``."""
         bsz, dim, length, n_freq = x.shape
         plen, pfreq = self._padded(length), self._padded(n_freq)
-        if not isinstance(plen, int):  # torch.export: what its symbolic shapes cannot derive
-            # (the padded length is whole steps); checked at run time
-            torch._check((plen - self.kernel) // self.stride * self.stride + self.kernel == plen)
-        x = F.pad(x, (0, pfreq - n_freq, 0, plen - length))
+        symbolic = not isinstance(length, int)  # under torch.export
+        if symbolic:
+            # the same zero padding as below, in a form whose sizes torch.export can follow
+            # for every length (it cannot tell that plen - length >= 0): pad by the stride
+            # (more than plen - length), then take the first plen frames
+            x = F.pad(x, (0, pfreq - n_freq, 0, self.stride))
+            x = x.index_select(2, torch.arange(plen, device=x.device))
+        else:
+            x = F.pad(x, (0, pfreq - n_freq, 0, plen - length))
         # intra-frame full-band: a sequence over frequency for every frame
         y = self.intra_norm(x.permute(0, 2, 3, 1)).reshape(bsz * plen, pfreq, dim)  # [B*L, F, D]
         x = x + self.intra(y).view(bsz, plen, dim, pfreq).transpose(1, 2)
         # sub-band temporal: a sequence over time for every frequency bin
         y = self.inter_norm(x.permute(0, 3, 2, 1)).reshape(bsz * pfreq, plen, dim)  # [B*F, L, D]
         y = self.inter(y).view(bsz, pfreq, dim, plen).permute(0, 2, 3, 1)
-        x = (x + y)[..., :length, :n_freq]
+        x = x + y
+        if symbolic:  # the first length frames (as the slice below)
+            x = x.index_select(2, torch.arange(length, device=x.device))
+        x = x[..., :length, :n_freq]
         return self._attention(x.contiguous())
 
 
