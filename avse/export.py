@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 
 import torch
@@ -46,6 +47,16 @@ by registry name, added to the exporter's own reason. The others export (the dua
 chunking since avse/models/separators/dual_path.py's one-floor chunk counts, MuSE's default
 upsampling as integer arithmetic, TF-GridNet's decoder as :class:`OverlapAddISTFT`, every
 RNN as a scan)."""
+
+
+ONNX_LIMITS = {
+    "seanet": "the reverse attention's negative scale (avse/models/separators/seanet.py "
+              "ReverseAttention._attend: scaled_dot_product_attention(q_other, k, v, "
+              "scale=-scale)) becomes sqrt(scale) = NaN in onnxscript's attention; the .pt2 "
+              "export is right; (-q_other, scale=scale) is the same arithmetic and exports",
+}
+"""Why an architecture's ONNX graph computes something else than the model (this torch and
+onnxscript), by registry name; named when the check after the ONNX export finds it."""
 
 
 class EstimateOnly(nn.Module):
@@ -134,7 +145,27 @@ def export_onnx(model: nn.Module, out: str, seconds: float = 2.0) -> str:
             _quiet(onnx_program.save, out)
     except Exception as err:  # noqa: BLE001
         raise ExportError(f"ONNX conversion failed: {_reason(err)}") from err
+    _check_onnx_finite(model, out, seconds)
     return out
+
+
+def _check_onnx_finite(model: nn.Module, out: str, seconds: float) -> None:
+    """With onnxruntime installed: run ``out`` on an example input (batch 1); ExportError (and
+    ``out`` removed) when its estimate has NaN or inf where the model's has none."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return
+    mixture, visual = example_inputs(model, seconds, batch=1, seed=1)
+    with torch.no_grad():
+        ref = model(mixture, visual).estimate
+    got = run_onnx(onnx_session(out), mixture, visual)
+    if torch.isfinite(ref).all() and not torch.isfinite(got).all():
+        os.remove(out)
+        arch = getattr(model.separator, "registry_name", None)
+        known = f": {arch}: {ONNX_LIMITS[arch]}" if arch in ONNX_LIMITS else ""
+        raise ExportError("the ONNX graph gives NaN / inf where the model does not (an "
+                          f"operator translated differently){known}")
 
 
 def export_model(model: nn.Module, fmt: str, out: str, seconds: float = 2.0) -> str:

@@ -175,3 +175,25 @@ def test_unexportable_model_exits_2_with_one_line(demo, tmp_path, capsys, monkey
     assert len(err.splitlines()) == 1 and err.startswith("avse-export: error: torch.export failed")
     assert "data-dependent" in err.lower() or "data dependent" in err.lower()
     assert not os.path.exists(out)
+
+
+def test_onnx_graph_with_nan_is_refused(demo, tmp_path):
+    """An operator the ONNX translation computes differently (attention with a negative
+    scale: onnxscript scales q and k by sqrt(scale)) gives NaN: refused, no file left."""
+    import torch.nn.functional as F
+
+    _, model = demo
+    model = copy.deepcopy(model)
+    forward = model.separator.forward
+
+    def negative_attention(feats, visual, **kwargs):
+        q = feats.transpose(1, 2).unsqueeze(1)  # [B, 1, L, N]
+        att = F.scaled_dot_product_attention(q, q, q, scale=-0.5).squeeze(1).transpose(1, 2)
+        return forward(feats + 0 * att, visual, **kwargs)
+
+    model.separator.forward = negative_attention
+    out = str(tmp_path / "m.onnx")
+    with pytest.raises(E.ExportError, match="NaN"):
+        E.export_model(model, "onnx", out, seconds=0.4)
+    assert not os.path.exists(out)
+
