@@ -36,17 +36,12 @@ SAMPLES_PER_FRAME = 640
 FORMATS = ("onnx", "pt2")
 
 
-KNOWN_LIMITS = {
-    "avsep": "the non-causal visual chunks (avse/models/separators/avsep.py _visual_chunks: "
-             "`if frames >= chunks`) branch on Tv against the chunk count, which torch.export "
-             "cannot decide for every length when the chunk count is near Tv (chunk_size 160); "
-             "a branch-free pad-then-crop would export",
-}
+KNOWN_LIMITS: dict = {}
 """Why an architecture's length axis does not export (this torch; see the report of issue 14),
-by registry name, added to the exporter's own reason. The others export (the dual-path
-chunking since avse/models/separators/dual_path.py's one-floor chunk counts, MuSE's default
-upsampling as integer arithmetic, TF-GridNet's decoder as :class:`OverlapAddISTFT`, every
-RNN as a scan)."""
+by registry name, added to the exporter's own reason. Empty: every registered separator
+exports (the dual-path chunking and AV-Sepformer's visual chunks without branches on the
+lengths, MuSE's default upsampling in integer arithmetic, TF-GridNet's decoder as
+:class:`OverlapAddISTFT`, every RNN as a scan)."""
 
 
 ONNX_LIMITS = {
