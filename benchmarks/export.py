@@ -14,8 +14,9 @@ visual step per video frame), and the largest difference of the streamed outputs
 
 Sizes: ``demo`` is egs/synthetic/hparams/demo.yaml's model (conv 64 / cnn / TCN 6x2, with its
 activity head), the others egs/models/*.yaml at their published sizes, except that
-every visual encoder reads 512-d embeddings. ``demo_causal`` and ``convtasnet_causal`` are
-egs/synthetic/hparams/demo_causal.yaml's and egs/models/convtasnet_causal.yaml's models.
+every visual encoder reads 512-d embeddings. ``demo_causal`` is
+egs/synthetic/hparams/demo_causal.yaml's model, ``convtasnet_causal`` and ``dprnn_causal``
+egs/models/*_causal.yaml's.
 Untrained weights (timing does not depend on them). Prints numbers; asserts nothing.
 """
 import argparse
@@ -60,10 +61,13 @@ STREAMS = {
     "demo_causal": ({"type": "conv", "out_channels": 64, "kernel_size": 32},
                     {"type": "cnn", "out_dim": 64, **CLN},
                     {"type": "tcn", "bottleneck": 64, "hidden": 128, "num_blocks": 6,
-                     "num_repeats": 2, **CLN}),
+                     "num_repeats": 2, **CLN}, "concat"),
     "convtasnet_causal": (CONV, {"type": "embedding", **CLN},
                           {"type": "tcn", "bottleneck": 256, "hidden": 512, "kernel_size": 3,
-                           "num_blocks": 8, "num_repeats": 4, **CLN}),
+                           "num_blocks": 8, "num_repeats": 4, **CLN}, "concat"),
+    "dprnn_causal": (CONV, {"type": "embedding", **CLN},
+                     {"type": "dprnn", "bottleneck": 64, "hidden": 128, "chunk_size": 100,
+                      "num_layers": 6, "padding": "reference"}, LINEAR),
 }
 BLOCK = 160  # 10 ms
 STREAM_SECONDS = 2.0
@@ -115,9 +119,9 @@ def bench_stream(name, folder):
     from avse.models import AVSEModel
     from avse.streaming import StreamStep, VisualStep
 
-    audio, visual, sep = STREAMS[name]
+    audio, visual, sep, fusion = STREAMS[name]
     torch.manual_seed(0)
-    model = AVSEModel(audio, visual, sep, fusion="concat", causal=True).eval()
+    model = AVSEModel(audio, visual, sep, fusion=fusion, causal=True).eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     path = os.path.join(folder, f"{name}.onnx")
     start = time.perf_counter()
