@@ -44,12 +44,7 @@ lengths, MuSE's default upsampling in integer arithmetic, TF-GridNet's decoder a
 :class:`OverlapAddISTFT`, every RNN as a scan)."""
 
 
-ONNX_LIMITS = {
-    "seanet": "the reverse attention's negative scale (avse/models/separators/seanet.py "
-              "ReverseAttention._attend: scaled_dot_product_attention(q_other, k, v, "
-              "scale=-scale)) becomes sqrt(scale) = NaN in onnxscript's attention; the .pt2 "
-              "export is right; (-q_other, scale=scale) is the same arithmetic and exports",
-}
+ONNX_LIMITS = {}
 """Why an architecture's ONNX graph computes something else than the model (this torch and
 onnxscript), by registry name; named when the check after the ONNX export finds it."""
 

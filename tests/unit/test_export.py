@@ -14,8 +14,10 @@ LENGTHS = ((1.2, 1), (3.6, 3))  # seconds, batch: neither is the 2 s, batch-2 ex
 TOL = 1e-4
 
 
-def check(model, path, fmt):
-    """The exported file's estimate equals the model's at every LENGTHS (shape and values)."""
+def check(model, path, fmt, relative=False):
+    """The exported file's estimate equals the model's at every LENGTHS (shape and values):
+    within TOL, or within TOL of the output's peak when ``relative`` (deeper graphs whose
+    float32 sums are ordered differently by the ONNX runtime)."""
     runner = E.onnx_session(path) if fmt == "onnx" else torch.export.load(path)
     for seconds, batch in LENGTHS:
         mixture, visual = E.example_inputs(model, seconds, batch=batch, seed=5)
@@ -25,7 +27,8 @@ def check(model, path, fmt):
             else E.run_pt2(runner, mixture, visual)
         assert got.shape == ref.shape == (batch, int(seconds * 25) * 640)
         assert torch.isfinite(got).all()
-        assert (got - ref).abs().max().item() < TOL
+        scale = max(1.0, ref.abs().max().item()) if relative else 1.0
+        assert (got - ref).abs().max().item() < TOL * scale
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +200,22 @@ def test_onnx_graph_with_nan_is_refused(demo, tmp_path):
         E.export_model(model, "onnx", out, seconds=0.4)
     assert not os.path.exists(out)
 
+
+
+DUAL_PATH = {  # tiny dual-path separators (chunking by unfold / gather; SEANet's negated query)
+    "dprnn": {"type": "dprnn", "bottleneck": 8, "hidden": 8, "chunk_size": 20, "num_layers": 2},
+    "seanet": {"type": "seanet", "bottleneck": 8, "hidden": 8, "chunk_size": 20,
+               "num_layers": 2},
+    "avsep": {"type": "avsep", "d_model": 16, "num_heads": 2, "d_ffn": 32, "intra_layers": 1,
+              "inter_layers": 1, "num_blocks": 1, "chunk_size": 20},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(DUAL_PATH))
+def test_dual_path_models_onnx(arch, tmp_path):
+    torch.manual_seed(0)
+    model = AVSEModel({"type": "conv", "out_channels": 16, "kernel_size": 16},
+                      {"type": "embedding", "out_dim": 16, "hidden": 16, "num_blocks": 1},
+                      DUAL_PATH[arch], fusion=None if arch == "avsep" else "concat").eval()
+    path = E.export_model(model, "onnx", str(tmp_path / f"{arch}.onnx"))
+    check(model, path, "onnx", relative=True)

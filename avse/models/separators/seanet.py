@@ -96,7 +96,8 @@ class ReverseAttention(nn.Module):
     def _attend(q_self, q_other, k, v, scale):
         """``softmax(q_self k^T s) v + softmax(-q_other k^T s) v`` on ``[M, heads, T, d]``.
 
-        fp32 (and GPUs): two SDPA calls, the negation a negative ``scale``. Reduced precision
+        fp32 (and GPUs): two SDPA calls, the negation on ``q_other`` (the same arithmetic as a
+        negative ``scale``, which ONNX's attention turns into ``sqrt(scale)`` = NaN). Reduced precision
         on CPU (bf16 autocast): explicit matmuls, one ``@ v`` for both, because CPU SDPA in
         bf16 is several times slower than the matmuls (measured: 646 ms vs 98 ms forward +
         backward for 132 x 4 heads x 100 x 64).
@@ -107,7 +108,7 @@ class ReverseAttention(nn.Module):
                 (q_other @ kt) * -scale, dim=-1)
             return attn @ v
         return (F.scaled_dot_product_attention(q_self, k, v, scale=scale)
-                + F.scaled_dot_product_attention(q_other, k, v, scale=-scale))
+                + F.scaled_dot_product_attention(-q_other, k, v, scale=scale))
 
     def forward(self, s: torch.Tensor, n: torch.Tensor):
         """s, n ``[M, T, D]`` -> (speech, noise) updates ``[M, T, D]`` each."""
