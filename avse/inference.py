@@ -207,24 +207,6 @@ class AVSEExtractor:
 
         return StreamSession(self, peak=peak)
 
-    def load_stream_inputs(self, mixture, video):
-        """``(mixture [T] @16 kHz, visual [T / 640, ...])`` of a face-centred clip or ``.npy``
-        and an optional mixture file, fitted to each other as :meth:`extract` does."""
-        from avse.video.preflight import check_mixture_length
-
-        source = str(mixture or video)
-        if mixture is None:
-            if str(video).endswith(".npy"):
-                raise ValueError("no mixture given: only an mp4 carries its own audio")
-        wav = read_audio(source)
-        check_mixture_length(len(wav), source)
-        visual = self.load_visual(video)
-        try:
-            visual, _ = fit_visual_to_audio(visual, len(wav))
-        except AlignmentError as err:
-            raise AlignmentError(f"{video} (mixture: {source}): {err}") from None
-        return wav, visual
-
     # -------------------------------------------------------------- file API
     def load_visual(self, video) -> np.ndarray:
         """``video``: a face-centred mp4 (cropped as the recipe does) or a ``.npy`` embedding."""
@@ -254,17 +236,11 @@ class AVSEExtractor:
         _, lips = decode_media(path, want_audio=False, crop=MOUTH_CROPS[self.crop])
         return lips
 
-    def extract(self, mixture=None, video=None, sample_rate: int | None = None,
-                return_activity: bool = False):
-        """Extract the target of ``video`` from ``mixture``; returns ``wav [T]`` @16 kHz (and
-        with ``return_activity`` the probabilities ``[Tv]``, or None, as :meth:`extract_batch`).
-
-        ``mixture``: a path (wav/flac/m4a/mp4), an array ``[T]``, or None to use the mp4's own
-        audio. ``sample_rate``: the array's rate (resampled to 16 kHz). An audio/video length
-        mismatch up to 1 s is padded or trimmed with a warning; beyond that, AlignmentError.
-        """
-        if video is None:
-            raise ValueError("extract() needs the target's video (mp4) or lip embedding (.npy)")
+    def load_inputs(self, mixture, video, sample_rate: int | None = None):
+        """``(mixture [T] @16 kHz, visual [T / 640, ...])`` as :meth:`extract` takes them
+        (``mixture``: a path, an array at ``sample_rate``, or None for the mp4's own audio),
+        fitted to each other: a length mismatch up to 1 s is padded or trimmed with a warning;
+        beyond that, AlignmentError."""
         from avse.video.preflight import check_mixture_length
 
         source = "the mixture"
@@ -287,6 +263,20 @@ class AVSEExtractor:
         if diff:
             logger.warning("audio and video lengths differ by %d frame(s) (%.2f s): the video was "
                            "%s", abs(diff), abs(diff) / FPS, "padded" if diff > 0 else "trimmed")
+        return mixture, visual
+
+    def extract(self, mixture=None, video=None, sample_rate: int | None = None,
+                return_activity: bool = False):
+        """Extract the target of ``video`` from ``mixture``; returns ``wav [T]`` @16 kHz (and
+        with ``return_activity`` the probabilities ``[Tv]``, or None, as :meth:`extract_batch`).
+
+        ``mixture``: a path (wav/flac/m4a/mp4), an array ``[T]``, or None to use the mp4's own
+        audio. ``sample_rate``: the array's rate (resampled to 16 kHz). An audio/video length
+        mismatch up to 1 s is padded or trimmed with a warning; beyond that, AlignmentError.
+        """
+        if video is None:
+            raise ValueError("extract() needs the target's video (mp4) or lip embedding (.npy)")
+        mixture, visual = self.load_inputs(mixture, video, sample_rate)
         est, act = self.extract_array(mixture, visual, None, return_activity=True)
         est, act = torch.from_numpy(est), None if act is None else torch.from_numpy(act)
         return (est, act) if return_activity else est
@@ -434,7 +424,7 @@ def _write_streamed(extractor, args) -> int:
     if args.mixture:
         check_audio(args.mixture)
     torch.set_num_threads(args.threads)
-    wav, visual = extractor.load_stream_inputs(args.mixture, args.video)
+    wav, visual = extractor.load_inputs(args.mixture, args.video)
     session = extractor.stream(peak=args.stream_peak)
     block = max(1, round(args.block_ms * SAMPLE_RATE / 1000))
     out = run_blocks(session, wav, visual, block=block)

@@ -25,7 +25,7 @@ def replay(extractor, video: str, out: str, mixture: str | None = None, block_ms
 
     from avse.safe_io import OutputStage
 
-    wav, visual = extractor.load_stream_inputs(mixture, video)
+    wav, visual = extractor.load_inputs(mixture, video)
     session = extractor.stream(peak=peak)
     block = max(1, round(block_ms * SAMPLE_RATE / 1000))
     pace = RealTimePace(block) if realtime else None
