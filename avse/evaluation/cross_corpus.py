@@ -16,7 +16,11 @@ case, ``-`` and ``_``: ``TCD-TIMIT`` is ``tcdtimit``), whose default list is
 label with an explicit ``LIST`` (e.g. ``tcdtimit_lipspeakers=data/tcd:lipspeakers_2mix.csv``).
 ``LIST`` is a path, or a file name inside ``OUT_DIR/lists/`` (then ``OUT_DIR``). Only the
 rows of the list's ``--set`` (default ``test``) are evaluated (VoxCeleb2's and LRS2's lists
-also hold train and val rows), the first ``--max_mixtures`` of them.
+also hold train and val rows; a list of one set is used whole), the first
+``--max_mixtures`` of them, read from the shards of their set, ``OUT_DIR/shards/<set>/``.
+TCD-TIMIT keeps its volunteers and lipspeakers apart (:data:`DEFAULT_LISTS`): ``tcdtimit``
+is the volunteers' list and shards, ``tcd_lip=OUT:lipspeakers/voxmix_2mix.csv`` the
+lipspeakers'.
 
 The scoring is the evaluation package's (:func:`~avse.evaluation.scoring.score_loader`, one
 :class:`~avse.evaluation.scoring.Scorer` for every corpus: a missing PESQ/STOI package is
@@ -57,8 +61,8 @@ from avse.evaluation.scoring import Scorer, score_loader
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CORPORA", "DEFAULT_LIST", "Corpus", "CorpusError", "parse_corpus", "resolve_corpus",
-           "evaluate_corpora", "table_rows", "main"]
+__all__ = ["CORPORA", "DEFAULT_LIST", "DEFAULT_LISTS", "Corpus", "CorpusError", "parse_corpus",
+           "resolve_list", "resolve_corpus", "evaluate_corpora", "table_rows", "main"]
 
 PROG = "python -m avse.evaluation.cross_corpus"
 TABLE = "cross_corpus"
@@ -66,9 +70,13 @@ CORPORA = {"voxceleb2": "VoxCeleb2", "lrs2": "LRS2", "lrs3": "LRS3", "grid": "GR
            "tcdtimit": "TCD-TIMIT"}
 """Known corpus names (canonical: lower case, no ``-`` / ``_``) and how papers spell them."""
 DEFAULT_LIST = "voxmix_2mix.csv"
-"""The list a known corpus is evaluated on when ``LIST`` is not given: the 2-mix VoxMix list
-the recipes' ``lists`` stage writes to ``OUT/lists/`` (VoxCeleb2, LRS2, LRS3; the GRID and
-TCD-TIMIT recipes use the same stage)."""
+"""The list (in ``OUT/lists/``) a known corpus is evaluated on when ``LIST`` is not given:
+the 2-mix VoxMix list of the recipes' ``lists`` stage (VoxCeleb2, LRS2, LRS3, GRID), except
+where :data:`DEFAULT_LISTS` says otherwise."""
+DEFAULT_LISTS = {"tcdtimit": os.path.join("volunteers", DEFAULT_LIST)}
+"""TCD-TIMIT keeps volunteers and lipspeakers apart (``OUT/lists/<subset>/``, shards
+``OUT/shards/<subset>/``): the volunteers by default; the lipspeakers with
+``tcdtimit_lipspeakers=OUT:lipspeakers/voxmix_2mix.csv``."""
 
 
 class CorpusError(ValueError):
@@ -122,32 +130,49 @@ def _csvs(folder: str) -> str:
     return f"{folder} holds {', '.join(found)}" if found else f"{folder} holds no .csv list"
 
 
-def resolve_corpus(corpus: Corpus, set_name: str = "test") -> tuple[str, str]:
-    """``(shard split folder, list path)`` of ``corpus``; :class:`CorpusError` naming the
-    corpus and what is missing (the folder, ``OUT_DIR/shards/<set>``, the list)."""
+def resolve_list(corpus: Corpus) -> str:
+    """The list path of ``corpus``; :class:`CorpusError` naming the corpus and what is
+    missing (the folder, the list: with the paths tried and the lists ``OUT/lists`` holds)."""
     where = f"corpus {corpus.name}"
     if not os.path.isdir(corpus.out_dir):
         raise CorpusError(f"{where}: folder {corpus.out_dir} not found (the recipe's --out_dir)")
-    shards = os.path.join(corpus.out_dir, "shards", set_name)
-    if not os.path.isdir(shards):
-        raise CorpusError(f"{where}: no {set_name} shards {shards} (run the recipe's shards "
-                          "stage)")
     lists_dir = os.path.join(corpus.out_dir, "lists")
     if corpus.list is None:
-        path = os.path.join(lists_dir, DEFAULT_LIST)
+        path = os.path.join(lists_dir, DEFAULT_LISTS.get(corpus.name, DEFAULT_LIST))
         if not os.path.isfile(path):
             raise CorpusError(f"{where}: mixture list {path} not found (run the recipe's lists "
                               f"stage, or name one: {corpus.name}=OUT_DIR:LIST; "
-                              f"{_csvs(lists_dir)})")
-        return shards, path
+                              f"{_csvs(os.path.dirname(path))})")
+        return path
     tried = [corpus.list] if os.path.isabs(corpus.list) else [
         os.path.join(lists_dir, corpus.list), os.path.join(corpus.out_dir, corpus.list),
         corpus.list]
     for path in tried:
         if os.path.isfile(path):
-            return shards, path
+            return path
     raise CorpusError(f"{where}: mixture list {corpus.list} not found (tried "
                       f"{', '.join(dict.fromkeys(tried))}; {_csvs(lists_dir)})")
+
+
+def resolve_corpus(corpus: Corpus, set_name: str = "test", max_mixtures=None):
+    """``(list path, rows, shard split folder)``: the list's rows of set ``set_name`` (all
+    of them when the list holds one set only, e.g. TCD-TIMIT's ``volunteers``), the first
+    ``max_mixtures``, and ``OUT_DIR/shards/<the rows' set>``; :class:`CorpusError` naming the
+    corpus and the path that is missing."""
+    from avse.data.lists import read_list
+    from avse.data.loaders.list_mode import select_rows
+
+    where = f"corpus {corpus.name}"
+    path = resolve_list(corpus)
+    rows = select_rows(read_list(path), set_name, path)[:max_mixtures]
+    if not rows:
+        raise CorpusError(f"{where}: {path} holds no {set_name} rows")
+    split = rows[0].set
+    shards = os.path.join(corpus.out_dir, "shards", split)
+    if not os.path.isdir(shards):
+        raise CorpusError(f"{where}: no {split} shards {shards} for {path} (run the recipe's "
+                          "shards stage)")
+    return path, rows, shards
 
 
 def _crop_note(shards: str, model_crop: str | None, where: str) -> str | None:
@@ -170,16 +195,15 @@ def evaluate_corpora(model, corpora, metrics=DEFAULT_METRICS, max_mixtures: int 
     """Evaluate ``model`` (an AVSEModel) on each :class:`Corpus` of ``corpora``.
 
     Returns ``{"model": model_dir, "set", "metrics", "corpora": {name: {"out_dir",
-    "shards", "list", "crop", "mixtures", "summary"}}, "failed": {name: error}, "order"}``;
+    "shards", "list", "set", "crop", "mixtures", "summary"}}, "failed": {name: error},
+    "order"}``;
     a corpus that fails (any error, named with the corpus) is listed under ``failed`` and
     the others are evaluated.
     With ``out_dir``: ``<name>.csv`` per corpus and the table ``cross_corpus.{txt,csv,json}``
     (:func:`table_rows`; the json is the returned dict). ``normalise``: the test mixtures'
     normalisation (:class:`~avse.data.mixing.MixtureConfig`; None for models whose
     ``inference`` section says ``mixture_norm: none``)."""
-    from avse.data.lists import read_list
     from avse.data.loaders import make_list_loader
-    from avse.data.loaders.list_mode import select_rows
     from avse.data.mixing import MixtureConfig
 
     names = [c.name for c in corpora]
@@ -191,13 +215,11 @@ def evaluate_corpora(model, corpora, metrics=DEFAULT_METRICS, max_mixtures: int 
     for corpus in corpora:
         where, path = f"corpus {corpus.name}", None
         try:
-            shards, path = resolve_corpus(corpus, set_name)
-            rows = select_rows(read_list(path), set_name, path)[:max_mixtures]
-            if not rows:
-                raise CorpusError(f"{where}: {path} holds no {set_name} rows")
+            path = resolve_list(corpus)  # its errors name the list
+            path, rows, shards = resolve_corpus(corpus, set_name, max_mixtures)
             crop = _crop_note(shards, model_crop, where)
             loader = make_list_loader(shards, rows, stage="test", config=config, batch_size=1,
-                                      seed=seed, visual_field=visual_field, set_name=set_name)
+                                      seed=seed, visual_field=visual_field, set_name=rows[0].set)
             print(f"[{corpus.name}] {len(rows)} mixtures: {path} on {shards}", file=sys.stderr)
             tracker = score_loader(model, loader, scorer, device=device, progress=progress,
                                    desc=corpus.name)
@@ -210,6 +232,7 @@ def evaluate_corpora(model, corpora, metrics=DEFAULT_METRICS, max_mixtures: int 
             failed[corpus.name] = message
             continue
         done[corpus.name] = {"out_dir": corpus.out_dir, "shards": shards, "list": path,
+                             "set": rows[0].set,
                              "crop": crop, "mixtures": len(tracker), "summary": tracker.summary()}
         if out_dir:
             tracker.write_csv(os.path.join(out_dir, f"{corpus.name}.csv"))
@@ -257,7 +280,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_mixtures", type=int, default=None,
                    help="the first N rows of each list's set (default all)")
     p.add_argument("--set", dest="set_name", default="test",
-                   help="shard split and list set (default %(default)s)")
+                   help="the rows of a list holding several sets (default %(default)s); the "
+                        "shard split is the rows' set (TCD-TIMIT: volunteers / lipspeakers)")
     p.add_argument("--out_dir", help="default <model>/eval/cross_corpus")
     p.add_argument("--device", default="cpu")
     p.add_argument("--visual_field", default="auto", help="lips or emb (default: the one the "

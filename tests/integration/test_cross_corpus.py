@@ -1,11 +1,13 @@
 """The cross-corpus table: one model over several tiny recipe-layout corpora, one table.
 
-Two tiny generated corpora (shards/<split>, lists/) stand for VoxCeleb2 (its default list
-``lists/voxmix_2mix.csv`` holding train, val and test rows) and LRS3 (an explicit list); a
-missing GRID folder and a TCD-TIMIT folder without its list fail with errors naming them,
-and the others are still evaluated into the one table.
+Tiny generated corpora (shards/<split>, lists/) stand for VoxCeleb2 (its default list
+``lists/voxmix_2mix.csv`` holding train, val and test rows), LRS3 (an explicit list) and
+TCD-TIMIT (``shards/volunteers``, ``lists/volunteers/voxmix_2mix.csv``, as its recipe lays
+them out); a missing GRID folder and an LRS2 folder without its list fail with errors
+naming them, and the others are still evaluated into the one table.
 """
 import csv
+import dataclasses
 import json
 import os
 
@@ -15,7 +17,7 @@ import pytest
 from avse.data import lists
 from tests.conftest import run_cmd
 from tests.model_helpers import tiny_model_folder
-from tests.training_helpers import tiny_corpus
+from tests.training_helpers import make_split, tiny_corpus
 
 CLI = ["python", "-m", "avse.evaluation.cross_corpus"]
 FAST = ["si_sdr", "si_sdri", "sdr", "sdri"]
@@ -35,8 +37,13 @@ def setup(tmp_path_factory):
             for m in lists.read_list(os.path.join(vox, "lists", f"{s}_2mix.csv"))]
     lists.write_list(rows, os.path.join(vox, "lists", "voxmix_2mix.csv"))  # the recipes' name
     lrs3 = tiny_corpus(root / "lrs3", test_rows=2, seed=1)
-    (root / "tcd" / "shards" / "test").mkdir(parents=True)
-    return {"root": root, "vox": vox, "lrs3": lrs3, "tcd": str(root / "tcd"),
+    tcd = str(root / "tcd")
+    pool = make_split(tcd, "volunteers", ["01M", "02F", "03M"], 1, "lips",
+                      np.random.default_rng(2))
+    lists.write_list(lists.generate_mixtures(pool, 2, 2, (-5, 5), seed=1, mix_set="volunteers"),
+                     os.path.join(tcd, "lists", "volunteers", "voxmix_2mix.csv"))
+    (root / "lrs2" / "shards" / "test").mkdir(parents=True)
+    return {"root": root, "vox": vox, "lrs3": lrs3, "tcd": tcd, "lrs2": str(root / "lrs2"),
             "model": tiny_model_folder(str(root / "model"))}
 
 
@@ -46,20 +53,22 @@ def test_one_table_over_the_corpora_and_failures_listed(setup):
     proc = run_cmd([*CLI, "--model", setup["model"], "--metrics", ",".join(FAST),
                     "--corpus", f"voxceleb2={setup['vox']}", f"LRS3={setup['lrs3']}:test_2mix.csv",
                     "--corpus", f"grid={missing}", f"TCD-TIMIT={setup['tcd']}",
+                    f"lrs2={setup['lrs2']}",
                     "--out_dir", str(out)], check=False)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     # the failures name the corpus and the path
     assert f"corpus grid: folder {missing} not found" in proc.stderr
-    tcd_list = os.path.join(setup["tcd"], "lists", "voxmix_2mix.csv")
-    assert f"corpus tcdtimit: mixture list {tcd_list} not found" in proc.stderr
-    assert "2 of 4 corpora failed" in proc.stderr
+    lrs2_list = os.path.join(setup["lrs2"], "lists", "voxmix_2mix.csv")
+    assert f"corpus lrs2: mixture list {lrs2_list} not found" in proc.stderr
+    assert "2 of 5 corpora failed" in proc.stderr
     table = _cells(out / "cross_corpus.csv")
-    assert [r["corpus"] for r in table] == ["voxceleb2", "lrs3", "grid", "tcdtimit"]
+    assert [r["corpus"] for r in table] == ["voxceleb2", "lrs3", "grid", "tcdtimit", "lrs2"]
     assert list(table[0]) == ["corpus", "mixtures", *FAST, "status", "error"]
-    vox, lrs3, grid, tcd = table
-    assert (vox["mixtures"], lrs3["mixtures"]) == (3, 2)  # voxceleb2: the test rows only
-    for row in (vox, lrs3):
+    vox, lrs3, grid, tcd, lrs2 = table
+    # voxceleb2: the test rows only; tcdtimit: the volunteers' list and shards
+    assert (vox["mixtures"], lrs3["mixtures"], tcd["mixtures"]) == (3, 2, 2)
+    for row in (vox, lrs3, tcd):
         assert row["status"] == "ok" and row["error"] is None
         assert all(np.isfinite(row[m]) for m in FAST), row
         per_mix = _cells(out / f"{row['corpus']}.csv")
@@ -68,17 +77,20 @@ def test_one_table_over_the_corpora_and_failures_listed(setup):
     test_keys = [m.target.key for m in lists.read_list(
         os.path.join(setup["vox"], "lists", "test_2mix.csv"))]
     assert [r["id"] for r in _cells(out / "voxceleb2.csv")] == test_keys
-    for row in (grid, tcd):
+    for row in (grid, lrs2):
         assert row["status"] == "failed" and row["mixtures"] == 0
         assert all(row[m] is None for m in FAST) and row["error"].startswith(
             f"corpus {row['corpus']}:")
     summary = json.loads((out / "cross_corpus.json").read_text())
-    assert set(summary["failed"]) == {"grid", "tcdtimit"}
+    assert set(summary["failed"]) == {"grid", "lrs2"}
+    assert summary["corpora"]["tcdtimit"]["shards"] == os.path.join(setup["tcd"], "shards",
+                                                                    "volunteers")
+    assert summary["corpora"]["tcdtimit"]["set"] == "volunteers"
     assert summary["corpora"]["lrs3"]["list"].endswith(os.path.join("lists", "test_2mix.csv"))
     assert summary["corpora"]["voxceleb2"]["summary"]["si_sdr"]["count"] == 3
     text = (out / "cross_corpus.txt").read_text().splitlines()
     assert text[0].split() == ["corpus", "mixtures", *FAST, "status"]
-    assert text[3].split()[2:] == ["null"] * 4 + ["failed"]
+    assert text[3].split()[2:] == text[5].split()[2:] == ["null"] * 4 + ["failed"]
     assert proc.stdout.splitlines()[0] == text[0]
     for kind in ("txt", "csv", "json"):
         assert "nan" not in (out / f"cross_corpus.{kind}").read_text().lower()
@@ -126,15 +138,22 @@ def test_argument_errors_stop_before_evaluating(setup, tmp_path, capsys):
     assert main([*base, "--corpus", f"lrs3={setup['lrs3']}", "--metrics", "si_sdr,mos"]) == 2
     assert "mos" in capsys.readouterr().err
     assert main(["--model", str(tmp_path), "--corpus", f"lrs3={setup['lrs3']}"]) == 2
-    assert not os.listdir(tmp_path)
+    assert not os.listdir(tmp_path)  # nothing evaluated, nothing written
     # any label with an explicit list; a list path missing names the paths tried
     assert parse_corpus(f"lrs3_b={setup['lrs3']}:x.csv").name == "lrs3_b"
     assert main([*base, "--corpus", f"lrs3={setup['lrs3']}:nope.csv"]) == 1
     err = capsys.readouterr().err
     assert "corpus lrs3: mixture list nope.csv not found (tried" in err
     assert "test_2mix.csv" in err  # what lists/ holds
-    # a list whose utterances the shards lack: the error names the corpus and the list
-    other = os.path.join(setup["vox"], "lists", "train_2mix.csv")
+    # a list of a set the folder has no shards of; a list whose utterances the shards lack
+    tcd_list = os.path.join(setup["tcd"], "lists", "volunteers", "voxmix_2mix.csv")
+    assert main([*base, "--corpus", f"lrs3={setup['lrs3']}:{tcd_list}"]) == 1
+    shards = os.path.join(setup["lrs3"], "shards", "volunteers")
+    assert f"corpus lrs3: no volunteers shards {shards} for {tcd_list}" in capsys.readouterr().err
+    other = str(tmp_path / "other.csv")
+    lists.write_list([dataclasses.replace(m, set="test") for m in lists.read_list(tcd_list)],
+                     other)
     assert main([*base, "--corpus", f"lrs3={setup['lrs3']}:{other}"]) == 1
     err = capsys.readouterr().err
-    assert f"corpus lrs3 ({other}): " in err and "Traceback" not in err
+    assert f"corpus lrs3 ({other}): " in err and "not found in" in err
+    assert "Traceback" not in err
