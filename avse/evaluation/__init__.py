@@ -11,6 +11,8 @@
   (``python -m avse.evaluation.conditions lists|evaluate``).
 - :mod:`~avse.evaluation.sync_sweep` -- the AV-sync sweep (``python -m
   avse.evaluation.sync_sweep``, ``tools/eval_sync.py``).
+- :mod:`~avse.evaluation.cross_corpus` -- one model on several corpora's test lists, one
+  table (``python -m avse.evaluation.cross_corpus``).
 
 PESQ and STOI need ``pip install 'avse[eval]'``; without it their columns are undefined and
 the evaluation says so in one line.

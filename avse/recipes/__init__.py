@@ -1,6 +1,7 @@
 """Corpus preparation: raw corpora -> manifests -> extracted features -> shards -> lists.
 
-One module per corpus (``voxceleb2``, ``lrs2``, ``lrs3``, ``musan``) holds its layout,
+One module per corpus (``voxceleb2``, ``lrs2``, ``lrs3``, ``musan``; the evaluation corpora
+``tcdtimit`` and ``grid``) holds its layout,
 splits and metadata, with the same shape everywhere: ``prepare_<corpus>(corpus_dir,
 out_dir, ...)`` plus one CLI subcommand per stage, called by ``recipes/<Corpus>/run.sh``.
 What they share lives below them, and no corpus module imports another:
