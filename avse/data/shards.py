@@ -10,6 +10,9 @@ One sample per utterance, keyed ``<spk>/<video>/<clip>`` (no dots):
 - ``flac``: 16-bit mono FLAC @16 kHz
 - ``lips.npy``: uint8 ``[Tv, 88, 88]`` mouth ROI @25 fps, or ``emb.npy``: float16
   ``[Tv, 512]`` precomputed lip embeddings @25 fps
+- or ``face.npy``: uint8 ``[Tv, 224, 224]`` face-centred frames of the tracked face with
+  ``facelm.npy``: float32 ``[Tv, 5, 2]`` their landmarks (face-frame pixels); a recipe's
+  ``--crop face``, the mouth preset cut at load time (the loaders' ``mouth_crop``)
 - ``json``: ``{"key", "spk", "video", "clip", "split", "duration", "sr", "fps",
   "num_frames", ...}`` (``text``/``tokens`` where the corpus has them)
 
@@ -42,7 +45,8 @@ from avse.faults import fault_point
 
 FORMAT_VERSION = 1
 SHARD_PATTERN = "shard-%06d.tar"
-VISUAL_FIELDS = ("lips.npy", "emb.npy")
+VISUAL_FIELDS = ("lips.npy", "emb.npy", "face.npy")
+FACE_FIELD, FACE_LANDMARKS_FIELD = "face.npy", "facelm.npy"  # face-centred frames, landmarks
 
 
 class ShardError(ValueError):
@@ -369,7 +373,8 @@ def write_speakers_file(split_dir: str, speakers=None) -> str:
 
 
 def resolve_visual_field(meta: dict, visual_field: str = "auto") -> str:
-    """``"lips.npy"`` or ``"emb.npy"`` from meta.json's ``fields`` (``visual_field="auto"``)."""
+    """``"lips.npy"``, ``"emb.npy"`` or ``"face.npy"`` from meta.json's ``fields``
+    (``visual_field="auto"``)."""
     present = [k for k in VISUAL_FIELDS if k in meta.get("fields", [])]
     if visual_field == "auto":
         if len(present) != 1:

@@ -77,6 +77,7 @@ DEFAULT_LISTS = {"tcdtimit": os.path.join("volunteers", DEFAULT_LIST)}
 """TCD-TIMIT keeps volunteers and lipspeakers apart (``OUT/lists/<subset>/``, shards
 ``OUT/shards/<subset>/``): the volunteers by default; the lipspeakers with
 ``tcdtimit_lipspeakers=OUT:lipspeakers/voxmix_2mix.csv``."""
+FACE_SHARDS = "face"  # meta.json crop of face-centred shards (avse.recipes.stages.FACE_CROP)
 
 
 class CorpusError(ValueError):
@@ -176,10 +177,14 @@ def resolve_corpus(corpus: Corpus, set_name: str = "test", max_mixtures=None):
 
 
 def _crop_note(shards: str, model_crop: str | None, where: str) -> str | None:
-    """The shards' crop preset (meta.json); a warning when the model was trained on another."""
+    """The shards' crop preset (meta.json); a warning when the model was trained on another.
+    Shards of face-centred frames (``"face"``, a recipe's ``--crop face``) are cut to the
+    model's crop at load time: no mismatch."""
     from avse.data.shards import read_meta
 
     crop = read_meta(shards).get("crop")
+    if crop == FACE_SHARDS:
+        return crop
     if crop and model_crop and crop != model_crop:
         logger.warning("%s: the shards hold the %r crop, the model was trained on %r; its "
                        "numbers on this corpus mix a crop mismatch into the domain shift",
@@ -219,7 +224,9 @@ def evaluate_corpora(model, corpora, metrics=DEFAULT_METRICS, max_mixtures: int 
             path, rows, shards = resolve_corpus(corpus, set_name, max_mixtures)
             crop = _crop_note(shards, model_crop, where)
             loader = make_list_loader(shards, rows, stage="test", config=config, batch_size=1,
-                                      seed=seed, visual_field=visual_field, set_name=rows[0].set)
+                                      seed=seed, visual_field=visual_field, set_name=rows[0].set,
+                                      mouth_crop=model_crop if crop == FACE_SHARDS else None)
+            crop = f"{crop}:{model_crop}" if crop == FACE_SHARDS else crop  # the crop cut
             print(f"[{corpus.name}] {len(rows)} mixtures: {path} on {shards}", file=sys.stderr)
             tracker = score_loader(model, loader, scorer, device=device, progress=progress,
                                    desc=corpus.name)

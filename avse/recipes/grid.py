@@ -8,7 +8,10 @@ Stages (``recipes/GRID/run.sh`` calls them in order; each is idempotent):
    dropped) into ``text`` and ``words`` (seconds); probe the video and the wav.
 2. ``extract``: 16 kHz mono audio resampled from the wav; the face tracked and cropped as
    ``avse-extract`` does (``--crop landmarks`` by default, a preset of
-   :data:`avse.recipes.stages.TRACKED_CROPS`: GRID video is not face-centred).
+   :data:`avse.recipes.stages.TRACKED_CROPS`: GRID video is not face-centred), or with
+   ``--crop face`` the tracked face-centred frames and landmarks (``face.npy``,
+   ``facelm.npy``), the model's crop cut from them at load time (the list loader's
+   ``mouth_crop``; the cross-corpus table passes the model's).
 3. ``shards``: ``OUT/shards/test/`` + ``meta.json``; the json carries ``text``, ``conf``
    (None) and ``words`` (``[[WORD, start_s, end_s], ...]``).
 4. ``lists``: ``voxmix_2mix.csv`` / ``voxmix_3mix.csv`` test lists, sources from different

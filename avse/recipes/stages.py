@@ -73,7 +73,8 @@ from avse.recipes.manifest import (  # noqa: F401 (the manifest stage, part of t
 
 DEFAULT_MIXTURES = {"train": 20000, "val": 5000, "test": 3000}  # VoxMix sizes
 TRACKED_CROPS = ("landmarks", "lipread")  # presets cut from the tracked face (avse.video.crops)
-CROPS = tuple(sorted(MOUTH_CROPS)) + TRACKED_CROPS
+FACE_CROP = "face"  # the tracked face-centred frames kept; the mouth preset is cut at load time
+CROPS = tuple(sorted(MOUTH_CROPS)) + TRACKED_CROPS + (FACE_CROP,)
 
 
 # --------------------------------------------------------------------------- extract
@@ -84,8 +85,12 @@ def extract_utterance(entry: dict, crop: str = "voxceleb2", min_duration: float 
     ``visual`` is uint8 ``[Tv, S, S]`` ROI (the fixed crop ``MOUTH_CROPS[crop]``, or for
     ``crop`` in :data:`TRACKED_CROPS` the face tracked and cropped as ``avse-extract`` does:
     :func:`avse.video.faces.clip_mouths`) or
-    float16 ``[Tv, 512]`` embeddings (``entry["emb"]``), and ``T == Tv * 640``. Raises
-    MediaError / AlignmentError / ValueError with a reason.
+    float16 ``[Tv, 512]`` embeddings (``entry["emb"]``), and ``T == Tv * 640``. With
+    ``crop="face"`` (:data:`FACE_CROP`) ``visual`` is ``{"face.npy": uint8 [Tv, 224, 224]
+    face-centred frames (luma), "facelm.npy": float32 [Tv, 5, 2] landmarks in face-frame
+    pixels}`` of the tracked face (:func:`clip_faces`), from which any preset is cut at load
+    time (:func:`avse.video.crops.crop_faces`). Raises MediaError / AlignmentError /
+    ValueError with a reason.
     """
     if entry.get("emb"):
         emb = np.load(entry["emb"], allow_pickle=False)
@@ -103,6 +108,8 @@ def extract_utterance(entry: dict, crop: str = "voxceleb2", min_duration: float 
             from avse.video.faces import clip_mouths
 
             visual = clip_mouths(entry["media"], crop, n_frames=len(visual))
+        elif crop == FACE_CROP:
+            visual, landmarks = clip_faces(entry["media"], n_frames=len(visual))
         if entry.get("audio"):
             wav = read_audio(entry["audio"])
     declared = float(entry.get("duration") or 0.0)
@@ -121,7 +128,34 @@ def extract_utterance(entry: dict, crop: str = "voxceleb2", min_duration: float 
             "duration": round(duration, 4), "num_frames": int(len(visual)),
             "num_samples": int(len(wav)), "sr": SAMPLE_RATE, "fps": FPS,
             "visual": "emb" if entry.get("emb") else "lips"}
+    if crop == FACE_CROP and not entry.get("emb"):
+        visual = {"face.npy": visual, "facelm.npy": landmarks[:len(visual)]}
+        info["visual"] = "face"
     return wav, visual, info
+
+
+def clip_faces(video: str, n_frames: int | None = None, detector=None, **opts):
+    """The face-centred frames of a clip's largest face track on its frame grid, as
+    :func:`avse.video.faces.clip_mouths` tracks it (grid frames outside the track repeat its
+    first / last frame). Returns ``(faces uint8 [Tv, 224, 224], landmarks float32 [Tv, 5, 2]
+    in face-frame pixels)``; NoFaceError when no face track is found."""
+    import tempfile
+
+    from avse.video.faces import (detect_and_track, largest_track, probe, require_faces,
+                                  write_face_frames)
+
+    info = probe(video)
+    with tempfile.TemporaryDirectory(prefix="avse-faces-") as work:
+        opts.setdefault("min_track_s", 0.2)
+        scan = require_faces(detect_and_track(video, origin=info.video_start, info=info,
+                                              detector=detector, **opts), video)
+        best = largest_track(scan)
+        write_face_frames(scan, video, work, tracks=[best.id])
+        faces = np.asarray(scan.faces(best.id))
+        landmarks = scan.landmarks(best.id).astype(np.float32)
+    index = np.clip(np.searchsorted(np.asarray(best.frames), np.arange(n_frames or scan.n_frames)),
+                    0, len(faces) - 1)
+    return faces[index], landmarks[index]
 
 
 def extract_paths(out_dir: str, entry: dict) -> dict:
@@ -133,6 +167,9 @@ def extract_paths(out_dir: str, entry: dict) -> dict:
     ['flac', 'json', 'lips.npy']
     """
     base = os.path.join(out_dir, "extract", entry["split"], entry["key"])
+    if entry.get("visual") == "face":  # --crop face: the frames and their landmarks
+        return {"flac": base + ".flac", "face.npy": base + ".face.npy",
+                "facelm.npy": base + ".facelm.npy", "json": base + ".json"}
     vis = "emb.npy" if entry.get("emb") else "lips.npy"
     return {"flac": base + ".flac", vis: base + "." + vis, "json": base + ".json"}
 
@@ -143,13 +180,13 @@ def _extract_one(task):
         wav, visual, info = extract_utterance(entry, **opts)
     except Exception as err:  # rejection with reason; the run goes on
         return entry, None, f"{type(err).__name__}: {err}"
-    paths = extract_paths(out_dir, entry)
+    paths = extract_paths(out_dir, {**entry, "visual": info["visual"]})
     os.makedirs(os.path.dirname(paths["json"]), exist_ok=True)
     for field, path in paths.items():
         if field == "flac":
             atomic_write(path, encode_flac(wav))
         elif field.endswith("npy"):
-            atomic_write(path, encode_npy(visual))
+            atomic_write(path, encode_npy(visual[field] if isinstance(visual, dict) else visual))
     atomic_write(paths["json"], json.dumps(info, sort_keys=True).encode())  # last: done mark
     return entry, info, None
 
@@ -217,7 +254,7 @@ def read_extracted(out_dir: str) -> list[dict]:
 def _samples(out_dir: str, infos, extra_json: dict | None = None):
     for info in infos:
         paths = extract_paths(out_dir, {"split": info["split"], "key": info["key"],
-                                        "emb": info["visual"] == "emb"})
+                                        "emb": info["visual"] == "emb", "visual": info["visual"]})
         sample = {"__key__": info["key"]}
         for field, path in paths.items():
             with open(path, "rb") as f:
@@ -258,6 +295,8 @@ def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
                 (extra_json or {}).get(i["key"]) for i in infos]})
         meta = {"split": split, "corpus": corpus, "visual": sorted({i["visual"] for i in infos}),
                 "roi_size": 112 if crop == "lipread" else 88, "crop": crop, **(extra_meta or {})}
+        if crop == FACE_CROP:  # the mouth preset is cut at load time (loaders' mouth_crop)
+            meta.update(roi_size=None, face_size=224, face_gray="luma")
         metas[split], written = pack_split(
             out_dir, split, params, _samples(out_dir, infos, extra_json), len(infos),
             shard_size, shard_multiple, meta, on_written=_write_speakers(infos))
@@ -387,7 +426,8 @@ def add_stage_parsers(sub, common, crop: str, mixtures: str, numbers=(2, 3, 4)) 
     p = parsers["extract"] = sub.add_parser(
         "extract", parents=[common], help=f"stage {numbers[0]}: decode audio + mouth ROI")
     p.add_argument("--crop", default=crop, help=f"mouth crop preset {list(CROPS)} (landmarks, "
-                   "lipread: the face tracked, as avse-extract does on real videos)")
+                   "lipread: the face tracked, as avse-extract does on real videos; face: "
+                   "the tracked face-centred frames kept, any preset cut at load time)")
     p.add_argument("--min_duration", type=float, default=1.0, help="seconds")
     p.add_argument("--max_diff_frames", type=int, default=1)
     p.add_argument("--retry_rejected", action="store_true")

@@ -20,7 +20,9 @@ Stages (``recipes/TCD-TIMIT/run.sh``; each idempotent, the shared AV stages of
    test data, the two groups are kept apart. Probe each clip.
 2. ``extract``: 16 kHz mono audio and the mouth ROI at 25 fps (frames resampled by
    timestamp), the face tracked and cropped as ``avse-extract`` does (``--crop landmarks``
-   by default, or ``lipread``; :data:`avse.recipes.stages.TRACKED_CROPS`).
+   by default, or ``lipread``; :data:`avse.recipes.stages.TRACKED_CROPS`), or with ``--crop
+   face`` the tracked face-centred frames and landmarks (``face.npy``, ``facelm.npy``), the
+   model's crop cut from them at load time (the list loader's ``mouth_crop``).
 3. ``shards``: ``OUT/shards/volunteers/`` and ``OUT/shards/lipspeakers/`` (+ meta.json);
    the json carries ``sentence``.
 4. ``lists``: ``OUT/lists/<subset>/voxmix_<k>mix.csv``: per subset, ``k``-speaker

@@ -27,6 +27,15 @@ does not decode (bad FLAC or npy, a missing field) is, by ``bad_rows``:
 
 Skipped rows are logged (one warning line each) and counted in ``loader.faults``.
 
+Face shards (a recipe's ``--crop face``: ``face.npy`` face-centred frames + ``facelm.npy``
+landmarks) are loaded with ``mouth_crop``, the crop preset of the model: its mouth crop is
+cut from the frames here (:func:`avse.video.crops.crop_faces`, as the own-video pipeline
+cuts it), so one staging serves models trained on any crop. ``landmarks`` equals what
+staging with ``--crop landmarks`` stores; the box presets (``voxceleb2``, ``lrs3``, ``lrs2``)
+are cut from the tracked face frames as ``avse-extract`` cuts them (a staging with those
+crops cuts the raw picture instead); ``lipread`` reads the frames' luma, where a ``--crop
+lipread`` staging applies OpenCV's RGB weights.
+
 Example
 -------
 >>> import tempfile
@@ -58,7 +67,8 @@ from avse.data.loaders.checked import CheckedIndex, load_checked, read_npy_check
 from avse.data.mixing import MixtureConfig, pad_to
 from avse.data.noise import combine_pieces
 from avse.data.partition import dist_info
-from avse.data.shards import ShardError, ShardIndex, read_meta, resolve_visual_field
+from avse.data.shards import (FACE_FIELD, FACE_LANDMARKS_FIELD, ShardError, ShardIndex, read_meta,
+                               resolve_visual_field)
 
 STAGE_SETS = {"train": "train", "valid": "val", "test": "test"}
 BAD_ROWS = {"train": "substitute", "valid": "drop", "test": "raise"}
@@ -71,11 +81,21 @@ class ListMixDataset(Dataset):
 
     def __init__(self, rows, index: ShardIndex, config: MixtureConfig, crop: bool, visual_field,
                  speakers, mismatched: dict | None = None, seed: int = 0,
-                 noise_index: ShardIndex | None = None, bad_rows: str = "raise", rank: int = 0):
+                 noise_index: ShardIndex | None = None, bad_rows: str = "raise", rank: int = 0,
+                 mouth_crop: str | None = None):
         self.rows, self.index, self.config, self.crop = rows, index, config, crop
         self.visual_field, self.labels = visual_field, {s: i for i, s in enumerate(speakers or [])}
         self.mismatched, self.seed, self.noise_index = mismatched, seed, noise_index
-        self.bad_rows, self.rank = bad_rows, rank
+        self.bad_rows, self.rank, self.mouth_crop = bad_rows, rank, mouth_crop
+
+    def _cut(self, key, visual):
+        """Face frames -> the ``mouth_crop`` preset's crops (other visual as it is)."""
+        if self.mouth_crop is None or self.visual_field != FACE_FIELD:
+            return visual
+        from avse.video.crops import crop_faces
+
+        landmarks = read_npy_checked(self.index, key, FACE_LANDMARKS_FIELD)[:len(visual)]
+        return crop_faces(visual, self.mouth_crop, landmarks)
 
     def __len__(self):
         return len(self.rows)
@@ -118,11 +138,13 @@ class ListMixDataset(Dataset):
                                      i if seed_row is None else seed_row])
         n = max(1, int(math.floor(mix.length * FPS + 1e-6)))
         tgt = mix.target
-        wav_t, visual = pad_to(*load_checked(self.index, tgt.key, self.visual_field), n)
+        wav_t, visual = load_checked(self.index, tgt.key, self.visual_field)
+        wav_t, visual = pad_to(wav_t, self._cut(tgt.key, visual), n)
         lips_key = tgt.key
         if self.mismatched is not None:
             lips_key = self.mismatched[i]
-            visual = pad_to(None, read_npy_checked(self.index, lips_key, self.visual_field), n)[1]
+            visual = pad_to(None, self._cut(lips_key, read_npy_checked(
+                self.index, lips_key, self.visual_field)), n)[1]
         inter = [load_checked(self.index, s.key)[0][:n * SAMPLES_PER_FRAME]
                  for s in mix.interferers]
         if mix.noise and self.noise_index is None:
@@ -282,7 +304,7 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
                      set_name: str | None = None, speakers="auto", rank: int | None = None,
                      world_size: int | None = None, pin_memory: bool = False,
                      noise_dirs=None, skip_bad_shards: bool = False,
-                     bad_rows: str | None = None) -> ListLoader:
+                     bad_rows: str | None = None, mouth_crop: str | None = None) -> ListLoader:
     """Loader over the rows of a VoxMix list, utterances read from shards by key.
 
     Arguments
@@ -326,6 +348,10 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
     bad_rows : str, optional
         a row whose utterance does not decode: ``"substitute"``, ``"drop"`` or ``"raise"``
         (module docstring); default by stage: train substitute, valid drop, test raise.
+    mouth_crop : str, optional
+        the model's crop preset (:data:`avse.video.crops.CROP_PRESETS`), cut at load time from
+        face shards (``face.npy``, a recipe's ``--crop face``); required by them, ignored by
+        shards of mouth crops or embeddings.
 
     Returns
     -------
@@ -351,13 +377,20 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
     rows, noise_index = index_noise(rows, noise_dirs, where, skip_missing, skip_bad_shards)
     bad_shards = {**index.bad, **getattr(noise_index, "bad", {})}
     visual_field = resolve_visual_field(read_meta(dirs[0]), visual_field)
+    if visual_field == FACE_FIELD:
+        from avse.video.crops import CROP_PRESETS
+
+        if mouth_crop not in CROP_PRESETS:
+            raise ShardError(f"{dirs[0]} holds face-centred frames (--crop face): pass mouth_crop, "
+                             f"the model's crop preset, one of {list(CROP_PRESETS)}; got "
+                             f"{mouth_crop!r}")
     if isinstance(speakers, str):
         speakers = sorted({m.target.spk for m in rows})
     mismatched = mismatch_map(rows, seed) if visual_from == "mismatched" else None
     rank, world_size = dist_info(rank, world_size)
     train = stage == "train"
     dataset = ListMixDataset(rows, index, config, train, visual_field, speakers, mismatched, seed,
-                             noise_index, bad_rows, rank)
+                             noise_index, bad_rows, rank, mouth_crop=mouth_crop)
     sampler = EpochSampler(len(rows), rank, world_size, shuffle=train, seed=seed)
     return ListLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_rows, drop_last=train, pin_memory=pin_memory,

@@ -1,0 +1,105 @@
+"""``--crop face``: shards of the tracked face-centred frames, the model's crop cut at load time.
+
+Two tiny GRID-like face videos (MPEG-1 360x288, the astronaut's face) are staged twice by the
+shared stages, with ``--crop landmarks`` and with ``--crop face``; the list loader cutting
+``landmarks`` from the face shards gives the lips the landmarks staging stored, and the
+cross-corpus table passes the model's crop.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from avse.data.lists import parse_row
+from avse.data.loaders import make_list_loader
+from avse.data.shards import ShardError
+from avse.recipes import stages
+from avse.recipes.common import write_jsonl
+from tests.grid_fixture import N_FRAMES, write_mpg, write_wav
+
+ROWS = ["test,test,s1,grid/u1,-2.5,test,s2,grid/u2,0,1.0",
+        "test,test,s2,grid/u2,1.5,test,s1,grid/u1,0,1.0"]
+
+
+def _stage(root, media, crop):
+    out = str(root / crop)
+    os.makedirs(out)
+    entries = [{**stages.manifest_entry(f"s{k}/grid/u{k}", f"s{k}", "grid", f"u{k}", "grid",
+                                        video, "test"), "audio": wav}
+               for k, (video, wav) in enumerate(media, 1)]
+    write_jsonl(entries, os.path.join(out, "manifest.jsonl"))
+    infos = stages.stage_extract(out, crop=crop)
+    assert len(infos) == 2, open(os.path.join(out, "rejected.tsv")).read()
+    stages.stage_shards(out, shard_multiple=1, corpus="grid", crop=crop)
+    return out
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("face_frames")
+    media = []
+    for k in (1, 2):
+        video, wav = str(root / f"u{k}.mpg"), str(root / f"u{k}.wav")
+        write_mpg(video, seed=k)
+        write_wav(wav, 25000, seed=k)
+        media.append((video, wav))
+    return {crop: _stage(root, media, crop) for crop in ("landmarks", "face")}
+
+
+def _visuals(out, **opts):
+    rows = [parse_row(r) for r in ROWS]
+    loader = make_list_loader(os.path.join(out, "shards", "test"), rows, stage="test", **opts)
+    return [(b.visual.numpy(), b.mixture.numpy()) for b in loader]
+
+
+def test_face_shards_hold_the_frames_and_landmarks(staged):
+    with open(os.path.join(staged["face"], "shards", "test", "meta.json")) as f:
+        meta = json.load(f)
+    assert meta["crop"] == "face" and meta["visual"] == ["face"] and meta["face_size"] == 224
+    assert {"face.npy", "facelm.npy", "flac", "json"} <= set(meta["fields"])
+    base = os.path.join(staged["face"], "extract", "test", "s1", "grid", "u1")
+    faces, lms = np.load(base + ".face.npy"), np.load(base + ".facelm.npy")
+    assert faces.dtype == np.uint8 and faces.shape == (N_FRAMES, 224, 224)
+    assert lms.dtype == np.float32 and lms.shape == (N_FRAMES, 5, 2)
+    assert 0 < lms.min() and lms.max() < 224  # inside the face frame
+
+
+def test_landmarks_cut_at_load_time_equal_the_landmarks_staging(staged):
+    want = _visuals(staged["landmarks"])
+    got = _visuals(staged["face"], mouth_crop="landmarks")
+    assert len(got) == len(want) == 2
+    for (gv, gm), (wv, wm) in zip(got, want):
+        assert gv.shape == wv.shape == (1, 25, 88, 88)
+        assert np.array_equal(gv, wv)
+        assert np.array_equal(gm, wm)
+    # another preset from the same staging: the fixed voxceleb2 box of the face frames
+    vox = _visuals(staged["face"], mouth_crop="voxceleb2")
+    assert vox[0][0].shape == (1, 25, 88, 88) and not np.array_equal(vox[0][0], want[0][0])
+
+
+def test_face_shards_need_the_model_crop(staged):
+    with pytest.raises(ShardError, match="mouth_crop"):
+        _visuals(staged["face"])
+    with pytest.raises(ShardError, match="mouth_crop"):
+        _visuals(staged["face"], mouth_crop="nope")
+    assert _visuals(staged["landmarks"], mouth_crop="lipread")[0][0].shape[-1] == 88  # ignored
+
+
+def test_cross_corpus_cuts_the_model_crop(staged, tmp_path):
+    from avse.data.lists import write_list
+    from avse.evaluation.cross_corpus import Corpus, evaluate_corpora
+    from avse.models import load_model
+    from tests.model_helpers import tiny_model_folder
+
+    model = load_model(tiny_model_folder(str(tmp_path / "model")))
+    metrics = ["si_sdr", "si_sdri"]
+    res = {}
+    for crop, out in staged.items():
+        path = os.path.join(out, "lists", "voxmix_2mix.csv")
+        write_list([parse_row(r) for r in ROWS], path)
+        res[crop] = evaluate_corpora(model, [Corpus("grid", out, path)], metrics,
+                                     model_crop="landmarks")["corpora"]["grid"]
+    assert res["face"]["crop"] == "face:landmarks" and res["landmarks"]["crop"] == "landmarks"
+    for m in metrics:
+        assert res["face"]["summary"][m]["mean"] == res["landmarks"]["summary"][m]["mean"]
