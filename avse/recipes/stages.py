@@ -139,23 +139,10 @@ def clip_faces(video: str, n_frames: int | None = None, detector=None, **opts):
     :func:`avse.video.faces.clip_mouths` tracks it (grid frames outside the track repeat its
     first / last frame). Returns ``(faces uint8 [Tv, 224, 224], landmarks float32 [Tv, 5, 2]
     in face-frame pixels)``; NoFaceError when no face track is found."""
-    import tempfile
+    from avse.video.faces import largest_track_faces
 
-    from avse.video.faces import (detect_and_track, largest_track, probe, require_faces,
-                                  write_face_frames)
-
-    info = probe(video)
-    with tempfile.TemporaryDirectory(prefix="avse-faces-") as work:
-        opts.setdefault("min_track_s", 0.2)
-        scan = require_faces(detect_and_track(video, origin=info.video_start, info=info,
-                                              detector=detector, **opts), video)
-        best = largest_track(scan)
-        write_face_frames(scan, video, work, tracks=[best.id])
-        faces = np.asarray(scan.faces(best.id))
-        landmarks = scan.landmarks(best.id).astype(np.float32)
-    index = np.clip(np.searchsorted(np.asarray(best.frames), np.arange(n_frames or scan.n_frames)),
-                    0, len(faces) - 1)
-    return faces[index], landmarks[index]
+    faces, landmarks, index = largest_track_faces(video, detector, n_frames, **opts)
+    return faces[index], landmarks.astype(np.float32)[index]
 
 
 def extract_paths(out_dir: str, entry: dict) -> dict:

@@ -446,9 +446,20 @@ def clip_mouths(video: str, preset: str = "landmarks", detector=None, n_frames: 
     ------
     NoFaceError when no face track is found.
     """
-    import tempfile
-
     from avse.video.crops import crop_faces
+
+    faces, landmarks, index = largest_track_faces(video, detector, n_frames, preset, **opts)
+    return crop_faces(faces, preset, landmarks)[index]
+
+
+def largest_track_faces(video: str, detector=None, n_frames: int | None = None,
+                        preset: str | None = None, **opts):
+    """The face-centred frames of a clip's largest face track (:func:`clip_mouths`, the
+    recipes' ``--crop face``): ``(faces uint8 [F, 224, 224], landmarks [F, 5, 2] in face-frame
+    pixels, index [Tv])``, where ``index`` maps each of the ``n_frames`` grid frames (default:
+    the clip's) to a track frame, grid frames outside the track taking its first / last.
+    ``preset`` as :func:`write_face_frames`. NoFaceError when no face track is found."""
+    import tempfile
 
     info = probe(video)
     with tempfile.TemporaryDirectory(prefix="avse-clip-") as work:
@@ -457,7 +468,7 @@ def clip_mouths(video: str, preset: str = "landmarks", detector=None, n_frames: 
                                               detector=detector, **opts), video)
         best = largest_track(scan)
         write_face_frames(scan, video, work, tracks=[best.id], preset=preset)
-        crops = crop_faces(np.asarray(scan.faces(best.id)), preset, scan.landmarks(best.id))
-    total = n_frames or scan.n_frames
-    index = np.searchsorted(np.asarray(best.frames), np.arange(total))
-    return crops[np.clip(index, 0, len(crops) - 1)]
+        faces = np.asarray(scan.faces(best.id))
+        landmarks = scan.landmarks(best.id)
+    index = np.searchsorted(np.asarray(best.frames), np.arange(n_frames or scan.n_frames))
+    return faces, landmarks, np.clip(index, 0, len(faces) - 1)
