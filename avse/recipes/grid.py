@@ -6,12 +6,13 @@ Stages (``recipes/GRID/run.sh`` calls them in order; each is idempotent):
    :data:`VIDEO_DIRS`), its 25 kHz (or 50 kHz) wav and its ``.align`` file; parse the
    alignment (``start end word`` in 25 kHz samples, 1000 a video frame; ``sil`` / ``sp``
    dropped) into ``text`` and ``words`` (seconds); probe the video and the wav.
-2. ``extract``: 16 kHz mono audio resampled from the wav; the face tracked and cropped as
-   ``avse-extract`` does (``--crop landmarks`` by default, a preset of
-   :data:`avse.recipes.stages.TRACKED_CROPS`: GRID video is not face-centred), or with
-   ``--crop face`` the tracked face-centred frames and landmarks (``face.npy``,
-   ``facelm.npy``), the model's crop cut from them at load time (the list loader's
-   ``mouth_crop``; the cross-corpus table passes the model's).
+2. ``extract``: 16 kHz mono audio resampled from the wav; the face tracked (GRID video is
+   not face-centred) and, by default (``--crop face``), the track's face-centred frames and
+   landmarks kept (``face.npy``, ``facelm.npy``): the crop preset of the model under
+   evaluation is cut from them at load time (the loaders' ``mouth_crop``; the cross-corpus
+   table and ``test_sets`` pass the model's), so one staging serves models trained on any
+   crop. ``--crop landmarks`` / ``lipread`` (:data:`avse.recipes.stages.TRACKED_CROPS`)
+   store one preset's mouth crops instead, cut as ``avse-extract`` does.
 3. ``shards``: ``OUT/shards/test/`` + ``meta.json``; the json carries ``text``, ``conf``
    (None) and ``words`` (``[[WORD, start_s, end_s], ...]``).
 4. ``lists``: ``voxmix_2mix.csv`` / ``voxmix_3mix.csv`` test lists, sources from different
@@ -58,7 +59,7 @@ SILENCE = ("sil", "sp")
 SAMPLES_PER_SECOND = 25000.0  # the alignment unit: 25 kHz samples (1000 a 25 fps frame)
 CANDIDATES = 20  # interferers drawn per source; the one sharing fewest words is taken
 DEFAULT_MIXTURES = "test:3000"
-DEFAULT_CROP = "landmarks"
+DEFAULT_CROP = "face"  # the tracked face-centred frames; any preset cut at load time
 
 
 class AlignError(ValueError):

@@ -257,6 +257,18 @@ def _write_speakers(infos):
     return write
 
 
+def _check_extracted_crop(out_dir: str, crop: str, infos) -> None:
+    """RecipeError when stage 2 wrote other visuals than ``crop`` names (face frames for
+    ``--crop face``, mouth crops otherwise): meta.json would misname the shards' crop."""
+    face = [i["key"] for i in infos if i.get("visual") == "face"]
+    if (crop == FACE_CROP) != bool(face) or (face and len(face) != len(infos)):
+        wrote = "face-centred frames (--crop face)" if face else "mouth crops"
+        raise RecipeError(f"{out_dir}/extract holds {wrote} for {len(face) or len(infos)} of "
+                          f"{len(infos)} utterance(s), but --crop {crop} was given to the "
+                          f"shards stage: pass the --crop that stage 2 used, or re-run stage 2 "
+                          f"with --crop {crop} into a fresh --out_dir")
+
+
 def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
                  seed: int = 0, corpus: str = "voxceleb2", crop: str = "voxceleb2",
                  extra_json: dict | None = None, extra_meta: dict | None = None) -> dict:
@@ -271,6 +283,7 @@ def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
     by_split = {}
     for info in read_extracted(out_dir):
         by_split.setdefault(info["split"], []).append(info)
+    _check_extracted_crop(out_dir, crop, [i for infos in by_split.values() for i in infos])
     summary = Summary("shards")
     metas, total, seconds = {}, 0, 0.0
     for split, infos in sorted(by_split.items()):

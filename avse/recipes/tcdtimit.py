@@ -18,11 +18,12 @@ Stages (``recipes/TCD-TIMIT/run.sh``; each idempotent, the shared AV stages of
 1. ``manifest``: scan the tree; keys ``<spk>/<subset>/<sentence>`` (speaker ``01M`` or
    ``lipspkr1``), the subset (and split) ``volunteers`` or ``lipspeakers``: every speaker is
    test data, the two groups are kept apart. Probe each clip.
-2. ``extract``: 16 kHz mono audio and the mouth ROI at 25 fps (frames resampled by
-   timestamp), the face tracked and cropped as ``avse-extract`` does (``--crop landmarks``
-   by default, or ``lipread``; :data:`avse.recipes.stages.TRACKED_CROPS`), or with ``--crop
-   face`` the tracked face-centred frames and landmarks (``face.npy``, ``facelm.npy``), the
-   model's crop cut from them at load time (the list loader's ``mouth_crop``).
+2. ``extract``: 16 kHz mono audio and, at 25 fps (frames resampled by timestamp), the
+   tracked face's face-centred frames and landmarks (``--crop face``, the default:
+   ``face.npy``, ``facelm.npy``), from which the crop preset of the model under evaluation
+   is cut at load time (the loaders' ``mouth_crop``), so one staging serves models trained
+   on any crop; or one preset's mouth crops (``--crop landmarks`` / ``lipread``,
+   :data:`avse.recipes.stages.TRACKED_CROPS`, cut as ``avse-extract`` does).
 3. ``shards``: ``OUT/shards/volunteers/`` and ``OUT/shards/lipspeakers/`` (+ meta.json);
    the json carries ``sentence``.
 4. ``lists``: ``OUT/lists/<subset>/voxmix_<k>mix.csv``: per subset, ``k``-speaker
@@ -57,7 +58,7 @@ SUBSETS = ("volunteers", "lipspeakers")
 LAYOUT_HINT = ("CORPUS/volunteers/<NN><M|F>/Clips/straightcam/<sentence>.mp4 and "
                "CORPUS/lipspeakers/Lipspkr<N>/Clips/straightcam/<sentence>.mp4")
 DEFAULT_MIXTURES = "volunteers:3000,lipspeakers:1000"
-DEFAULT_CROP = "landmarks"
+DEFAULT_CROP = "face"  # the tracked face-centred frames; any preset cut at load time
 SENTENCE = re.compile(r"^(sa[12]|si\d+|sx\d+)$", re.IGNORECASE)
 VOLUNTEER = re.compile(r"^(\d{1,2})([MF])$", re.IGNORECASE)
 LIPSPEAKER = re.compile(r"^lip[\s_-]?(?:spkr|speaker|spk)[\s_-]?(\d+)$", re.IGNORECASE)

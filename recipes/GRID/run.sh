@@ -3,11 +3,11 @@
 # Stages: 1 manifest, 2 extract (face tracked), 3 shards, 4 lists.
 # Usage: run.sh --corpus_dir DIR --out_dir DIR [--stage N] [--stop_stage M] [--nj J]
 #          [--retry_rejected true]   # re-probe what an earlier run rejected
-#          [--crop landmarks|lipread] [--shard_size N] [--shard_multiple N]
+#          [--crop face|landmarks|lipread] [--shard_size N] [--shard_multiple N]
 #          [--mixtures test:3000] [--num_speakers 2,3] [--seed S]
 set -euo pipefail
 retry_rejected=false
-stage=1 stop_stage=4 nj=4 corpus_dir= out_dir= crop=landmarks
+stage=1 stop_stage=4 nj=4 corpus_dir= out_dir= crop=face
 shard_size=1000 shard_multiple=8 mixtures=test:3000 num_speakers=2,3 seed=0
 known=" retry_rejected crop stage stop_stage nj corpus_dir out_dir shard_size shard_multiple mixtures num_speakers seed "
 . "$(dirname "$0")/../parse_options.sh" "$@"

@@ -3,12 +3,12 @@
 # volunteers and lipspeakers kept apart. Stages: 1 manifest, 2 extract, 3 shards, 4 lists.
 # Usage: run.sh --corpus_dir DIR --out_dir DIR [--stage N] [--stop_stage M] [--nj J]
 #          [--retry_rejected true]   # re-probe what an earlier run rejected
-#          [--subsets volunteers,lipspeakers] [--crop landmarks|lipread]
+#          [--subsets volunteers,lipspeakers] [--crop face|landmarks|lipread]
 #          [--shard_size N] [--shard_multiple N]
 #          [--mixtures volunteers:3000,lipspeakers:1000] [--num_speakers 2,3] [--seed S]
 set -euo pipefail
 retry_rejected=false
-stage=1 stop_stage=4 nj=4 corpus_dir= out_dir= subsets=volunteers,lipspeakers crop=landmarks
+stage=1 stop_stage=4 nj=4 corpus_dir= out_dir= subsets=volunteers,lipspeakers crop=face
 shard_size=1000 shard_multiple=8 mixtures=volunteers:3000,lipspeakers:1000 num_speakers=2,3 seed=0
 known=" retry_rejected stage stop_stage nj corpus_dir out_dir subsets crop shard_size shard_multiple mixtures num_speakers seed "
 . "$(dirname "$0")/../parse_options.sh" "$@"

@@ -8,6 +8,7 @@ import pytest
 
 from avse.data import lists
 from avse.recipes import grid
+from avse.video.crops import crop_faces
 from avse.video.media import read_audio
 from tests.conftest import run_cmd
 from tests.grid_fixture import N_FRAMES, make_grid_corpus
@@ -39,7 +40,9 @@ def test_every_layout_is_staged_to_test_with_transcripts(prepared):
     assert assert_splits_read_completely(out) == {"test": 6}
     with open(os.path.join(out, "shards", "test", "meta.json")) as f:
         meta = json.load(f)
-    assert meta["corpus"] == "grid" and meta["crop"] == "landmarks" and meta["speakers"] == 3
+    # the default --crop face: the track's face-centred frames, any preset cut at load time
+    assert meta["corpus"] == "grid" and meta["crop"] == "face" and meta["speakers"] == 3
+    assert meta["fields"] == ["face.npy", "facelm.npy", "flac", "json"]
     for key, s in got.items():
         spk, _, utt = key.split("/")
         words = truth["good"][key].upper().split()
@@ -49,7 +52,10 @@ def test_every_layout_is_staged_to_test_with_transcripts(prepared):
         starts = [(3000 + 3500 * i + 500 * (i >= 2)) / 25000 for i in range(6)]
         assert s["json"]["words"] == [[w, pytest.approx(t), pytest.approx(t + 0.14)]
                                       for w, t in zip(words, starts)]
-        assert s["lips.npy"].dtype == np.uint8 and s["lips.npy"].shape == (N_FRAMES, 88, 88)
+        assert s["face.npy"].dtype == np.uint8 and s["face.npy"].shape == (N_FRAMES, 224, 224)
+        assert s["facelm.npy"].shape == (N_FRAMES, 5, 2)
+        lips = crop_faces(s["face.npy"], "landmarks", s["facelm.npy"])
+        assert lips.shape == (N_FRAMES, 88, 88) and lips.std() > 5, key  # a mouth, not blank
         assert len(s["wav"]) == 640 * N_FRAMES
         sub = "audio_50k" if spk == "s3" else "audio_25k"  # the wav, resampled to 16 kHz
         ref = read_audio(os.path.join(root, sub, spk, f"{utt}.wav"))

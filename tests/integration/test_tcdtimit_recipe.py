@@ -8,6 +8,7 @@ import pytest
 from avse.data import lists
 from avse.recipes import tcdtimit
 from avse.recipes.common import RecipeError
+from avse.video.crops import crop_faces
 from tests.conftest import run_cmd
 from tests.recipe_helpers import assert_splits_read_completely, read_rejected, read_split
 from tests.tcdtimit_fixture import MP4_TONE, WAV_TONE, make_tcdtimit_tree
@@ -42,12 +43,13 @@ def test_subsets_stay_apart_in_shards_with_tracked_mouths_at_25_fps(prepared):
     assert sorted(lip) == ["lipspkr1/lipspeakers/sa1", "lipspkr1/lipspeakers/sx99"]
     for key, s in {**vol, **lip}.items():
         # ~1 s at 29.97 fps resampled by timestamp to 25 frames, 640 samples a frame
-        assert s["lips.npy"].shape == (25, 88, 88) and s["lips.npy"].dtype == np.uint8, key
+        assert s["face.npy"].shape == (25, 224, 224) and s["face.npy"].dtype == np.uint8, key
         assert len(s["wav"]) == 25 * 640 and s["json"]["sentence"] == key.rsplit("/", 1)[1]
-        assert s["lips.npy"].std() > 5, key  # a face was cut, not a blank frame
+        lips = crop_faces(s["face.npy"], "lipread", s["facelm.npy"])  # cut at load time
+        assert lips.shape == (25, 112, 112) and lips.std() > 5, key  # a face, not blank
     with open(os.path.join(out, "shards", "volunteers", "meta.json")) as f:
         meta = __import__("json").load(f)
-    assert meta["corpus"] == "tcdtimit" and meta["crop"] == "landmarks"
+    assert meta["corpus"] == "tcdtimit" and meta["crop"] == "face"
     # audio: the mp4's own track, or the release's wav where one ships (next to the clip
     # for 02F, in the speaker's audio/ folder for the lipspeaker)
     assert _tone(vol["01M/volunteers/sa1"]["wav"]) == pytest.approx(MP4_TONE, abs=3)
