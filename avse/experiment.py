@@ -55,7 +55,8 @@ def make_loaders(hparams):
                                  num_workers=hparams.get("num_workers", 0),
                                  seed=hparams.get("seed", 0),
                                  noise_dirs=hparams.get("train_noise_shards"),
-                                 skip_bad_shards=hparams.get("skip_bad_shards", False))
+                                 skip_bad_shards=hparams.get("skip_bad_shards", False),
+                                 mouth_crop=hparams.get("mouth_crop"))
     else:
         train = make_train_loader(hparams["train_shards"], config, hparams["batch_size"],
                                   num_workers=hparams.get("num_workers", 0),
@@ -72,20 +73,27 @@ def make_loaders(hparams):
                                  batch_size=hparams.get("valid_batch_size", 1),
                                  seed=hparams.get("seed", 0),
                                  noise_dirs=hparams.get("valid_noise_shards"),
-                                 skip_bad_shards=hparams.get("skip_bad_shards", False))
+                                 skip_bad_shards=hparams.get("skip_bad_shards", False),
+                                 mouth_crop=hparams.get("mouth_crop"))
     return train, valid
 
 
 def run_tests(brain, hparams) -> dict:
-    """Evaluate every entry of ``test_sets``; returns ``{name: summary}``."""
-    results = {}
+    """Evaluate every entry of ``test_sets``; returns ``{name: summary}``. Face shards
+    (``--crop face``, e.g. GRID / TCD-TIMIT) get the model's crop cut at load time: the
+    entry's ``mouth_crop``, else the crop the model was trained on
+    (:func:`training_inference_config`)."""
+    results, crop = {}, None
     out_dir = os.path.join(hparams["output_folder"], "eval")
     for name, spec in (hparams.get("test_sets") or {}).items():
+        if not spec.get("mouth_crop") and crop is None:
+            crop = training_inference_config(hparams).get("crop", "")
         loader = make_list_loader(spec["shards"], spec["list"], stage="test",
                                   config=hparams.get("eval_mixture_config", hparams["mixture_config"]),
                                   batch_size=1, visual_from=spec.get("visual_from", "target"),
                                   seed=hparams.get("seed", 0),
-                                  noise_dirs=spec.get("noise_shards"))
+                                  noise_dirs=spec.get("noise_shards"),
+                                  mouth_crop=spec.get("mouth_crop") or crop or None)
         results[name] = brain.evaluate_to(loader, out_dir, name)
     if results and sb.utils.distributed.if_main_process():
         write_json(results, os.path.join(out_dir, "summary.json"))
@@ -98,7 +106,8 @@ def run_tests(brain, hparams) -> dict:
 
 def training_inference_config(hparams) -> dict:
     """What ``model.yaml``'s ``inference`` section records: the crop preset of the training
-    shards (their meta.json), the sample rate and the mixture normalisation (``none`` when
+    shards (their meta.json; for face shards, ``--crop face``, the ``mouth_crop`` cut from
+    them), the sample rate and the mixture normalisation (``none`` when
     the training mixtures were not normalised, ``mixture_config: normalise: null``, as the
     causal egs do: a live stream has no whole-file peak)."""
     from avse.data.remote import resolve_split
@@ -114,6 +123,8 @@ def training_inference_config(hparams) -> dict:
         logger.warning("the training shards' crop preset is unknown (%s); model.yaml records the "
                        "default", err)
         crop = None
+    if crop == "face":  # face-centred shards: the preset cut from them (hparams mouth_crop)
+        crop = hparams.get("mouth_crop")
     if crop:
         config["crop"] = crop
     return config

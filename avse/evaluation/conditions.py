@@ -63,12 +63,13 @@ def condition_metrics(conditions, metrics=DEFAULT_METRICS, silent: bool = False)
 
 def evaluate_conditions(model, shards, lists: dict, noise_dirs=None, metrics=DEFAULT_METRICS,
                         max_mixtures=None, out_dir: str | None = None, seed: int = 0,
-                        device: str = "cpu") -> dict:
+                        device: str = "cpu", mouth_crop: str | None = None) -> dict:
     """Evaluate ``model`` (an AVSEModel) on each ``{condition: list path}``; returns
     ``{condition: summary}`` and, with ``out_dir``, writes ``<condition>.csv`` (per mixture),
     ``conditions.csv`` / ``conditions.txt`` (the table) and ``conditions.json`` (the
     summaries). ``silent_energy`` is added to ``metrics`` when a condition (or a list row)
-    has a silent target (:func:`condition_metrics`)."""
+    has a silent target (:func:`condition_metrics`). ``mouth_crop``: the model's crop preset,
+    cut from face shards (``--crop face``) at load time."""
     from avse.data.lists import read_list
     from avse.data.loaders import make_list_loader
     from avse.data.mixing import MixtureConfig
@@ -81,7 +82,7 @@ def evaluate_conditions(model, shards, lists: dict, noise_dirs=None, metrics=DEF
     for name, rows in rows_of.items():
         loader = make_list_loader(shards, rows, stage="test",
                                   config=MixtureConfig(crop_seconds=None), batch_size=1,
-                                  seed=seed, noise_dirs=noise_dirs)
+                                  seed=seed, noise_dirs=noise_dirs, mouth_crop=mouth_crop)
         # the per-mixture csv keeps its offset column (always 0: the lips as they are)
         tracker = score_loader(model, loader, scorer, [({"offset": 0}, None)], device)
         results[name] = tracker.summary()
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
             for name, path in paths.items():
                 print(f"{name:12s} {path}")
             return 0
-        from avse.models.io import load_model
+        from avse.models.io import load_inference_config, load_model
 
         metrics = condition_metrics(conds, [m.strip() for m in args.metrics.split(",")
                                             if m.strip()])
@@ -162,7 +163,8 @@ def main(argv=None) -> int:
                                where=f"model {args.model}")
         results = evaluate_conditions(model, args.shards, lists,
                                       args.noise_shards, metrics, args.max_mixtures, out_dir,
-                                      device=args.device)
+                                      device=args.device,
+                                      mouth_crop=load_inference_config(args.model).get("crop"))
         print(format_table(means_rows(results, metrics)))
         print(f"wrote {out_dir}/conditions.{{txt,csv,json}}")
         return 0

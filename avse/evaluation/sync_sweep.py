@@ -257,7 +257,7 @@ def run(args) -> dict:
     from avse.data.lists import read_list
     from avse.data.loaders import make_list_loader, select_rows
     from avse.data.mixing import MixtureConfig
-    from avse.models.io import load_model
+    from avse.models.io import load_inference_config, load_model
 
     spec = {"shards": args.shards, "list": args.list, "noise_shards": None, "seed": 0,
             "normalise": "peak"}
@@ -275,6 +275,7 @@ def run(args) -> dict:
         rows = rows[:args.max_mixtures]
     model = load_model(args.model, key=args.key)
     loader = make_list_loader(spec["shards"], rows, stage="test",
+                              mouth_crop=load_inference_config(args.model).get("crop"),
                               config=MixtureConfig(crop_seconds=None, normalise=normalise),
                               batch_size=args.batch_size, num_workers=args.num_workers, seed=seed,
                               noise_dirs=args.noise_shards or spec["noise_shards"])
