@@ -1,18 +1,18 @@
-"""Staging speed of the face-tracked extract (``--crop landmarks``) on GRID and TCD-TIMIT trees.
+"""Staging speed of the face-tracked extract (``--crop face``) on GRID and TCD-TIMIT trees.
 
 Writes a small GRID-layout tree (360x288, 25 fps MPEG-1 + 25 kHz wav + .align) and a
 TCD-TIMIT-layout tree (1920x1080, 29.97 fps H.264 + AAC) of the astronaut's face
 (``skimage.data.astronaut()``) drifting, then runs each recipe's manifest and extract
 stages (``grid.stage_manifest`` / ``tcdtimit.stage_manifest`` + ``stages.stage_extract``,
-as ``run.sh`` does) for every ``--nj``, each run in a fresh process. Prints clips/s, the
-real-time factor (seconds of video per second of wall) and the detector's load time.
-
-The extract stage builds its detector itself (``clip_mouths(..., detector=None)``: a CPU
-MTCNN per clip), so ``--device`` cannot reach it; the detector part is also timed
-directly (:func:`avse.video.faces.clip_mouths` with one ``FaceDetector(device=...)``
-reused over the clips), on CPU and, where ``torch.cuda.is_available()``, on CUDA.
+as ``run.sh`` does) for every ``--nj`` and every ``--detector_device`` (the extract
+stage's option: one detector per worker process on that device), each run in a fresh
+process. Prints clips/s, the real-time factor (seconds of video per second of wall) and the
+detector's load time. The detector part is also timed directly
+(:func:`avse.video.faces.clip_mouths` with one ``FaceDetector(device=...)`` reused over the
+clips), on CPU and, where ``torch.cuda.is_available()``, on CUDA.
 
     python benchmarks/staging_tracked.py --grid_clips 6 --grid_s 3 --tcd_clips 3 --tcd_s 2
+    python benchmarks/staging_tracked.py --detector_device cpu cuda   # on a GPU machine
 """
 from __future__ import annotations
 
@@ -127,15 +127,16 @@ def _write(task):
     (write_grid_clip if corpus == "grid" else write_tcd_clip)(root, index, seconds)
 
 
-def _stage_run(corpus: str, root: str, out: str, nj: int) -> dict:
-    """Manifest + extract in this (fresh) process; the wall times and the kept infos."""
+def _stage_run(corpus: str, root: str, out: str, nj: int, device: str = "cpu") -> dict:
+    """Manifest + extract (the detector on ``device``) in this (fresh) process; the wall
+    times and the kept infos."""
     from avse.recipes import grid, stages, tcdtimit
 
     recipe = grid if corpus == "grid" else tcdtimit
     t0 = time.perf_counter()
     recipe.stage_manifest(root, out, nj=nj)
     t1, c1 = time.perf_counter(), _cpu_seconds()
-    infos = stages.stage_extract(out, nj=nj, crop=recipe.DEFAULT_CROP)
+    infos = stages.stage_extract(out, nj=nj, crop=recipe.DEFAULT_CROP, detector_device=device)
     t2, c2 = time.perf_counter(), _cpu_seconds()
     return {"manifest": t1 - t0, "extract": t2 - t1, "cpu": c2 - c1, "clips": len(infos),
             "seconds": sum(i["duration"] for i in infos)}
@@ -199,11 +200,26 @@ def main(argv=None):
     parser.add_argument("--nj", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cores", type=int, default=2,
                         help="pin this process and its workers to this many cores (0: all)")
+    parser.add_argument("--detector_device", nargs="+", default=["cpu"],
+                        help="the extract stage's --detector_device values to stage with "
+                             "(cpu, cuda, cuda:N); auto: cpu, and cuda where available")
     parser.add_argument("--device", default="auto",
                         help="detector device of the direct detector timing "
                              "(auto: cuda when torch.cuda.is_available(), and cpu)")
     parser.add_argument("--work_dir", help="default: a temporary folder")
     args = parser.parse_args(argv)
+    import torch
+
+    from avse.video.detect import check_device
+
+    stage_devices = args.detector_device
+    if stage_devices == ["auto"]:
+        stage_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in stage_devices:
+        try:
+            check_device(device)
+        except ValueError as err:
+            parser.error(f"--detector_device {device}: {err}")
     if args.cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -223,19 +239,20 @@ def main(argv=None):
                           desc=f"write {corpus}"))
         print(f"{corpus}: wrote {n} x {seconds:g} s clips ({what}) in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    print("\nstaging (manifest + extract, --crop landmarks; the extract's detector is CPU: "
-          "clip_mouths(detector=None) builds FaceDetector() per clip)")
+    print("\nstaging (manifest + extract, --crop face; one detector per worker process on "
+          "--detector_device)")
     for corpus, (n, seconds, ext, what) in corpora.items():
         root = os.path.join(work, corpus, "corpus")
         for nj in args.nj:
-            r = _in_fresh_process(_stage_run, corpus, root, os.path.join(work, corpus, f"out{nj}"),
-                                  nj)
-            print(f"  {corpus:8s} nj={nj}: extract {r['clips'] / r['extract']:.2f} clips/s, "
-                  f"{r['seconds'] / r['extract']:.2f}x real time ({r['clips']}/{n} clips, "
-                  f"{r['seconds']:.1f} s of video in {r['extract']:.1f} s; "
-                  f"{r['cpu'] / max(r['clips'], 1):.2f} cpu s/clip; manifest {r['manifest']:.1f} s)")
-    import torch
-
+            for device in stage_devices:
+                out = os.path.join(work, corpus, f"out{nj}-{device.replace(':', '')}")
+                r = _in_fresh_process(_stage_run, corpus, root, out, nj, device)
+                print(f"  {corpus:8s} nj={nj} {device}: extract "
+                      f"{r['clips'] / r['extract']:.2f} clips/s, "
+                      f"{r['seconds'] / r['extract']:.2f}x real time ({r['clips']}/{n} clips, "
+                      f"{r['seconds']:.1f} s of video in {r['extract']:.1f} s; "
+                      f"{r['cpu'] / max(r['clips'], 1):.2f} cpu s/clip; "
+                      f"manifest {r['manifest']:.1f} s)")
     devices = ["cpu"]
     if args.device == "auto":
         devices += ["cuda"] if torch.cuda.is_available() else []
@@ -243,10 +260,6 @@ def main(argv=None):
         devices = [args.device]
     if not torch.cuda.is_available():
         print("\ncuda: torch.cuda.is_available() is False here; GPU detector not measured")
-    print("--device does not reach the extract stage: stages.extract_utterance calls "
-          "clip_mouths(media, crop, n_frames=...) without a detector, so each clip builds a "
-          "CPU FaceDetector() (a --detector_device option needs a change in "
-          "avse/recipes/stages.py)")
     print("\ndetector alone (clip_mouths with one FaceDetector reused, 1 process)")
     for device in devices:
         for corpus, (n, seconds, ext, what) in corpora.items():

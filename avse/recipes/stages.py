@@ -79,7 +79,7 @@ CROPS = tuple(sorted(MOUTH_CROPS)) + TRACKED_CROPS + (FACE_CROP,)
 
 # --------------------------------------------------------------------------- extract
 def extract_utterance(entry: dict, crop: str = "voxceleb2", min_duration: float = 1.0,
-                      max_diff_frames: int = 1):
+                      max_diff_frames: int = 1, detector_device: str = "cpu"):
     """Decode one manifest entry. Returns ``(wav [T] float32 @16 kHz, visual, info)``.
 
     ``visual`` is uint8 ``[Tv, S, S]`` ROI (the fixed crop ``MOUTH_CROPS[crop]``, or for
@@ -89,8 +89,9 @@ def extract_utterance(entry: dict, crop: str = "voxceleb2", min_duration: float 
     ``crop="face"`` (:data:`FACE_CROP`) ``visual`` is ``{"face.npy": uint8 [Tv, 224, 224]
     face-centred frames (luma), "facelm.npy": float32 [Tv, 5, 2] landmarks in face-frame
     pixels}`` of the tracked face (:func:`clip_faces`), from which any preset is cut at load
-    time (:func:`avse.video.crops.crop_faces`). Raises MediaError / AlignmentError /
-    ValueError with a reason.
+    time (:func:`avse.video.crops.crop_faces`). The face detector of the tracked crops runs on
+    ``detector_device``, one per device and process (:func:`avse.video.detect.shared_detector`).
+    Raises MediaError / AlignmentError / ValueError with a reason.
     """
     if entry.get("emb"):
         emb = np.load(entry["emb"], allow_pickle=False)
@@ -105,11 +106,16 @@ def extract_utterance(entry: dict, crop: str = "voxceleb2", min_duration: float 
         fixed = MOUTH_CROPS.get(crop, MOUTH_CROPS["voxceleb2"])
         wav, visual = decode_media(entry["media"], want_audio=not entry.get("audio"), crop=fixed)
         if crop in TRACKED_CROPS:  # the face tracked, as avse-extract does on any video
+            from avse.video.detect import shared_detector
             from avse.video.faces import clip_mouths
 
-            visual = clip_mouths(entry["media"], crop, n_frames=len(visual))
+            visual = clip_mouths(entry["media"], crop, shared_detector(detector_device),
+                                 n_frames=len(visual))
         elif crop == FACE_CROP:
-            visual, landmarks = clip_faces(entry["media"], n_frames=len(visual))
+            from avse.video.detect import shared_detector
+
+            visual, landmarks = clip_faces(entry["media"], n_frames=len(visual),
+                                           detector=shared_detector(detector_device))
         if entry.get("audio"):
             wav = read_audio(entry["audio"])
     declared = float(entry.get("duration") or 0.0)
@@ -161,8 +167,21 @@ def extract_paths(out_dir: str, entry: dict) -> dict:
     return {"flac": base + ".flac", vis: base + "." + vis, "json": base + ".json"}
 
 
+def _detector_error(device: str, err) -> RecipeError:
+    return RecipeError(f"--detector_device {device}: {err}; pass --detector_device cpu (the "
+                       "default) or a device this machine has (cuda, cuda:N)")
+
+
 def _extract_one(task):
     entry, out_dir, opts = task
+    if opts["crop"] in TRACKED_CROPS + (FACE_CROP,) and not entry.get("emb"):
+        from avse.video.detect import shared_detector
+
+        try:  # the detector of this worker: a failure stops the stage, not one clip
+            shared_detector(opts["detector_device"])
+        except Exception as err:
+            raise _detector_error(opts["detector_device"], f"{type(err).__name__}: {err}") \
+                from None
     try:
         wav, visual, info = extract_utterance(entry, **opts)
     except Exception as err:  # rejection with reason; the run goes on
@@ -179,8 +198,12 @@ def _extract_one(task):
 
 
 def stage_extract(out_dir: str, nj: int = 1, crop: str = "voxceleb2", min_duration: float = 1.0,
-                  max_diff_frames: int = 1, retry_rejected: bool = False) -> list[dict]:
+                  max_diff_frames: int = 1, retry_rejected: bool = False,
+                  detector_device: str = "cpu") -> list[dict]:
     """Decode every manifest entry not yet extracted (:func:`extract_utterance`).
+
+    ``detector_device`` (``cpu``, ``cuda``, ``cuda:N``) runs the face detector of the tracked
+    crops; one unusable here is a RecipeError before any work starts.
 
     An entry is done when its json exists (written last); one rejected earlier, or by a
     killed run (its journal), stays rejected unless ``retry_rejected``. Returns the infos
@@ -188,6 +211,13 @@ def stage_extract(out_dir: str, nj: int = 1, crop: str = "voxceleb2", min_durati
     """
     if crop not in CROPS:
         raise RecipeError(f"unknown --crop {crop!r}; known: {list(CROPS)}")
+    if detector_device != "cpu":
+        from avse.video.detect import check_device
+
+        try:
+            check_device(detector_device)
+        except ValueError as err:
+            raise _detector_error(detector_device, err) from None
     entries = read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
     remove_temp_files(os.path.join(out_dir, "extract"))  # what a killed run was writing
     rejections = Rejections(out_dir)
@@ -196,7 +226,8 @@ def stage_extract(out_dir: str, nj: int = 1, crop: str = "voxceleb2", min_durati
     old_rejected.update({k: {f: r[f] for f in ("key", "path", "reason")}
                          for k, r in journal.load().items()})
     summary = Summary("extract")
-    opts = {"crop": crop, "min_duration": min_duration, "max_diff_frames": max_diff_frames}
+    opts = {"crop": crop, "min_duration": min_duration, "max_diff_frames": max_diff_frames,
+            "detector_device": detector_device}
     todo, infos, rejected = [], [], []
     for e in entries:
         json_path = extract_paths(out_dir, e)["json"]
@@ -431,6 +462,8 @@ def add_stage_parsers(sub, common, crop: str, mixtures: str, numbers=(2, 3, 4)) 
     p.add_argument("--min_duration", type=float, default=1.0, help="seconds")
     p.add_argument("--max_diff_frames", type=int, default=1)
     p.add_argument("--retry_rejected", action="store_true")
+    p.add_argument("--detector_device", default="cpu", help="torch device of the face detector "
+                   "of the tracked crops: cpu, cuda, cuda:N (one detector per worker)")
     p = parsers["shards"] = sub.add_parser(
         "shards", parents=[common], help=f"stage {numbers[1]}: write WebDataset shards")
     p.add_argument("--shard_size", type=int, default=1000, help="max utterances per shard")
@@ -449,7 +482,7 @@ def run_stage(args, shards, splits=None) -> None:
     subcommand parsed by :func:`add_stage_parsers`."""
     if args.stage == "extract":
         stage_extract(args.out_dir, args.nj, args.crop, args.min_duration,
-                      args.max_diff_frames, args.retry_rejected)
+                      args.max_diff_frames, args.retry_rejected, args.detector_device)
     elif args.stage == "shards":
         shards(args)
     elif args.stage == "lists":

@@ -266,12 +266,14 @@ def _read_marker_files(marker: str) -> dict:
 def prepare_tcdtimit(corpus_dir: str, out_dir: str, nj: int = 1, subsets=SUBSETS,
                      crop: str = DEFAULT_CROP, shard_size: int = 1000,
                      shard_multiple: int = 8, mixtures: str = DEFAULT_MIXTURES,
-                     num_speakers=(2, 3), seed: int = 0, stage: int = 1, stop_stage: int = 4):
-    """Run stages ``stage..stop_stage`` (see the module docstring)."""
+                     num_speakers=(2, 3), seed: int = 0, stage: int = 1, stop_stage: int = 4,
+                     detector_device: str = "cpu"):
+    """Run stages ``stage..stop_stage`` (see the module docstring); ``detector_device``:
+    the face detector's torch device in stage 2 (``cpu``, ``cuda``, ``cuda:N``)."""
     if stage <= 1 <= stop_stage:
         stage_manifest(corpus_dir, out_dir, subsets, nj)
     if stage <= 2 <= stop_stage:
-        stages.stage_extract(out_dir, nj, crop=crop)
+        stages.stage_extract(out_dir, nj, crop=crop, detector_device=detector_device)
     if stage <= 3 <= stop_stage:
         stage_shards(out_dir, shard_size, shard_multiple, seed, crop)
     if stage <= 4 <= stop_stage:

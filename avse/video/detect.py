@@ -4,6 +4,8 @@
 :class:`Detections` per image, boxes and five landmarks in *source* pixels (the caller
 downscales the frames and passes the scales). :func:`appearance` is the cheap colour
 descriptor that :mod:`avse.video.track` uses to join the same person across shot cuts.
+:func:`shared_detector` keeps one detector per device and process (the recipes' extract
+workers reuse it over their clips); :func:`check_device` says whether a device is usable.
 
 Batching and the ragged-array bug
 ---------------------------------
@@ -22,6 +24,7 @@ facenet version), run that batch again one image at a time.
 """
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -285,3 +288,52 @@ class FaceDetector:
             features = np.stack([appearance(image, b) for b in boxes]) if len(boxes) \
                 else np.zeros((0, HIST_BINS ** 3), np.float32)
         return Detections(boxes / scale, probs, points / scale, features)
+
+
+_SHARED: dict = {}
+
+
+def check_device(device: str) -> str:
+    """``device`` when a :class:`FaceDetector` can run on it (``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``); ValueError saying why not. CUDA is checked with ``torch.cuda.device_count()``
+    (NVML where it can, so the check does not initialise CUDA and forked workers can still
+    use it).
+
+    Example
+    -------
+    >>> check_device("cpu")
+    'cpu'
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"{device!r} is not a torch device ({err}); expected cpu, cuda, "
+                         "cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"CUDA is not available here (torch {torch.__version__}: "
+                             "torch.cuda.device_count() is 0; no GPU, no driver, or a CPU "
+                             "build of torch)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"only {count} CUDA device(s) visible (cuda:0 .. cuda:{count - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError("MPS is not available here (torch.backends.mps.is_available() "
+                             "is False)")
+    elif dev.type != "cpu":
+        raise ValueError(f"the detector runs on cpu, cuda, cuda:N or mps, not {dev.type}")
+    return device
+
+
+def shared_detector(device: str = "cpu") -> FaceDetector:
+    """One default :class:`FaceDetector` on ``device`` per process, built on first use and
+    reused by every later call (the recipes' extract workers: one detector load per worker
+    rather than per clip). Keyed by process id too, so a forked worker builds its own rather
+    than using one its parent built (a CUDA model does not survive a fork)."""
+    key = (os.getpid(), str(device))
+    if key not in _SHARED:
+        _SHARED[key] = FaceDetector(device=device)
+    return _SHARED[key]
