@@ -17,6 +17,12 @@ Per DDP rank and DataLoader worker, a ``wds.DataPipeline`` of these stages::
          the target -> (noise) -> (a silent target: conditions absent / sparse) -> peak
          normalise -> (lips moved by a random offset, ``MixtureConfig.av_shift_frames``)
 
+Face shards (a recipe's ``--crop face``: ``face.npy`` face-centred frames + ``facelm.npy``
+landmarks) need ``mouth_crop``, the model's crop preset: the decode stage reads the whole
+utterance and cuts the preset from all its frames with their landmarks
+(:func:`avse.data.loaders.face_crops.cut_mouths`) before the random crop and the lips at
+rest, so the examples hold mouth crops as with shards of mouth crops.
+
 With silent-target conditions the decode stage reads the whole utterance (not only the
 crop) and keeps its lips at rest (:func:`avse.data.activity.rest_frames`, at most 25
 frames, from its longest pause), which stand for the target's face while it is silent.
@@ -66,11 +72,13 @@ from avse.data.activity import rest_frames
 from avse.data.loaders.bad_samples import (DATA_ERRORS, BadSample, FaultCounter, FaultLog,
                                            attach, diagnose)
 from avse.data.loaders.batch import collate_examples, decode_utterance, finish_example
+from avse.data.loaders.face_crops import cut_mouths, face_crop
 from avse.data.mixing import MixtureConfig, random_crop
 from avse.data.partition import (check_shard_split, dist_info, node_splitter, split_shards,
                                  worker_splitter)
 from avse.data.remote import check_shards, resolve_split, tar_samples
-from avse.data.shards import ShardError, resolve_visual_field
+from avse.data.shards import (FACE_LANDMARKS_FIELD, ShardError, decode_npy,
+                               resolve_visual_field)
 
 
 def shuffled_passes(src, rng):
@@ -109,12 +117,13 @@ class DynamicMixDataset(IterableDataset):
 
     Yields :class:`AVBatch`; use it through :func:`make_train_loader`. ``resampled``:
     draw shards with replacement (``wds.ResampledShards``) instead of splitting them.
+    ``mouth_crop``: the preset cut from face shards' frames (required by them, else ignored).
     """
 
     def __init__(self, urls, config: MixtureConfig, batch_size: int, epoch_steps: int,
                  speakers, visual_field: str, shuffle_buffer: int = 100, seed: int = 0,
                  rank: int = 0, world_size: int = 1, resampled: bool = False,
-                 skip_bad_shards: bool = False):
+                 skip_bad_shards: bool = False, mouth_crop: str | None = None):
         super().__init__()
         self.urls, self.config, self.batch_size = list(urls), config, int(batch_size)
         self.epoch_steps, self.visual_field = int(epoch_steps), visual_field
@@ -122,6 +131,7 @@ class DynamicMixDataset(IterableDataset):
         self.shuffle_buffer, self.seed = max(1, int(shuffle_buffer)), int(seed)
         self.rank, self.world_size, self.epoch, self.skip = rank, world_size, 0, 0
         self.resampled, self.skip_bad_shards = bool(resampled), bool(skip_bad_shards)
+        self.mouth_crop = face_crop(visual_field, mouth_crop, "the shards")  # None: not face
 
     def __len__(self):
         return self.epoch_steps
@@ -129,7 +139,9 @@ class DynamicMixDataset(IterableDataset):
     def decode(self, raw, rng):
         """Map stage: a raw sample -> ``{key, spk, wav [640 n], visual [n, ...]}``, a random crop."""
         key, needed = raw["__key__"], ("flac", self.visual_field)
-        if "flac" not in raw or self.visual_field not in raw:
+        if self.mouth_crop is not None:  # face frames: their landmarks too
+            needed += (FACE_LANDMARKS_FIELD,)
+        if any(name not in raw for name in needed):
             raise diagnose(raw.get("__url__"), key, raw, needed)
         try:
             return self._decode(raw, key, rng)
@@ -138,9 +150,12 @@ class DynamicMixDataset(IterableDataset):
 
     def _decode(self, raw, key, rng):
         rest = None
-        if self.config.silent_targets:  # lips at rest from the whole utterance's pauses
+        if self.config.silent_targets or self.mouth_crop is not None:  # the whole utterance
             wav, vis = decode_utterance(key, raw["flac"], raw[self.visual_field])
-            rest = rest_frames(wav, vis).copy()  # copies: the buffer keeps crops only
+            if self.mouth_crop is not None:  # face frames -> mouth crops, before any crop
+                vis = cut_mouths(vis, decode_npy(raw[FACE_LANDMARKS_FIELD]), self.mouth_crop)
+            if self.config.silent_targets:  # lips at rest from the whole utterance's pauses
+                rest = rest_frames(wav, vis).copy()  # copies: the buffer keeps crops only
             if self.config.crop_frames is not None:
                 wav, vis = (x.copy() for x in random_crop(wav, vis, self.config.crop_frames, rng))
         else:
@@ -292,7 +307,8 @@ def make_train_loader(shard_dir, config: MixtureConfig | None = None, batch_size
                       speakers="auto", rank: int | None = None, world_size: int | None = None,
                       strict_split: bool = False, pin_memory: bool = False,
                       meta: str | None = None, resampled: bool = False,
-                      skip_bad_shards: bool = False) -> EpochLoader:
+                      skip_bad_shards: bool = False, mouth_crop: str | None = None
+                      ) -> EpochLoader:
     """Dynamic-mixing training loader over one shard split.
 
     Arguments
@@ -314,7 +330,7 @@ def make_train_loader(shard_dir, config: MixtureConfig | None = None, batch_size
     seed : int
         with rank, worker id and epoch, fixes everything.
     visual_field : str
-        ``"auto"`` (from meta.json), ``"lips.npy"`` or ``"emb.npy"``.
+        ``"auto"`` (from meta.json), ``"lips.npy"``, ``"emb.npy"`` or ``"face.npy"``.
     speakers : "auto" or list of str
         speaker label list (see module docstring); pass the training list to other splits.
     rank, world_size : int, optional
@@ -333,6 +349,11 @@ def make_train_loader(shard_dir, config: MixtureConfig | None = None, batch_size
         training): else a ShardError names them. True: such shards are left out with a
         warning (``loader.faults["skipped_shards"]``), and a shard that cannot be opened
         later (http, ``pipe:``) is skipped and counted instead of stopping the run.
+    mouth_crop : str, optional
+        the model's crop preset (:data:`avse.video.crops.CROP_PRESETS`), cut from face shards
+        (``face.npy`` + ``facelm.npy``, a recipe's ``--crop face``) as each utterance is
+        decoded (module docstring); required by them, ignored by shards of mouth crops or
+        embeddings. The shuffle buffer then holds the cut crops.
 
     Bad samples (FLAC or npy that do not decode, a missing field, a truncated tar) are
     always skipped, with a warning line naming shard and key, and counted in
@@ -363,10 +384,12 @@ def make_train_loader(shard_dir, config: MixtureConfig | None = None, batch_size
     if epoch_steps < 1:
         raise ValueError(f"{where}: epoch_steps {epoch_steps} < 1 ({n_utts} utterances, "
                          f"batch_size {batch_size}, {world_size} rank(s)); pass epoch_steps >= 1")
+    field = resolve_visual_field(info, visual_field)
+    mouth_crop = face_crop(field, mouth_crop, where)
     if isinstance(speakers, str):
         speakers = split.speakers(urls, tolerant=True)
-    dataset = DynamicMixDataset(urls, config, batch_size, epoch_steps, speakers,
-                                resolve_visual_field(info, visual_field), shuffle_buffer, seed,
-                                rank, world_size, resampled, skip_bad_shards)
+    dataset = DynamicMixDataset(urls, config, batch_size, epoch_steps, speakers, field,
+                                shuffle_buffer, seed, rank, world_size, resampled,
+                                skip_bad_shards, mouth_crop)
     return EpochLoader(dataset, num_workers=num_workers, pin_memory=pin_memory,
                        skipped_shards=bad)

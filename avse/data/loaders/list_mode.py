@@ -64,6 +64,7 @@ from avse.data.lists import ListError, format_row, parse_row, read_list  # noqa:
 from avse.data.loaders.bad_samples import BadSample, FaultCounter, SkippedBatch
 from avse.data.loaders.batch import collate_examples, finish_example
 from avse.data.loaders.checked import CheckedIndex, load_checked, read_npy_checked
+from avse.data.loaders.face_crops import cut_mouths
 from avse.data.mixing import MixtureConfig, pad_to
 from avse.data.noise import combine_pieces
 from avse.data.partition import dist_info
@@ -92,10 +93,8 @@ class ListMixDataset(Dataset):
         """Face frames -> the ``mouth_crop`` preset's crops (other visual as it is)."""
         if self.mouth_crop is None or self.visual_field != FACE_FIELD:
             return visual
-        from avse.video.crops import crop_faces
-
-        landmarks = read_npy_checked(self.index, key, FACE_LANDMARKS_FIELD)[:len(visual)]
-        return crop_faces(visual, self.mouth_crop, landmarks)
+        return cut_mouths(visual, read_npy_checked(self.index, key, FACE_LANDMARKS_FIELD),
+                          self.mouth_crop)
 
     def __len__(self):
         return len(self.rows)

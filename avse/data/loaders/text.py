@@ -5,8 +5,10 @@ Per DDP rank and DataLoader worker, a ``wds.DataPipeline`` of these stages::
     shard URLs of one or more splits (local, http(s)://, pipe:; avse.data.remote)
       -> node split by rank, then worker split (avse.data.partition)
       -> train: each pass in a new random order, endlessly; eval: one pass in order
-      -> tar_samples: only the ``lips.npy`` and ``json`` members are read (a tar cut short
-         loses the sample being read and the rest of that shard: ``bad_tar``)
+      -> tar_samples: only the ``lips.npy`` (face shards: ``face.npy`` + ``facelm.npy``, the
+         model's ``mouth_crop`` cut from each whole clip, :mod:`avse.data.loaders.face_crops`)
+         and ``json`` members are read (a tar cut short loses the sample being read and the
+         rest of that shard: ``bad_tar``)
       -> clips: a clip longer than the current maximum (``curriculum``) is cut at word
          boundaries (the json's ``words`` timings) into segments, each with its words'
          tokens re-encoded by the split's sentencepiece model; bad samples are skipped
@@ -57,18 +59,19 @@ from avse.data.align import FPS
 from avse.data.curriculum import check_curriculum, ctc_frames_needed, cut_at_words, max_seconds_at
 from avse.data.loaders.bad_samples import FaultLog
 from avse.data.loaders.dynamic import EpochLoader, count, shuffled_passes
+from avse.data.loaders.face_crops import face_crop, mouth_fields, mouths_field, read_mouths
 from avse.data.mixing import pad_to
 from avse.data.partition import (check_shard_split, dist_info, node_splitter, split_shards,
                                  worker_splitter)
 from avse.data.remote import check_shards, is_url_spec, read_url, resolve_split, tar_samples
-from avse.data.shards import ShardError, decode_npy
+from avse.data.shards import ShardError
 
 logger = logging.getLogger(__name__)
 
 SKIP_REASONS = {
     "bad_json": "no json member, or one that is not a JSON object",
     "no_text": "an empty or missing transcript",
-    "no_lips": "no lips.npy member, or not [Tv, H, W]",
+    "no_lips": "no lips.npy member (face shards: face.npy + facelm.npy), or not [Tv, H, W]",
     "no_tokens": "no token ids (and no tokenizer to make them)",
     "no_words": "longer than the curriculum's maximum, without word timings (or a tokenizer) "
                 "to cut it",
@@ -234,13 +237,15 @@ class TextDataset(IterableDataset):
     """Lip clips with transcripts over shards; use it through :func:`make_text_loader`.
 
     ``train=True``: endless shuffled passes, ``epoch_steps`` batches an epoch per rank,
-    CTC-infeasible clips skipped. ``train=False``: one pass in shard order.
+    CTC-infeasible clips skipped. ``train=False``: one pass in shard order. ``mouth_crop``:
+    the preset cut from face shards' frames (required by ``face.npy`` shards, else ignored).
     """
 
     def __init__(self, urls, batch_size: int, train: bool, epoch_steps: int = 0,
                  tokenizer: Tokenizer | None = None, curriculum=None, max_seconds=None,
                  shuffle_buffer: int = 100, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 n_local: int = 0, skip_bad_shards: bool = False):
+                 n_local: int = 0, skip_bad_shards: bool = False, mouth_crop=None,
+                 visual_field: str = "lips.npy"):
         super().__init__()
         self.urls, self.batch_size, self.train = list(urls), int(batch_size), bool(train)
         self.epoch_steps, self.tokenizer = int(epoch_steps), tokenizer
@@ -249,6 +254,7 @@ class TextDataset(IterableDataset):
         self.rank, self.world_size, self.epoch, self.skip = rank, world_size, 0, 0
         self.n_local, self.skipped, self._warned = n_local, Counter(), set()
         self.skip_bad_shards, self.log = skip_bad_shards, FaultLog(f"rank {rank}", skip_bad_shards)
+        self.mouth_crop = face_crop(visual_field, mouth_crop, "the shards")  # None: not face
 
     def __len__(self):
         if self.train:
@@ -287,7 +293,7 @@ class TextDataset(IterableDataset):
                 self._skip("no_text", key, url=url)
                 continue
             try:
-                lips = decode_npy(raw["lips.npy"])
+                lips = read_mouths(raw, self.mouth_crop)
                 if lips.ndim != 3 or len(lips) == 0:
                     raise ValueError
             except (KeyError, ValueError, OSError):
@@ -370,7 +376,8 @@ class TextDataset(IterableDataset):
                   worker_splitter(worker_id, num_workers)]
         if self.train:
             stages.append(partial(shuffled_passes, rng=rng))
-        stages += [partial(tar_samples, select=lambda n: n.endswith((".lips.npy", ".json")),
+        wanted = tuple(f".{f}" for f in mouth_fields(self.mouth_crop)) + (".json",)
+        stages += [partial(tar_samples, select=lambda n: n.endswith(wanted),
                            on_error=self.log.tar_error, skip_unopened=self.skip_bad_shards),
                    partial(count, read=[0]), self.clips]
         if self.train:
@@ -409,7 +416,8 @@ def make_text_loader(shards, batch_size: int = 8, stage: str = "train", epoch_st
                      curriculum=None, max_seconds=None, shuffle_buffer: int = 100, seed: int = 0,
                      num_workers: int = 0, meta: str | None = None, tokenizer: str | None = None,
                      rank: int | None = None, world_size: int | None = None,
-                     pin_memory: bool = False, skip_bad_shards: bool = False) -> TextLoader:
+                     pin_memory: bool = False, skip_bad_shards: bool = False,
+                     mouth_crop: str | None = None) -> TextLoader:
     """A loader of :class:`TextBatch` over the lips and transcripts of LRS-layout shards.
 
     Arguments
@@ -443,6 +451,9 @@ def make_text_loader(shards, batch_size: int = 8, stage: str = "train", epoch_st
         here, before training): else one ShardError names the bad ones. True: they are left
         out with a warning (``loader.faults["skipped_shards"]``), and a shard that cannot be
         opened later (http, ``pipe:``) is skipped and counted instead of stopping the run.
+    mouth_crop : str, optional
+        the model's crop preset (:data:`avse.video.crops.CROP_PRESETS`), cut from face shards
+        (``--crop face``; then all the splits): required by them, ignored by mouth crops.
 
     Bad samples are skipped, never raised: counted by reason in ``loader.skipped`` and in
     ``loader.faults`` (``{"skipped": n, "reasons": {...}, ...}``, per rank).
@@ -452,10 +463,7 @@ def make_text_loader(shards, batch_size: int = 8, stage: str = "train", epoch_st
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     splits = resolve_splits(shards, meta, missing_ok=True)
-    for split in splits:
-        if "lips.npy" not in split.meta.get("fields", ["lips.npy"]):
-            raise ShardError(f"{split.name}: the shards hold no lips.npy (fields "
-                             f"{split.meta.get('fields')}); lip reading needs mouth ROIs")
+    field = mouths_field(splits, mouth_crop)  # lips.npy, or face.npy (needs mouth_crop)
     every = [u for s in splits for u in s.urls]
     counts = [c for s in splits for c in s.meta.get("shard_counts") or
               [s.meta["count"] // max(1, s.meta["num_shards"])] * s.meta["num_shards"]]
@@ -479,7 +487,8 @@ def make_text_loader(shards, batch_size: int = 8, stage: str = "train", epoch_st
                          "tokenizer=")
     n_local = sum(counts[i] for i in range(rank, len(urls), world_size))
     dataset = TextDataset(urls, batch_size, train, epoch_steps or 0, tok, curriculum, max_seconds,
-                          shuffle_buffer, seed, rank, world_size, n_local, skip_bad_shards)
+                          shuffle_buffer, seed, rank, world_size, n_local, skip_bad_shards,
+                          mouth_crop, field)
     return TextLoader(dataset, num_workers=num_workers, pin_memory=pin_memory,
                       skipped_shards=bad)
 
