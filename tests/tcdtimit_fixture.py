@@ -10,6 +10,8 @@ Layout (:func:`make_tcdtimit_tree`)::
 
 Every clip is one encoded mp4 copied (1080p encoding is the slow part), its audio a tone;
 the separate wav files carry another tone (so a test can tell which one the recipe took).
+:data:`PROMPTS` is a TIMIT-style ``PROMPTS.TXT`` (``;`` comments, ``<text> (<id>)`` lines)
+with every fixture sentence but ``si21`` (:func:`write_prompts`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,24 @@ SPEC = {  # (top folder, speaker folder, sentences, where the wav files go)
     "Lipspkr1": ("lipspeakers", "Lipspkr1", ("sa1", "sx99"), "audio"),
 }
 MP4_TONE, WAV_TONE = 220.0, 660.0
+PROMPTS = """\
+; TIMIT-style sentence prompts: <sentence text> (<sentence id>)
+;
+She had your dark suit in greasy wash water all year. (sa1)
+Don't ask me to carry an oily rag like that. (sa2)
+The fish-hook was lost, "quickly" she said. (sx12)
+
+Why yell or worry over silly items? (sx99)
+"""
+TEXTS = {"sa1": "SHE HAD YOUR DARK SUIT IN GREASY WASH WATER ALL YEAR",
+         "sx12": "THE FISH HOOK WAS LOST QUICKLY SHE SAID",
+         "sx99": "WHY YELL OR WORRY OVER SILLY ITEMS"}  # PROMPTS normalised; si21 has none
+
+
+def write_prompts(path: str) -> str:
+    with open(path, "w") as f:
+        f.write(PROMPTS)
+    return path
 
 
 def _face_frames(n: int, seed: int):

@@ -17,7 +17,10 @@ Stages (``recipes/TCD-TIMIT/run.sh``; each idempotent, the shared AV stages of
 
 1. ``manifest``: scan the tree; keys ``<spk>/<subset>/<sentence>`` (speaker ``01M`` or
    ``lipspkr1``), the subset (and split) ``volunteers`` or ``lipspeakers``: every speaker is
-   test data, the two groups are kept apart. Probe each clip.
+   test data, the two groups are kept apart. Probe each clip. With ``--prompts`` (TIMIT's
+   ``PROMPTS.TXT``: the clips come without their texts) each clip gets its sentence's ``text``
+   (:func:`read_prompts`, :func:`normalise_text`); a clip whose sentence has no prompt keeps
+   no text (counted on stderr).
 2. ``extract``: 16 kHz mono audio and, at 25 fps (frames resampled by timestamp), the
    tracked face's face-centred frames and landmarks (``--crop face``, the default:
    ``face.npy``, ``facelm.npy``), from which the crop preset of the model under evaluation
@@ -25,7 +28,7 @@ Stages (``recipes/TCD-TIMIT/run.sh``; each idempotent, the shared AV stages of
    on any crop; or one preset's mouth crops (``--crop landmarks`` / ``lipread``,
    :data:`avse.recipes.stages.TRACKED_CROPS`, cut as ``avse-extract`` does).
 3. ``shards``: ``OUT/shards/volunteers/`` and ``OUT/shards/lipspeakers/`` (+ meta.json);
-   the json carries ``sentence``.
+   the json carries ``sentence`` and, where the manifest has one, ``text``.
 4. ``lists``: ``OUT/lists/<subset>/voxmix_<k>mix.csv``: per subset, ``k``-speaker
    mixtures of different speakers that never hold two clips of the same sentence (TIMIT's
    sa1 / sa2 are read by everyone), seeded.
@@ -50,6 +53,8 @@ from avse.recipes.common import (
     hash_seed,
     is_done,
     mark_done,
+    params_hash,
+    read_jsonl,
     recipe_parser,
     run_cli,
 )
@@ -64,6 +69,69 @@ VOLUNTEER = re.compile(r"^(\d{1,2})([MF])$", re.IGNORECASE)
 LIPSPEAKER = re.compile(r"^lip[\s_-]?(?:spkr|speaker|spk)[\s_-]?(\d+)$", re.IGNORECASE)
 CAMERA = "straightcam"
 AUDIO_DIRS = (("audio",), ("Clips", "audio"), ("Clips", CAMERA, "audio"))
+PROMPT = re.compile(r"^(.*\S)\s*\(([^()\s]+)\)\s*$")  # "<sentence text> (<id>)"
+
+
+class PromptsError(RecipeError):
+    """TIMIT's PROMPTS.TXT is missing or has a malformed line (the message names file and line)."""
+
+
+def normalise_text(text: str) -> str:
+    """A prompt as the LRS transcripts are written: upper case, words of letters, digits and
+    inner apostrophes; other punctuation (hyphens too) separates words.
+
+    Example
+    -------
+    >>> normalise_text("Don't ask me to carry an oily rag like that.")
+    "DON'T ASK ME TO CARRY AN OILY RAG LIKE THAT"
+    >>> normalise_text('"A well-lit room," she said; "why?"')
+    'A WELL LIT ROOM SHE SAID WHY'
+    """
+    words = re.sub(r"[^A-Za-z0-9']+", " ", text).split()
+    return " ".join(w.strip("'").upper() for w in words if w.strip("'"))
+
+
+def parse_prompts(text: str, where: str = "<prompts>") -> dict:
+    """``{sentence id: normalised text}`` from TIMIT's ``PROMPTS.TXT``: one ``<sentence text>
+    (<id>)`` a line (ids as :data:`SENTENCE`, lower-cased), ``;`` comment lines and blank
+    lines skipped. PromptsError naming ``where:<line>`` for any other line, or an id given
+    twice with different texts.
+
+    Example
+    -------
+    >>> parse_prompts("; comment\\nShe had your dark suit in greasy wash water all year. (sa1)")
+    {'sa1': 'SHE HAD YOUR DARK SUIT IN GREASY WASH WATER ALL YEAR'}
+    """
+    prompts, first = {}, {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith(";"):
+            continue
+        match = PROMPT.match(line.strip())
+        if not match or not SENTENCE.match(match.group(2)) or not normalise_text(match.group(1)):
+            raise PromptsError(f"{where}:{n}: expected '<sentence text> (<id>)' with a TIMIT "
+                               f"sentence id (sa1, sa2, si<N>, sx<N>), got {line.strip()[:60]!r}")
+        sid, words = match.group(2).lower(), normalise_text(match.group(1))
+        if prompts.get(sid, words) != words:
+            raise PromptsError(f"{where}:{n}: {sid} given again with another text (first at "
+                               f"line {first[sid]})")
+        prompts[sid] = words
+        first.setdefault(sid, n)
+    return prompts
+
+
+def read_prompts(path: str) -> dict:
+    """:func:`parse_prompts` of a file; a missing, unreadable or empty one is a PromptsError."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="strict") as f:
+            prompts = parse_prompts(f.read(), where=path)
+    except FileNotFoundError:
+        raise PromptsError(f"--prompts {path}: no such file (TIMIT's PROMPTS.TXT, in the "
+                           "TIMIT release's DOC folder)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise PromptsError(f"--prompts {path}: cannot read ({err})") from None
+    if not prompts:
+        raise PromptsError(f"--prompts {path}: no '<sentence text> (<id>)' line")
+    return prompts
 
 
 def speaker_id(subset: str, folder: str) -> str | None:
@@ -160,20 +228,48 @@ def scan_corpus(corpus_dir: str, subsets=SUBSETS):
     return entries, rejected
 
 
+def with_prompts(scanned, prompts: dict | None):
+    """``scan_corpus``'s ``(entries, rejected)`` with each entry's ``text`` from ``prompts``
+    (``{sentence: text}``) where it has one."""
+    entries, rejected = scanned
+    for e in entries:
+        if prompts and e["clip"] in prompts:
+            e["text"] = prompts[e["clip"]]
+    return entries, rejected
+
+
 def stage_manifest(corpus_dir: str, out_dir: str, subsets=SUBSETS, nj: int = 1,
-                   retry_rejected: bool = False) -> list[dict]:
-    """Stage 1: write ``OUT/manifest.jsonl``. Returns the kept entries."""
+                   retry_rejected: bool = False, prompts: str | None = None) -> list[dict]:
+    """Stage 1: write ``OUT/manifest.jsonl``; with ``prompts`` (TIMIT's PROMPTS.TXT) each
+    entry gets its sentence's ``text`` (:func:`with_prompts`), and the kept clips whose
+    sentence has no prompt (no text) are counted on stderr. Returns the kept entries."""
     subsets = check_names(subsets, SUBSETS, "--subsets")
     params = {"corpus_dir": os.path.abspath(corpus_dir), "subsets": list(subsets)}
-    return stages.run_manifest(out_dir, params, lambda: scan_corpus(corpus_dir, subsets), nj,
-                               retry_rejected=retry_rejected)
+    texts = None
+    if prompts:
+        texts = read_prompts(prompts)
+        params["prompts"] = params_hash(texts)
+    kept = stages.run_manifest(
+        out_dir, params, lambda: with_prompts(scan_corpus(corpus_dir, subsets), texts), nj,
+        retry_rejected=retry_rejected)
+    missing = sorted({e["clip"] for e in kept if "text" not in e}) if texts else []
+    if missing:
+        print(f"[manifest] warning: {sum('text' not in e for e in kept)} clip(s) of "
+              f"{len(missing)} sentence(s) have no prompt in {prompts} and keep no text: "
+              f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}", file=sys.stderr)
+    return kept
 
 
 def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
                  seed: int = 0, crop: str = DEFAULT_CROP) -> dict:
-    """Stage 3: one shard split per subset; the json adds ``sentence``."""
+    """Stage 3: one shard split per subset; the json adds ``sentence`` and, where the
+    manifest has one (``--prompts``), ``text``."""
     infos = stages.read_extracted(out_dir)
-    extra = {i["key"]: {"sentence": i["clip"]} for i in infos}
+    texts = {e["key"]: e["text"] for e in read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
+             if e.get("text")}
+    extra = {i["key"]: {"sentence": i["clip"], **({"text": texts[i["key"]]}
+                                                  if i["key"] in texts else {})}
+             for i in infos}
     return stages.stage_shards(out_dir, shard_size, shard_multiple, seed, "tcdtimit", crop,
                                extra_json=extra)
 
@@ -267,11 +363,12 @@ def prepare_tcdtimit(corpus_dir: str, out_dir: str, nj: int = 1, subsets=SUBSETS
                      crop: str = DEFAULT_CROP, shard_size: int = 1000,
                      shard_multiple: int = 8, mixtures: str = DEFAULT_MIXTURES,
                      num_speakers=(2, 3), seed: int = 0, stage: int = 1, stop_stage: int = 4,
-                     detector_device: str = "cpu"):
+                     detector_device: str = "cpu", prompts: str | None = None):
     """Run stages ``stage..stop_stage`` (see the module docstring); ``detector_device``:
-    the face detector's torch device in stage 2 (``cpu``, ``cuda``, ``cuda:N``)."""
+    the face detector's torch device in stage 2 (``cpu``, ``cuda``, ``cuda:N``);
+    ``prompts``: TIMIT's PROMPTS.TXT for the clips' ``text`` (stage 1)."""
     if stage <= 1 <= stop_stage:
-        stage_manifest(corpus_dir, out_dir, subsets, nj)
+        stage_manifest(corpus_dir, out_dir, subsets, nj, prompts=prompts)
     if stage <= 2 <= stop_stage:
         stages.stage_extract(out_dir, nj, crop=crop, detector_device=detector_device)
     if stage <= 3 <= stop_stage:
@@ -290,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of volunteers,lipspeakers")
     p.add_argument("--retry_rejected", action="store_true",
                    help="probe again the clips an earlier run rejected")
+    p.add_argument("--prompts", help="TIMIT's PROMPTS.TXT ('<sentence text> (<id>)' lines): "
+                   "each clip's text in the shards' json")
     parsers = stages.add_stage_parsers(sub, common, DEFAULT_CROP, DEFAULT_MIXTURES)
     parsers["shards"].add_argument("--crop", default=DEFAULT_CROP,
                                    help="the crop given to extract (written to meta.json)")
@@ -299,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args) -> None:
     if args.stage == "manifest":
         stage_manifest(args.corpus_dir, args.out_dir, args.subsets, args.nj,
-                       args.retry_rejected)
+                       args.retry_rejected, args.prompts)
     elif args.stage == "shards":
         stage_shards(args.out_dir, args.shard_size, args.shard_multiple, args.seed, args.crop)
     elif args.stage == "lists":

@@ -1,5 +1,6 @@
 """recipes/TCD-TIMIT/run.sh end to end on a tiny 1080p 29.97 fps tree (the astronaut's face,
-tracked), and the TCD-TIMIT scan and mixture rules on their own."""
+tracked, the texts from a PROMPTS.TXT), and the TCD-TIMIT scan, prompts and mixture rules on
+their own."""
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ from avse.recipes.common import RecipeError
 from avse.video.crops import crop_faces
 from tests.conftest import run_cmd
 from tests.recipe_helpers import assert_splits_read_completely, read_rejected, read_split
-from tests.tcdtimit_fixture import MP4_TONE, WAV_TONE, make_tcdtimit_tree
+from tests.tcdtimit_fixture import MP4_TONE, TEXTS, WAV_TONE, make_tcdtimit_tree, write_prompts
 
 RUN = ["bash", "recipes/TCD-TIMIT/run.sh"]
 OPTS = ["--nj", "2", "--shard_multiple", "1", "--mixtures", "volunteers:8,lipspeakers:4"]
@@ -20,11 +21,13 @@ OPTS = ["--nj", "2", "--shard_multiple", "1", "--mixtures", "volunteers:8,lipspe
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """The fixture tree (2 volunteers + 1 lipspeaker, 2 clips each sharing sa1, a corrupt
-    clip) through all four stages."""
+    clip) through all four stages, with its PROMPTS.TXT (no prompt for si21)."""
     tmp = tmp_path_factory.mktemp("tcdtimit")
     files = make_tcdtimit_tree(str(tmp / "corpus"))
     out = tmp / "out"
-    proc = run_cmd(RUN + ["--corpus_dir", str(tmp / "corpus"), "--out_dir", str(out)] + OPTS)
+    prompts = write_prompts(str(tmp / "PROMPTS.TXT"))
+    proc = run_cmd(RUN + ["--corpus_dir", str(tmp / "corpus"), "--out_dir", str(out),
+                          "--prompts", prompts] + OPTS)
     return str(out), files, proc
 
 
@@ -44,7 +47,9 @@ def test_subsets_stay_apart_in_shards_with_tracked_mouths_at_25_fps(prepared):
     for key, s in {**vol, **lip}.items():
         # ~1 s at 29.97 fps resampled by timestamp to 25 frames, 640 samples a frame
         assert s["face.npy"].shape == (25, 224, 224) and s["face.npy"].dtype == np.uint8, key
-        assert len(s["wav"]) == 25 * 640 and s["json"]["sentence"] == key.rsplit("/", 1)[1]
+        sentence = key.rsplit("/", 1)[1]
+        assert len(s["wav"]) == 25 * 640 and s["json"]["sentence"] == sentence
+        assert s["json"].get("text") == TEXTS.get(sentence), key  # si21: no prompt, no text
         lips = crop_faces(s["face.npy"], "lipread", s["facelm.npy"])  # cut at load time
         assert lips.shape == (25, 112, 112) and lips.std() > 5, key  # a face, not blank
     with open(os.path.join(out, "shards", "volunteers", "meta.json")) as f:
@@ -111,3 +116,23 @@ def test_scan_accepts_the_folder_variants_and_rejects_non_timit_names(tmp_path):
         tcdtimit.scan_corpus(str(tmp_path / "missing"))
     with pytest.raises(RecipeError, match="none of"):
         tcdtimit.scan_corpus(str(tmp_path / "volunteers_extra"))
+
+
+def test_a_sentence_without_prompt_keeps_no_text_and_is_counted(prepared):
+    _, _, proc = prepared
+    assert ("[manifest] warning: 1 clip(s) of 1 sentence(s) have no prompt in "
+            in proc.stderr) and "keep no text: si21" in proc.stderr
+
+
+def test_prompts_parse_comments_and_name_the_malformed_line(tmp_path):
+    text = "; header\n\nA well-lit room, she said. (SX3)\nWhy? (sa2)  \n"
+    assert tcdtimit.parse_prompts(text) == {"sx3": "A WELL LIT ROOM SHE SAID", "sa2": "WHY"}
+    for bad in ("No id here.", "Text (take2)", "(sa1)", "One. (sa1)\nTwo. (sa1)"):
+        with pytest.raises(tcdtimit.PromptsError, match=r"P\.TXT:\d"):
+            tcdtimit.parse_prompts("; ok\nFine. (sx1)\n" + bad, where="P.TXT")
+    with pytest.raises(RecipeError, match="P.TXT:3: expected '<sentence text> \\(<id>\\)'"):
+        tcdtimit.parse_prompts("; ok\nFine. (sx1)\nNo id here.", where="P.TXT")
+    with pytest.raises(RecipeError, match="no such file"):
+        tcdtimit.read_prompts(str(tmp_path / "missing.txt"))
+    assert tcdtimit.main(["manifest", "--corpus_dir", str(tmp_path), "--out_dir",
+                          str(tmp_path / "out"), "--prompts", str(tmp_path / "missing")]) == 2
