@@ -65,7 +65,8 @@ def make_loaders(hparams):
                                   seed=hparams.get("seed", 0),
                                   meta=hparams.get("train_shards_meta"),
                                   resampled=hparams.get("train_shards_resampled", False),
-                                  skip_bad_shards=hparams.get("skip_bad_shards", False))
+                                  skip_bad_shards=hparams.get("skip_bad_shards", False),
+                                  mouth_crop=hparams.get("mouth_crop"))
     valid = None
     if hparams.get("valid_list"):
         valid = make_list_loader(hparams["valid_shards"], hparams["valid_list"], stage="valid",

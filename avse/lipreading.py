@@ -240,7 +240,8 @@ def make_loaders(hparams):
     ``valid_batch_size``, ``valid_max_seconds``, ``skip_bad_shards`` (false: a missing or
     unreadable shard is one error naming them all before training; true: left out, warned)."""
     common = dict(seed=hparams.get("seed", 0), tokenizer=hparams.get("tokenizer"),
-                  skip_bad_shards=bool(hparams.get("skip_bad_shards", False)))
+                  skip_bad_shards=bool(hparams.get("skip_bad_shards", False)),
+                  mouth_crop=hparams.get("mouth_crop"))
     train = make_text_loader(hparams["train_shards"], hparams["batch_size"], "train",
                              epoch_steps=hparams.get("epoch_steps"),
                              curriculum=hparams.get("curriculum"),
@@ -255,14 +256,16 @@ def make_loaders(hparams):
 
 
 def run_tests(brain, hparams) -> dict:
-    """Evaluate each of ``test_sets: {name: shards}`` (or ``{name: {shards, max_seconds}}``)."""
+    """Evaluate each of ``test_sets: {name: shards}`` (or ``{name: {shards, max_seconds,
+    mouth_crop}}``; face shards get the entry's ``mouth_crop``, else the yaml's)."""
     results, out_dir = {}, os.path.join(hparams["output_folder"], "eval")
     for name, spec in (hparams.get("test_sets") or {}).items():
         spec = spec if isinstance(spec, dict) else {"shards": spec}
         loader = make_text_loader(spec["shards"], hparams.get("valid_batch_size", 8), "test",
                                   max_seconds=spec.get("max_seconds"), seed=hparams.get("seed", 0),
                                   tokenizer=hparams.get("tokenizer"),
-                                  skip_bad_shards=bool(hparams.get("skip_bad_shards", False)))
+                                  skip_bad_shards=bool(hparams.get("skip_bad_shards", False)),
+                                  mouth_crop=spec.get("mouth_crop") or hparams.get("mouth_crop"))
         results[name] = brain.evaluate_to(loader, out_dir, name)
     if results and sb.utils.distributed.if_main_process():
         write_json(results, os.path.join(out_dir, "summary.json"))
@@ -270,12 +273,15 @@ def run_tests(brain, hparams) -> dict:
 
 
 def model_info(hparams) -> dict:
-    """What ``lipreading.json`` records: the model config, the training shards' crop preset and
-    vocabulary, the tokenizer's location."""
+    """What ``lipreading.json`` records: the model config, the training shards' crop preset
+    (for face shards, ``--crop face``, the ``mouth_crop`` cut from them) and vocabulary, the
+    tokenizer's location."""
     splits = resolve_splits(hparams["train_shards"], hparams.get("train_shards_meta"),
                             missing_ok=True)
     model = hparams["modules"]["model"]
-    return {"model": getattr(model, "config", None), "crop": splits[0].meta.get("crop"),
+    crop = splits[0].meta.get("crop")
+    crop = hparams.get("mouth_crop") if crop == "face" else crop
+    return {"model": getattr(model, "config", None), "crop": crop,
             "vocab_size": splits[0].meta.get("vocab_size"),
             "tokenizer": hparams.get("tokenizer") or tokenizer_location(splits[0]),
             "blank_frames": bool(hparams.get("blank_frames", False))}

@@ -143,3 +143,24 @@ def test_lip_reading_clips_are_cut_from_the_face_frames(shards, preset, side):
         if stage == "test":  # one pass, in order; training draws from endless passes
             assert sorted(keys) == sorted(shards["utts"])
         assert len(keys) == 4 and set(keys) <= set(shards["utts"])
+
+
+def test_the_yaml_mouth_crop_reaches_the_training_and_lip_reading_loaders(shards):
+    """``mouth_crop`` in the yaml: the AVSE and lip-reading experiments' loaders cut it, and
+    model.yaml / lipreading.json record it as the model's crop (not ``face``)."""
+    from avse import experiment, lipreading
+
+    face = shards["dirs"]["face"]
+    hp = {"train_shards": face, "mixture_config": MixtureConfig(crop_seconds=CROP / 25),
+          "batch_size": 2, "epoch_steps": 1, "shuffle_buffer": 2, "mouth_crop": "landmarks"}
+    train, _ = experiment.make_loaders(hp)
+    assert tuple(next(iter(train)).visual.shape) == (2, CROP, 88, 88)
+    assert experiment.training_inference_config(hp)["crop"] == "landmarks"
+    hp = {"train_shards": face, "valid_shards": face, "batch_size": 2, "epoch_steps": 1,
+          "valid_batch_size": 2, "mouth_crop": "lipread", "modules": {"model": None}}
+    train, valid = lipreading.make_loaders(hp)
+    for loader in (train, valid):
+        assert tuple(next(iter(loader)).lips.shape) == (2, N, 112, 112)
+    assert lipreading.model_info(hp)["crop"] == "lipread"
+    with pytest.raises(ShardError, match="mouth_crop"):
+        experiment.make_loaders({**hp, "mouth_crop": None, "mixture_config": None})

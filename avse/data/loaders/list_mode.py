@@ -64,7 +64,7 @@ from avse.data.lists import ListError, format_row, parse_row, read_list  # noqa:
 from avse.data.loaders.bad_samples import BadSample, FaultCounter, SkippedBatch
 from avse.data.loaders.batch import collate_examples, finish_example
 from avse.data.loaders.checked import CheckedIndex, load_checked, read_npy_checked
-from avse.data.loaders.face_crops import cut_mouths
+from avse.data.loaders.face_crops import cut_mouths, face_crop
 from avse.data.mixing import MixtureConfig, pad_to
 from avse.data.noise import combine_pieces
 from avse.data.partition import dist_info
@@ -376,13 +376,7 @@ def make_list_loader(shard_dirs, list_path, stage: str = "test",
     rows, noise_index = index_noise(rows, noise_dirs, where, skip_missing, skip_bad_shards)
     bad_shards = {**index.bad, **getattr(noise_index, "bad", {})}
     visual_field = resolve_visual_field(read_meta(dirs[0]), visual_field)
-    if visual_field == FACE_FIELD:
-        from avse.video.crops import CROP_PRESETS
-
-        if mouth_crop not in CROP_PRESETS:
-            raise ShardError(f"{dirs[0]} holds face-centred frames (--crop face): pass mouth_crop, "
-                             f"the model's crop preset, one of {list(CROP_PRESETS)}; got "
-                             f"{mouth_crop!r}")
+    face_crop(visual_field, mouth_crop, dirs[0])  # face shards need the model's preset
     if isinstance(speakers, str):
         speakers = sorted({m.target.spk for m in rows})
     mismatched = mismatch_map(rows, seed) if visual_from == "mismatched" else None
