@@ -7,6 +7,8 @@
 - :mod:`avse.data.loaders.batch`: :class:`AVBatch`, collating, making one example.
 - :func:`make_text_loader` (:mod:`avse.data.loaders.text`): lips + transcripts
   (:class:`TextBatch`) for lip reading, with the curriculum's cutting at word boundaries.
+- :mod:`avse.data.loaders.face_crops`: face shards (``--crop face``): each loader's
+  ``mouth_crop``, the model's preset, cut from the face frames at load time.
 """
 from avse.data.loaders.batch import AVBatch, collate_examples, decode_utterance, finish_example
 from avse.data.loaders.dynamic import DynamicMixDataset, EpochLoader, make_train_loader
