@@ -181,12 +181,13 @@ def stage_manifest(corpus_dir: str, out_dir: str, nj: int = 1,
                                task=probe_with_align, retry_rejected=retry_rejected)
 
 
-def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8, seed: int = 0,
-                 crop: str = DEFAULT_CROP) -> dict:
-    """Stage 3: the test shards, ``text`` / ``conf`` / ``words`` in every json."""
+def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
+                 seed: int = 0) -> dict:
+    """Stage 3: the test shards, ``text`` / ``conf`` / ``words`` in every json; meta.json
+    names the crop stage 2 used."""
     extra_json, extra_meta = transcript_fields(out_dir)
     return stages.stage_shards(out_dir, shard_size, shard_multiple, seed, corpus="grid",
-                               crop=crop, extra_json=extra_json, extra_meta=extra_meta)
+                               crop=DEFAULT_CROP, extra_json=extra_json, extra_meta=extra_meta)
 
 
 # --------------------------------------------------------------------------- lists
@@ -276,7 +277,7 @@ def prepare_grid(corpus_dir: str, out_dir: str, nj: int = 1, crop: str = DEFAULT
     if stage <= 2 <= stop_stage:
         stages.stage_extract(out_dir, nj, crop=crop, detector_device=detector_device)
     if stage <= 3 <= stop_stage:
-        stage_shards(out_dir, shard_size, shard_multiple, seed, crop)
+        stage_shards(out_dir, shard_size, shard_multiple, seed)
     if stage <= 4 <= stop_stage:
         stage_lists(out_dir, mixtures, tuple(num_speakers), seed=seed)
 
@@ -288,9 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus_dir", required=True, help=LAYOUT_HINT)
     p.add_argument("--retry_rejected", action="store_true",
                    help="probe again the clips an earlier run rejected")
-    parsers = stages.add_stage_parsers(sub, common, DEFAULT_CROP, DEFAULT_MIXTURES)
-    parsers["shards"].add_argument("--crop", default=DEFAULT_CROP,
-                                   help="the crop stage 2 used (named in meta.json)")
+    stages.add_stage_parsers(sub, common, DEFAULT_CROP, DEFAULT_MIXTURES)
     return parser
 
 
@@ -298,7 +297,7 @@ def _run(args) -> None:
     if args.stage == "manifest":
         stage_manifest(args.corpus_dir, args.out_dir, args.nj, args.retry_rejected)
     elif args.stage == "shards":
-        stage_shards(args.out_dir, args.shard_size, args.shard_multiple, args.seed, args.crop)
+        stage_shards(args.out_dir, args.shard_size, args.shard_multiple, args.seed)
     elif args.stage == "lists":
         stage_lists(args.out_dir, args.mixtures, tuple(args.num_speakers),
                     tuple(args.snr_range), args.seed)

@@ -133,7 +133,7 @@ def extract_utterance(entry: dict, crop: str = "voxceleb2", min_duration: float 
             "clip": entry["clip"], "subset": entry["subset"], "split": entry["split"],
             "duration": round(duration, 4), "num_frames": int(len(visual)),
             "num_samples": int(len(wav)), "sr": SAMPLE_RATE, "fps": FPS,
-            "visual": "emb" if entry.get("emb") else "lips"}
+            "visual": "emb" if entry.get("emb") else "lips", "crop": crop}
     if crop == FACE_CROP and not entry.get("emb"):
         visual = {"face.npy": visual, "facelm.npy": landmarks[:len(visual)]}
         info["visual"] = "face"
@@ -288,16 +288,23 @@ def _write_speakers(infos):
     return write
 
 
-def _check_extracted_crop(out_dir: str, crop: str, infos) -> None:
-    """RecipeError when stage 2 wrote other visuals than ``crop`` names (face frames for
-    ``--crop face``, mouth crops otherwise): meta.json would misname the shards' crop."""
-    face = [i["key"] for i in infos if i.get("visual") == "face"]
-    if (crop == FACE_CROP) != bool(face) or (face and len(face) != len(infos)):
-        wrote = "face-centred frames (--crop face)" if face else "mouth crops"
-        raise RecipeError(f"{out_dir}/extract holds {wrote} for {len(face) or len(infos)} of "
-                          f"{len(infos)} utterance(s), but --crop {crop} was given to the "
-                          f"shards stage: pass the --crop that stage 2 used, or re-run stage 2 "
-                          f"with --crop {crop} into a fresh --out_dir")
+def extracted_crop(out_dir: str, infos, crop: str | None = None) -> str | None:
+    """The crop stage 2 used, as each info records it (``crop``); ``crop`` for extracts of
+    older runs that do not. RecipeError when the utterances were extracted with different
+    crops, or when ``crop`` (older runs) does not name what they hold (face frames or mouth
+    crops): meta.json would misname the shards' crop."""
+    recorded = sorted({i["crop"] for i in infos if i.get("crop")})
+    face = sum(i.get("visual") == "face" for i in infos)
+    if len(recorded) > 1 or 0 < face < len(infos):
+        raise RecipeError(f"{out_dir}/extract holds utterances of several crops "
+                          f"({recorded or 'face frames and mouth crops'}): re-run stage 2 with "
+                          "one --crop into a fresh --out_dir")
+    used = recorded[0] if recorded else crop
+    if (used == FACE_CROP) != bool(face):
+        held = "face-centred frames" if face else "mouth crops"
+        raise RecipeError(f"{out_dir}/extract holds {held}, not what --crop {used} makes: "
+                          "re-run stage 2 with the --crop you want into a fresh --out_dir")
+    return used
 
 
 def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
@@ -307,14 +314,16 @@ def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
 
     Utterances are shuffled with ``seed``; the shard count is a multiple of
     ``shard_multiple`` unless a split is too small for one sample a shard (then fewer
-    shards, none empty). ``extra_json`` (``key -> dict``) adds fields to the samples' json
+    shards, none empty). meta.json names the crop stage 2 recorded (:func:`extracted_crop`;
+    ``crop`` for extracts of older runs). ``extra_json`` (``key -> dict``) adds fields to the
+    samples' json
     (transcripts, token ids); ``extra_meta`` adds fields to every split's meta.json. Both
     are part of the parameters that decide whether a finished split is up to date.
     """
     by_split = {}
     for info in read_extracted(out_dir):
         by_split.setdefault(info["split"], []).append(info)
-    _check_extracted_crop(out_dir, crop, [i for infos in by_split.values() for i in infos])
+    crop = extracted_crop(out_dir, [i for infos in by_split.values() for i in infos], crop)
     summary = Summary("shards")
     metas, total, seconds = {}, 0, 0.0
     for split, infos in sorted(by_split.items()):

@@ -261,17 +261,17 @@ def stage_manifest(corpus_dir: str, out_dir: str, subsets=SUBSETS, nj: int = 1,
 
 
 def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8,
-                 seed: int = 0, crop: str = DEFAULT_CROP) -> dict:
+                 seed: int = 0) -> dict:
     """Stage 3: one shard split per subset; the json adds ``sentence`` and, where the
-    manifest has one (``--prompts``), ``text``."""
+    manifest has one (``--prompts``), ``text``; meta.json names the crop stage 2 used."""
     infos = stages.read_extracted(out_dir)
     texts = {e["key"]: e["text"] for e in read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
              if e.get("text")}
     extra = {i["key"]: {"sentence": i["clip"], **({"text": texts[i["key"]]}
                                                   if i["key"] in texts else {})}
              for i in infos}
-    return stages.stage_shards(out_dir, shard_size, shard_multiple, seed, "tcdtimit", crop,
-                               extra_json=extra)
+    return stages.stage_shards(out_dir, shard_size, shard_multiple, seed, "tcdtimit",
+                               DEFAULT_CROP, extra_json=extra)
 
 
 def draw_mixtures(pool, num: int, k: int, snr_range, seed: int, mix_set: str):
@@ -372,7 +372,7 @@ def prepare_tcdtimit(corpus_dir: str, out_dir: str, nj: int = 1, subsets=SUBSETS
     if stage <= 2 <= stop_stage:
         stages.stage_extract(out_dir, nj, crop=crop, detector_device=detector_device)
     if stage <= 3 <= stop_stage:
-        stage_shards(out_dir, shard_size, shard_multiple, seed, crop)
+        stage_shards(out_dir, shard_size, shard_multiple, seed)
     if stage <= 4 <= stop_stage:
         stage_lists(out_dir, mixtures, num_speakers=tuple(num_speakers), seed=seed)
 
@@ -389,9 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probe again the clips an earlier run rejected")
     p.add_argument("--prompts", help="TIMIT's PROMPTS.TXT ('<sentence text> (<id>)' lines): "
                    "each clip's text in the shards' json")
-    parsers = stages.add_stage_parsers(sub, common, DEFAULT_CROP, DEFAULT_MIXTURES)
-    parsers["shards"].add_argument("--crop", default=DEFAULT_CROP,
-                                   help="the crop given to extract (written to meta.json)")
+    stages.add_stage_parsers(sub, common, DEFAULT_CROP, DEFAULT_MIXTURES)
     return parser
 
 
@@ -400,7 +398,7 @@ def _run(args) -> None:
         stage_manifest(args.corpus_dir, args.out_dir, args.subsets, args.nj,
                        args.retry_rejected, args.prompts)
     elif args.stage == "shards":
-        stage_shards(args.out_dir, args.shard_size, args.shard_multiple, args.seed, args.crop)
+        stage_shards(args.out_dir, args.shard_size, args.shard_multiple, args.seed)
     elif args.stage == "lists":
         stage_lists(args.out_dir, args.mixtures, tuple(args.snr_range),
                     tuple(args.num_speakers), args.seed)

@@ -17,7 +17,7 @@ prep="${PYTHON:-python} -m avse.recipes.grid"
 if run 1; then $prep manifest --corpus_dir "$corpus_dir" --out_dir "$out_dir" --nj "$nj" "${retry[@]}"; fi
 if run 2; then $prep extract --out_dir "$out_dir" --nj "$nj" --crop "$crop" --detector_device "$detector_device" "${retry[@]}"; fi
 if run 3; then
-  $prep shards --out_dir "$out_dir" --shard_size "$shard_size" --shard_multiple "$shard_multiple" --seed "$seed" --crop "$crop"
+  $prep shards --out_dir "$out_dir" --shard_size "$shard_size" --shard_multiple "$shard_multiple" --seed "$seed"
 fi
 if run 4; then
   $prep lists --out_dir "$out_dir" --seed "$seed" --mixtures "$mixtures" --num_speakers ${num_speakers//,/ }

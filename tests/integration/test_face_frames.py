@@ -15,7 +15,7 @@ from avse.data.lists import parse_row
 from avse.data.loaders import make_list_loader
 from avse.data.shards import ShardError
 from avse.recipes import stages
-from avse.recipes.common import write_jsonl
+from avse.recipes.common import RecipeError, write_jsonl
 from tests.grid_fixture import N_FRAMES, write_mpg, write_wav
 
 ROWS = ["test,test,s1,grid/u1,-2.5,test,s2,grid/u2,0,1.0",
@@ -32,7 +32,7 @@ def _stage(root, media, crop):
     write_jsonl(entries, os.path.join(out, "manifest.jsonl"))
     infos = stages.stage_extract(out, crop=crop)
     assert len(infos) == len(media), open(os.path.join(out, "rejected.tsv")).read()
-    stages.stage_shards(out, shard_multiple=1, corpus="grid", crop=crop)
+    stages.stage_shards(out, shard_multiple=1, corpus="grid")  # the crop stage 2 recorded
     return out
 
 
@@ -135,6 +135,21 @@ def test_conditions_and_test_sets_cut_the_model_crop(staged, tmp_path):
     assert training_inference_config(hparams)["crop"] == "lipread"  # recorded in model.yaml
     run_tests(Brain(), hparams)
     assert Brain.seen == {"own": [112] * len(ROWS), "lm": [88] * len(ROWS)}
+
+
+def test_meta_names_the_crop_stage_2_used(staged):
+    for crop, out in staged.items():
+        with open(os.path.join(out, "shards", "test", "meta.json")) as f:
+            assert json.load(f)["crop"] == crop
+    lips = [{"key": "a", "visual": "lips"}, {"key": "b", "visual": "lips"}]
+    assert stages.extracted_crop("OUT", lips, "lrs3") == "lrs3"  # older extracts: the given
+    assert stages.extracted_crop("OUT", [{**i, "crop": "lipread"} for i in lips],
+                                 "voxceleb2") == "lipread"
+    for infos, crop in (([{**lips[0], "crop": "lipread"}, {**lips[1], "crop": "landmarks"}], None),
+                        ([lips[0], {"key": "b", "visual": "face"}], "face"),
+                        (lips, "face")):
+        with pytest.raises(RecipeError, match="OUT/extract holds .*re-run stage 2"):
+            stages.extracted_crop("OUT", infos, crop)
 
 
 def test_face_shards_need_the_model_crop(staged):
