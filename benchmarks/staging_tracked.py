@@ -22,104 +22,35 @@ import os
 import sys
 import tempfile
 import time
-from fractions import Fraction
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import grid_fixture, tcdtimit_fixture  # noqa: E402 (the corpora's test trees)
 
-GRID_W, GRID_H, GRID_FPS = 360, 288, 25
-TCD_W, TCD_H, TCD_RATE = 1920, 1080, Fraction(30000, 1001)
 WORDS = ("bin lay place set", "blue green red white", "at by in with", "a b c d f g h",
          "one two three four five six", "again now please soon")
 
 
-def _photo():
-    from PIL import Image
-    from skimage import data
-
-    return Image.fromarray(data.astronaut())
-
-
-def _grid_frames(n: int, seed: int):
-    photo = np.asarray(_photo().crop((60, 0, 435, 300)).resize((GRID_W, GRID_H)))
-    rng = np.random.default_rng(seed)
-    dx = np.cumsum(rng.integers(-1, 2, n))
-    dy = np.round(3 * np.sin(np.arange(n) / 7.0 + seed)).astype(int)
-    for i in range(n):
-        yield np.roll(np.roll(photo, int(dx[i]), axis=1), int(dy[i]), axis=0)
-
-
-def _tcd_frames(n: int, seed: int):
-    from PIL import Image
-
-    photo = np.asarray(_photo().resize((760, 760), Image.BILINEAR))
-    x0, y0 = 580 + int(np.random.default_rng(seed).integers(-40, 40)), 160
-    for i in range(n):
-        canvas = np.full((TCD_H, TCD_W, 3), 96, np.uint8)
-        dx = int(round(6 * np.sin(i / 5.0)))
-        canvas[y0:y0 + 760, x0 + dx:x0 + dx + 760] = photo
-        yield canvas
-
-
-def _tone(seconds: float, sr: int, seed: int) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    noise = np.random.default_rng(seed).standard_normal(len(t)) * 0.02
-    return (0.3 * np.sin(2 * np.pi * (150 + 20 * seed) * t) + noise).astype(np.float32)
-
-
 def write_grid_clip(root: str, index: int, seconds: float) -> None:
-    """``s<k>/<utt>.mpg``, ``audio_25k/s<k>/<utt>.wav``, ``alignments/s<k>/<utt>.align``."""
-    import av
-    import soundfile as sf
-
+    """``s<k>/<utt>.mpg``, ``audio_25k/s<k>/<utt>.wav``, ``alignments/s<k>/<utt>.align``
+    (the GRID test fixture's writers, :mod:`tests.grid_fixture`)."""
     spk, utt = f"s{index % 3 + 1}", f"bb{chr(97 + index // 3 % 26)}{index % 10}n"
-    n = int(round(seconds * GRID_FPS))
+    n = int(round(seconds * grid_fixture.FPS))
     for d in (spk, f"audio_25k/{spk}", f"alignments/{spk}"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
-    with av.open(os.path.join(root, spk, utt + ".mpg"), "w", format="mpeg") as out:
-        vs = out.add_stream("mpeg1video", rate=GRID_FPS)
-        vs.width, vs.height, vs.pix_fmt, vs.bit_rate = GRID_W, GRID_H, "yuv420p", 2_000_000
-        for i, rgb in enumerate(_grid_frames(n, index)):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            out.mux(vs.encode(frame))
-        out.mux(vs.encode())
-    sf.write(os.path.join(root, "audio_25k", spk, utt + ".wav"), _tone(n / GRID_FPS, 25000, index),
-             25000, subtype="PCM_16")
-    words = [w.split()[index % len(w.split())] for w in WORDS]
-    total, step = n * 1000, (n * 1000 - 6000) // len(words)  # 1000 samples a frame
-    lines, t = ["0 3000 sil"], 3000
-    for word in words:
-        lines.append(f"{t} {t + step} {word}")
-        t += step
-    lines.append(f"{t} {total} sil")
+    grid_fixture.write_mpg(os.path.join(root, spk, utt + ".mpg"), seed=index, n_frames=n)
+    grid_fixture.write_wav(os.path.join(root, "audio_25k", spk, utt + ".wav"), 25000,
+                           seed=index, n_frames=n)
+    words = " ".join(w.split()[index % len(w.split())] for w in WORDS)
     with open(os.path.join(root, "alignments", spk, utt + ".align"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(grid_fixture.align_text(words, n_frames=n))
 
 
 def write_tcd_clip(root: str, index: int, seconds: float) -> None:
-    """``volunteers/<NN>M/Clips/straightcam/<sentence>.mp4`` (H.264 + AAC, audio in the mp4)."""
-    import av
-
+    """``volunteers/<NN>M/Clips/straightcam/<sentence>.mp4`` (H.264 + AAC, audio in the mp4;
+    the TCD-TIMIT test fixture's writer, :mod:`tests.tcdtimit_fixture`)."""
     clips = os.path.join(root, "volunteers", f"{index % 3 + 1:02d}M", "Clips", "straightcam")
     os.makedirs(clips, exist_ok=True)
-    n = int(round(seconds * float(TCD_RATE)))
-    with av.open(os.path.join(clips, f"sx{index + 10}.mp4"), "w") as out:
-        vs = out.add_stream("libx264", rate=TCD_RATE, options={"crf": "28", "preset": "ultrafast"})
-        vs.width, vs.height, vs.pix_fmt = TCD_W, TCD_H, "yuv420p"
-        aus = out.add_stream("aac", rate=48000)
-        aus.layout = "mono"
-        for i, rgb in enumerate(_tcd_frames(n, index)):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            out.mux(vs.encode(frame))
-        out.mux(vs.encode())
-        wav = _tone(seconds, 48000, index)
-        for start in range(0, len(wav), 1024):
-            af = av.AudioFrame.from_ndarray(wav[start:start + 1024][None], format="flt",
-                                            layout="mono")
-            af.sample_rate, af.pts = 48000, start
-            out.mux(aus.encode(af))
-        out.mux(aus.encode())
+    tcdtimit_fixture.write_clip(os.path.join(clips, f"sx{index + 10}.mp4"), seconds, seed=index)
 
 
 def _write(task):

@@ -26,41 +26,41 @@ CORRUPT = ("s3", "swwx8a")  # an mpg of random bytes (with its wav and alignment
 BAD_ALIGN = ("s1", "pbbu7p")  # a good video whose alignment has a malformed line
 
 
-def _frames(seed: int):
+def _frames(seed: int, n_frames: int = N_FRAMES):
     from PIL import Image
     from skimage import data
 
     photo = Image.fromarray(data.astronaut()).crop((60, 0, 435, 300)).resize((WIDTH, HEIGHT))
     base = np.asarray(photo)
     rng = np.random.default_rng(seed)
-    dx = np.cumsum(rng.integers(-1, 2, N_FRAMES))
+    dx = np.cumsum(rng.integers(-1, 2, n_frames))
     return [np.roll(base, int(d), axis=1) for d in dx]
 
 
-def write_mpg(path: str, seed: int = 0) -> None:
+def write_mpg(path: str, seed: int = 0, n_frames: int = N_FRAMES) -> None:
     import av
 
     with av.open(path, "w", format="mpeg") as out:
         vs = out.add_stream("mpeg1video", rate=FPS)
         vs.width, vs.height, vs.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         vs.bit_rate = 2_000_000
-        for i, frame in enumerate(_frames(seed)):
+        for i, frame in enumerate(_frames(seed, n_frames)):
             vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
             vf.pts = i
             out.mux(vs.encode(vf))
         out.mux(vs.encode())
 
 
-def write_wav(path: str, rate: int, seed: int = 0) -> None:
+def write_wav(path: str, rate: int, seed: int = 0, n_frames: int = N_FRAMES) -> None:
     import soundfile as sf
 
     rng = np.random.default_rng(seed)
-    t = np.arange(int(N_FRAMES / FPS * rate)) / rate
+    t = np.arange(int(n_frames / FPS * rate)) / rate
     wav = 0.3 * np.sin(2 * np.pi * (150 + 50 * seed) * t) + 0.05 * rng.standard_normal(len(t))
     sf.write(path, wav.astype(np.float32), rate, subtype="PCM_16")
 
 
-def align_text(sentence: str) -> str:
+def align_text(sentence: str, n_frames: int = N_FRAMES) -> str:
     """GRID alignment lines: sil, the words (sp between two), sil; 1000 samples a frame."""
     lines, t = ["0 3000 sil"], 3000
     for n, word in enumerate(sentence.split()):
@@ -69,7 +69,7 @@ def align_text(sentence: str) -> str:
             t += 500
         lines.append(f"{t} {t + 3500} {word}")
         t += 3500
-    lines.append(f"{t} {N_FRAMES * 1000} sil")
+    lines.append(f"{t} {n_frames * 1000} sil")
     return "\n".join(lines) + "\n"
 
 

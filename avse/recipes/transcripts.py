@@ -199,7 +199,8 @@ def transcript_fields(out_dir: str, tokenizer: str | None = None):
 def stage_shards(out_dir: str, shard_size: int = 1000, shard_multiple: int = 8, seed: int = 0,
                  corpus: str = "lrs2", tokenizer: str | None = "auto") -> dict:
     """:func:`avse.recipes.stages.stage_shards` with the transcript (and token) fields in
-    the json, and ``corpus`` as the crop name in meta.json.
+    the json; ``corpus`` names the crop in meta.json for extracts of older runs (the crop
+    stage 2 recorded otherwise).
 
     ``tokenizer="auto"`` takes ``OUT/tokenizer/spm.model`` when the tokens stage wrote it;
     None adds no token ids.
